@@ -1,0 +1,61 @@
+//! Drop reasons: every packet the kernel programs drop is counted under one
+//! of these in the per-CPU array `SL_DROPS`, indexed by the reason's value.
+
+/// Why a packet was dropped. The value is the index into `SL_DROPS`.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DropReason {
+    /// An IPv4 header with IHL < 5 or a total length shorter than its header.
+    InvalidIpHeader = 1,
+    /// A packet too short for the headers it announces.
+    Truncated = 2,
+    /// The service has no usable backend.
+    NoBackend = 3,
+    /// A backend slot or backend entry the service points at is missing
+    /// (the control plane is mid-update, or the maps are inconsistent).
+    BackendMissing = 4,
+    /// A conntrack entry for a new flow could not be created (map full and
+    /// LRU could not evict, or another error): fail closed.
+    CtCreateFailed = 5,
+    /// A non-first IPv4 fragment whose first fragment was not seen (or was
+    /// evicted), so its ports are unknown and it cannot be translated.
+    FragNotTracked = 6,
+    /// A checksum or store helper failed while rewriting the packet.
+    NatFailed = 7,
+    /// An ICMP error about a translated flow that could not be translated back.
+    IcmpErrorUntranslatable = 8,
+}
+
+impl DropReason {
+    /// Number of slots in `SL_DROPS` (index 0 is unused).
+    pub const COUNT: u32 = 16;
+
+    /// Every reason, in value order.
+    pub const ALL: [DropReason; 8] = [
+        DropReason::InvalidIpHeader,
+        DropReason::Truncated,
+        DropReason::NoBackend,
+        DropReason::BackendMissing,
+        DropReason::CtCreateFailed,
+        DropReason::FragNotTracked,
+        DropReason::NatFailed,
+        DropReason::IcmpErrorUntranslatable,
+    ];
+
+    /// A stable snake_case name for metrics and the CLI.
+    #[must_use]
+    pub const fn name(self) -> &'static str {
+        match self {
+            DropReason::InvalidIpHeader => "invalid_ip_header",
+            DropReason::Truncated => "truncated",
+            DropReason::NoBackend => "no_backend",
+            DropReason::BackendMissing => "backend_missing",
+            DropReason::CtCreateFailed => "ct_create_failed",
+            DropReason::FragNotTracked => "frag_not_tracked",
+            DropReason::NatFailed => "nat_failed",
+            DropReason::IcmpErrorUntranslatable => "icmp_error_untranslatable",
+        }
+    }
+}
+
+const _: () = assert!((DropReason::IcmpErrorUntranslatable as u32) < DropReason::COUNT);

@@ -1,0 +1,329 @@
+//! Map names, keys and values.
+//!
+//! Service map layout (Cilium's): one entry per `(frontend address, port,
+//! protocol, slot)`. Slot 0 is the service's master entry and carries the
+//! number of backends; slots `1..=count` each point at a backend id in
+//! `SL_BACKENDS`. The control plane writes backends, then slots, then the
+//! reverse-NAT entry, then the master entry with the new count, then removes
+//! surplus slots and orphaned backends, so the kernel never sees a slot
+//! `<= count` without a backend behind it.
+
+/// Kernel map names (at most 15 bytes: the kernel cuts longer names). They are
+/// also the file names of the pins under `<bpffs-root>/maps/`.
+pub const MAP_SERVICES: &str = "SL_SERVICES";
+pub const MAP_BACKENDS: &str = "SL_BACKENDS";
+pub const MAP_REVNAT: &str = "SL_REVNAT";
+pub const MAP_CT: &str = "SL_CT";
+pub const MAP_FRAGS: &str = "SL_FRAGS";
+pub const MAP_DROPS: &str = "SL_DROPS";
+
+/// All pinned map names, for the CLI and for checks.
+pub const ALL_MAPS: [&str; 6] = [MAP_SERVICES, MAP_BACKENDS, MAP_REVNAT, MAP_CT, MAP_FRAGS, MAP_DROPS];
+
+/// Name of the tc program for traffic leaving pods (host side veth ingress).
+pub const PROG_POD_INGRESS: &str = "sl_pod_ingress";
+
+/// Default map sizes.
+pub const SERVICES_MAX: u32 = 65_536;
+pub const BACKENDS_MAX: u32 = 65_536;
+pub const REVNAT_MAX: u32 = 65_536;
+pub const CT_MAX: u32 = 262_144;
+pub const FRAGS_MAX: u32 = 8_192;
+
+/// Key of `SL_SERVICES`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ServiceKey {
+    /// Frontend address, network byte order.
+    pub addr: u32,
+    /// Frontend port, network byte order.
+    pub dport: u16,
+    /// 0 = the service's master entry, 1..=count = backend slots.
+    pub backend_slot: u16,
+    /// IP protocol (`proto::TCP`, `proto::UDP`, ...).
+    pub proto: u8,
+    /// Reserved for two-scope services (internal/external); 0 today.
+    pub scope: u8,
+    pub _pad: [u8; 2],
+}
+
+/// Value of `SL_SERVICES`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct ServiceValue {
+    /// In a backend slot: the backend id. In the master entry: 0.
+    pub backend_id: u32,
+    /// In the master entry: number of backend slots. In a backend slot: 0.
+    pub count: u16,
+    /// Index into `SL_REVNAT` (the frontend to restore on replies); never 0.
+    pub rev_nat_index: u16,
+    /// `SVC_FLAG_*` bits; 0 for a plain ClusterIP.
+    pub flags: u16,
+    pub _pad: u16,
+}
+
+/// Value of `SL_BACKENDS`, keyed by a `u32` backend id (never 0).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Backend {
+    /// Backend address, network byte order.
+    pub addr: u32,
+    /// Backend port, network byte order.
+    pub port: u16,
+    pub proto: u8,
+    /// `BACKEND_STATE_*`.
+    pub state: u8,
+}
+
+/// Chosen for new flows.
+pub const BACKEND_STATE_ACTIVE: u8 = 0;
+/// Keeps its established flows, never chosen for new ones.
+pub const BACKEND_STATE_TERMINATING: u8 = 1;
+
+/// Value of `SL_REVNAT`, keyed by a `u16` reverse-NAT index: the frontend
+/// that replies of a translated flow must appear to come from.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct RevNat {
+    pub addr: u32,
+    pub port: u16,
+    pub _pad: u16,
+}
+
+/// Direction of a conntrack entry.
+/// Keyed by the tuple the client sent (to the frontend).
+pub const CT_DIR_SERVICE: u8 = 0;
+/// Keyed by the tuple the backend replies with (backend -> client).
+pub const CT_DIR_REPLY: u8 = 1;
+
+/// Key of `SL_CT` (an LRU hash): the full 5-tuple plus direction.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct CtKey {
+    pub saddr: u32,
+    pub daddr: u32,
+    pub sport: u16,
+    pub dport: u16,
+    pub proto: u8,
+    /// `CT_DIR_SERVICE` or `CT_DIR_REPLY`.
+    pub dir: u8,
+    pub _pad: [u8; 2],
+}
+
+/// Value of `SL_CT`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CtEntry {
+    /// The backend this flow was sent to.
+    pub backend_id: u32,
+    /// The frontend to restore on replies.
+    pub rev_nat_index: u16,
+    pub flags: u16,
+    /// `bpf_ktime_get_ns()` when the flow was created (or re-balanced).
+    pub created_ns: u64,
+}
+
+/// Key of `SL_FRAGS` (an LRU hash): identifies one fragmented datagram.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FragKey {
+    pub saddr: u32,
+    pub daddr: u32,
+    /// IPv4 identification, network byte order.
+    pub id: u16,
+    pub proto: u8,
+    pub _pad: u8,
+}
+
+/// Value of `SL_FRAGS`: the L4 ports of the datagram, as its first fragment
+/// carried them (before translation), network byte order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FragPorts {
+    pub sport: u16,
+    pub dport: u16,
+}
+
+const _: () = {
+    assert!(core::mem::size_of::<ServiceKey>() == 12);
+    assert!(core::mem::size_of::<ServiceValue>() == 12);
+    assert!(core::mem::size_of::<Backend>() == 8);
+    assert!(core::mem::size_of::<RevNat>() == 8);
+    assert!(core::mem::size_of::<CtKey>() == 16);
+    assert!(core::mem::size_of::<CtEntry>() == 16);
+    assert!(core::mem::size_of::<FragKey>() == 12);
+    assert!(core::mem::size_of::<FragPorts>() == 4);
+};
+
+#[cfg(feature = "user")]
+mod user {
+    use super::{Backend, CtEntry, CtKey, FragKey, FragPorts, RevNat, ServiceKey, ServiceValue};
+    use core::net::Ipv4Addr;
+
+    // SAFETY: all of these are `#[repr(C)]`, `Copy`, made of integers only,
+    // and have no implicit padding (sizes asserted above).
+    unsafe impl aya::Pod for ServiceKey {}
+    unsafe impl aya::Pod for ServiceValue {}
+    unsafe impl aya::Pod for Backend {}
+    unsafe impl aya::Pod for RevNat {}
+    unsafe impl aya::Pod for CtKey {}
+    unsafe impl aya::Pod for CtEntry {}
+    unsafe impl aya::Pod for FragKey {}
+    unsafe impl aya::Pod for FragPorts {}
+
+    /// An address as stored in maps (network byte order).
+    #[must_use]
+    pub fn addr_to_map(addr: Ipv4Addr) -> u32 {
+        u32::from_ne_bytes(addr.octets())
+    }
+
+    /// An address as stored in maps, back to `Ipv4Addr`.
+    #[must_use]
+    pub fn addr_from_map(raw: u32) -> Ipv4Addr {
+        Ipv4Addr::from(raw.to_ne_bytes())
+    }
+
+    /// A port as stored in maps (network byte order).
+    #[must_use]
+    pub fn port_to_map(port: u16) -> u16 {
+        port.to_be()
+    }
+
+    /// A port as stored in maps, back to host order.
+    #[must_use]
+    pub fn port_from_map(raw: u16) -> u16 {
+        u16::from_be(raw)
+    }
+
+    impl ServiceKey {
+        #[must_use]
+        pub fn new(addr: Ipv4Addr, port: u16, proto: u8, backend_slot: u16) -> Self {
+            Self {
+                addr: addr_to_map(addr),
+                dport: port_to_map(port),
+                backend_slot,
+                proto,
+                scope: 0,
+                _pad: [0; 2],
+            }
+        }
+
+        #[must_use]
+        pub fn addr(&self) -> Ipv4Addr {
+            addr_from_map(self.addr)
+        }
+
+        #[must_use]
+        pub fn port(&self) -> u16 {
+            port_from_map(self.dport)
+        }
+    }
+
+    impl ServiceValue {
+        /// The master entry (slot 0) of a service with `count` backends.
+        #[must_use]
+        pub fn master(count: u16, rev_nat_index: u16) -> Self {
+            Self { backend_id: 0, count, rev_nat_index, flags: 0, _pad: 0 }
+        }
+
+        /// A backend slot.
+        #[must_use]
+        pub fn slot(backend_id: u32, rev_nat_index: u16) -> Self {
+            Self { backend_id, count: 0, rev_nat_index, flags: 0, _pad: 0 }
+        }
+    }
+
+    impl Backend {
+        #[must_use]
+        pub fn new(addr: Ipv4Addr, port: u16, proto: u8, state: u8) -> Self {
+            Self { addr: addr_to_map(addr), port: port_to_map(port), proto, state }
+        }
+
+        #[must_use]
+        pub fn addr(&self) -> Ipv4Addr {
+            addr_from_map(self.addr)
+        }
+
+        #[must_use]
+        pub fn port(&self) -> u16 {
+            port_from_map(self.port)
+        }
+    }
+
+    impl RevNat {
+        #[must_use]
+        pub fn new(addr: Ipv4Addr, port: u16) -> Self {
+            Self { addr: addr_to_map(addr), port: port_to_map(port), _pad: 0 }
+        }
+
+        #[must_use]
+        pub fn addr(&self) -> Ipv4Addr {
+            addr_from_map(self.addr)
+        }
+
+        #[must_use]
+        pub fn port(&self) -> u16 {
+            port_from_map(self.port)
+        }
+    }
+
+    impl CtKey {
+        #[must_use]
+        pub fn new(
+            saddr: Ipv4Addr,
+            sport: u16,
+            daddr: Ipv4Addr,
+            dport: u16,
+            proto: u8,
+            dir: u8,
+        ) -> Self {
+            Self {
+                saddr: addr_to_map(saddr),
+                daddr: addr_to_map(daddr),
+                sport: port_to_map(sport),
+                dport: port_to_map(dport),
+                proto,
+                dir,
+                _pad: [0; 2],
+            }
+        }
+    }
+}
+
+#[cfg(feature = "user")]
+pub use user::{addr_from_map, addr_to_map, port_from_map, port_to_map};
+
+#[cfg(all(test, feature = "user"))]
+mod tests {
+    use super::*;
+    use core::net::Ipv4Addr;
+
+    #[test]
+    fn addresses_are_network_order_bytes() {
+        let k = ServiceKey::new(Ipv4Addr::new(10, 96, 0, 1), 80, crate::proto::TCP, 0);
+        assert_eq!(k.addr.to_ne_bytes(), [10, 96, 0, 1]);
+        assert_eq!(k.dport.to_ne_bytes(), [0, 80]);
+        assert_eq!(k.addr(), Ipv4Addr::new(10, 96, 0, 1));
+        assert_eq!(k.port(), 80);
+    }
+
+    #[test]
+    fn keys_have_no_implicit_padding() {
+        // Every byte of a key is a named field, so two equal keys are equal
+        // byte for byte (the kernel hashes raw bytes).
+        let k = CtKey::new(Ipv4Addr::new(1, 2, 3, 4), 5, Ipv4Addr::new(6, 7, 8, 9), 10, 6, 1);
+        // SAFETY: CtKey is Pod (16 bytes, no padding).
+        let bytes: [u8; 16] = unsafe { core::mem::transmute(k) };
+        assert_eq!(bytes, [1, 2, 3, 4, 6, 7, 8, 9, 0, 5, 0, 10, 6, 1, 0, 0]);
+    }
+
+    #[test]
+    fn sizes_match_kernel_layout() {
+        assert_eq!(core::mem::size_of::<ServiceKey>(), 12);
+        assert_eq!(core::mem::size_of::<ServiceValue>(), 12);
+        assert_eq!(core::mem::size_of::<Backend>(), 8);
+        assert_eq!(core::mem::size_of::<CtKey>(), 16);
+        assert_eq!(core::mem::size_of::<CtEntry>(), 16);
+        assert_eq!(core::mem::align_of::<CtEntry>(), 8);
+    }
+}

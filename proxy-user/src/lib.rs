@@ -1,0 +1,10 @@
+//! sluice: the node agent and the operator's CLI, as a library.
+//!
+//! Data flow: manifests (or, later, the Kubernetes API) -> [`manifest::Store`]
+//! -> the pure [`model`] (kube-proxy's semantics) -> the [`datapath`]
+//! reconciler, which writes the pinned BPF maps in an order that never shows
+//! a half-built service.
+pub mod ebpf;
+pub mod manifest;
+pub mod model;
+pub mod testbed;
