@@ -308,7 +308,7 @@ struct Loader {
 
 impl Loader {
     fn error(&mut self, file: &Path, document: usize, field: Option<String>, message: String) {
-        let message = one_line(&message);
+        let message = one_line(message);
         tracing::debug!(file = %file.display(), document, ?field, %message, "manifest problem");
         self.errors.push(ManifestError {
             file: file.to_path_buf(),
@@ -424,15 +424,15 @@ impl Loader {
         let result = match known {
             Kind::Service => typed::<Service>(value).and_then(|mut service| {
                 prepare_service(&mut service)?;
-                Ok(Object::Service(service))
+                Ok(Object::Service(Box::new(service)))
             }),
             Kind::EndpointSlice => typed::<EndpointSlice>(value).and_then(|mut slice| {
                 prepare_endpoint_slice(&mut slice)?;
-                Ok(Object::EndpointSlice(slice))
+                Ok(Object::EndpointSlice(Box::new(slice)))
             }),
             Kind::Node => typed::<Node>(value).and_then(|mut node| {
                 prepare_node(&mut node)?;
-                Ok(Object::Node(node))
+                Ok(Object::Node(Box::new(node)))
             }),
         };
         match result {
@@ -495,22 +495,22 @@ impl Loader {
         }
         match object {
             Object::Service(s) => {
-                self.store.services.insert(key, s);
+                self.store.services.insert(key, *s);
             }
             Object::EndpointSlice(s) => {
-                self.store.endpoint_slices.insert(key, s);
+                self.store.endpoint_slices.insert(key, *s);
             }
             Object::Node(n) => {
-                self.store.nodes.insert(key.name, n);
+                self.store.nodes.insert(key.name, *n);
             }
         }
     }
 }
 
 enum Object {
-    Service(Service),
-    EndpointSlice(EndpointSlice),
-    Node(Node),
+    Service(Box<Service>),
+    EndpointSlice(Box<EndpointSlice>),
+    Node(Box<Node>),
 }
 
 /// Deserialises into a typed object, naming the field of the first error.
@@ -532,11 +532,11 @@ fn join_path(prefix: &str, path: &str) -> String {
     }
 }
 
-fn one_line(message: &str) -> String {
+fn one_line(message: String) -> String {
     if message.contains('\n') {
         message.split_whitespace().collect::<Vec<_>>().join(" ")
     } else {
-        message.to_owned()
+        message
     }
 }
 

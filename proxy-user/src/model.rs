@@ -829,9 +829,10 @@ mod tests {
     }
 
     fn svc(name: &str, cluster_ip: &str, ports: Value) -> Value {
-        json!({"apiVersion": "v1", "kind": "Service",
+        let service = json!({"apiVersion": "v1", "kind": "Service",
                "metadata": {"name": name, "namespace": "ns"},
-               "spec": {"clusterIP": cluster_ip, "ports": ports}})
+               "spec": {"clusterIP": cluster_ip}});
+        with(service, &["spec", "ports"], ports)
     }
 
     fn with(mut object: Value, path: &[&str], value: Value) -> Value {
@@ -844,10 +845,11 @@ mod tests {
     }
 
     fn slice(name: &str, service: &str, ports: Value, endpoints: Value) -> Value {
-        json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        let slice = json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
                "metadata": {"name": name, "namespace": "ns",
                             "labels": {LABEL_SERVICE_NAME: service}},
-               "addressType": "IPv4", "ports": ports, "endpoints": endpoints})
+               "addressType": "IPv4"});
+        with(with(slice, &["ports"], ports), &["endpoints"], endpoints)
     }
 
     fn ep(ip: &str) -> Value {
@@ -855,7 +857,7 @@ mod tests {
     }
 
     fn ep_cond(ip: &str, conditions: Value) -> Value {
-        json!({"addresses": [ip], "conditions": conditions})
+        with(json!({"addresses": [ip]}), &["conditions"], conditions)
     }
 
     /// One line per frontend: `addr:port/PROTO svc/name port_name -> backends`
