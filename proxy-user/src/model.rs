@@ -55,6 +55,17 @@ impl Protocol {
         }
     }
 
+    /// The protocol of an IP protocol number, if it is one we balance.
+    #[must_use]
+    pub fn from_number(number: u8) -> Option<Self> {
+        match number {
+            6 => Some(Self::Tcp),
+            17 => Some(Self::Udp),
+            132 => Some(Self::Sctp),
+            _ => None,
+        }
+    }
+
     /// A Kubernetes `protocol` field; absent means TCP (the API default).
     ///
     /// # Errors
