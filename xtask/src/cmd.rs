@@ -70,19 +70,30 @@ pub fn probe(cmd: &mut Command) -> Option<Output> {
 /// group, so the terminal delivers Ctrl-C to it directly; xtask ignores
 /// SIGINT while it waits so that it can report how the child ended.
 pub fn run_foreground(step: &str, cmd: &mut Command) -> Result<()> {
+    let status = wait_foreground(step, cmd)?;
+    check(step, status)
+}
+
+/// Like [`run_foreground`], but hands back the exit status.
+pub fn wait_foreground(step: &str, cmd: &mut Command) -> Result<ExitStatus> {
     let mut child = cmd
         .spawn()
         .with_context(|| format!("{step} failed: could not start `{}`", display(cmd)))?;
     // Ignore only after spawn: an ignored disposition would be inherited
     // across exec and the child could not be interrupted.
     let _guard = IgnoreSigint::new();
-    let status = child
+    child
         .wait()
-        .with_context(|| format!("{step}: waiting for the child"))?;
-    check(step, status)
+        .with_context(|| format!("{step}: waiting for the child"))
 }
 
-fn check(step: &str, status: ExitStatus) -> Result<()> {
+/// Whether the child ended because of Ctrl-C (killed by SIGINT, or exited 130).
+pub fn interrupted(status: ExitStatus) -> bool {
+    use std::os::unix::process::ExitStatusExt as _;
+    status.signal() == Some(libc::SIGINT) || status.code() == Some(130)
+}
+
+pub fn check(step: &str, status: ExitStatus) -> Result<()> {
     if status.success() {
         return Ok(());
     }

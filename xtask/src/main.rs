@@ -131,9 +131,9 @@ fn test(cargo_args: &[String]) -> Result<()> {
     let result = cmd::run_foreground("`cargo test`", &mut command);
     let secs = started.elapsed().as_secs();
     match &result {
-        Ok(()) => say(format!("test: PASSED: every test passed ({secs} s)")),
+        Ok(()) => say(format!("test: PASSED ({secs} s)")),
         Err(_) => say(format!(
-            "test: FAILED after {secs} s: see the failing tests above (`failures:` lists them)"
+            "test: FAILED after {secs} s; the failing tests are listed above under `failures:`"
         )),
     }
     result
@@ -150,7 +150,12 @@ fn demo(demo_args: &[String]) -> Result<()> {
         "demo: {} (Ctrl-C stops it)",
         cmd::display(&command)
     ));
-    cmd::run_foreground("the demo", &mut command)
+    let status = cmd::wait_foreground("the demo", &mut command)?;
+    if cmd::interrupted(status) {
+        say("demo: stopped (Ctrl-C)");
+        return Ok(());
+    }
+    cmd::check("the demo", status)
 }
 
 fn bench(quick: bool, target: Option<&str>) {
