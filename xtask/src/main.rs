@@ -194,3 +194,50 @@ fn in_private_mount_ns(inner: Command) -> Command {
     }
     wrapped
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use super::*;
+
+    fn test_args(argv: &[&str]) -> Vec<String> {
+        match Cli::try_parse_from(argv).unwrap().task {
+            Task::Test { cargo_args } => cargo_args,
+            _ => panic!("not the test task: {argv:?}"),
+        }
+    }
+
+    #[test]
+    fn test_passes_everything_after_the_separator_to_cargo() {
+        assert_eq!(test_args(&["xtask", "test"]), Vec::<String>::new());
+        assert_eq!(test_args(&["xtask", "test", "--", "e2e"]), ["e2e"]);
+        assert_eq!(
+            test_args(&["xtask", "test", "--", "e2e", "--", "--nocapture"]),
+            ["e2e", "--", "--nocapture"]
+        );
+        assert_eq!(
+            test_args(&["xtask", "test", "e2e", "--nocapture"]),
+            ["e2e", "--nocapture"]
+        );
+    }
+
+    #[test]
+    fn bench_takes_quick_and_a_target() {
+        let Task::Bench { quick, target } =
+            Cli::try_parse_from(["xtask", "bench", "--quick", "lb"])
+                .unwrap()
+                .task
+        else {
+            panic!("not the bench task");
+        };
+        assert!(quick);
+        assert_eq!(target.as_deref(), Some("lb"));
+    }
+
+    #[test]
+    fn cli_is_consistent() {
+        use clap::CommandFactory as _;
+        Cli::command().debug_assert();
+    }
+}

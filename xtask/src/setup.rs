@@ -65,7 +65,7 @@ fn apt_packages() -> Result<()> {
     cmd::run(
         &format!("setup step `apt-get install {list}`"),
         Command::new("apt-get")
-            .args(["install", "-y", "--no-install-recommends"])
+            .args(["install", "-y"])
             .args(&missing)
             .env("DEBIAN_FRONTEND", "noninteractive"),
     )?;
