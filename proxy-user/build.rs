@@ -15,7 +15,11 @@ fn main() -> anyhow::Result<()> {
         .to_str()
         .ok_or_else(|| anyhow::anyhow!("non-UTF-8 path {}", ebpf_dir.display()))?;
     aya_build::build_ebpf(
-        [aya_build::Package { name: "proxy-ebpf", root_dir, ..Default::default() }],
+        [aya_build::Package {
+            name: "proxy-ebpf",
+            root_dir,
+            ..Default::default()
+        }],
         aya_build::Toolchain::Custom("system"),
     )
     .map_err(|e| {

@@ -17,13 +17,11 @@ pub enum DropReason {
     /// A conntrack entry for a new flow could not be created (map full and
     /// LRU could not evict, or another error): fail closed.
     CtCreateFailed = 5,
-    /// A non-first IPv4 fragment whose first fragment was not seen (or was
-    /// evicted), so its ports are unknown and it cannot be translated.
-    FragNotTracked = 6,
     /// A checksum or store helper failed while rewriting the packet.
-    NatFailed = 7,
-    /// An ICMP error about a translated flow that could not be translated back.
-    IcmpErrorUntranslatable = 8,
+    NatFailed = 6,
+    /// An ICMP error about a translated flow whose frontend is gone, so it
+    /// cannot be translated back.
+    IcmpErrorUntranslatable = 7,
 }
 
 impl DropReason {
@@ -31,13 +29,12 @@ impl DropReason {
     pub const COUNT: u32 = 16;
 
     /// Every reason, in value order.
-    pub const ALL: [DropReason; 8] = [
+    pub const ALL: [DropReason; 7] = [
         DropReason::InvalidIpHeader,
         DropReason::Truncated,
         DropReason::NoBackend,
         DropReason::BackendMissing,
         DropReason::CtCreateFailed,
-        DropReason::FragNotTracked,
         DropReason::NatFailed,
         DropReason::IcmpErrorUntranslatable,
     ];
@@ -51,7 +48,6 @@ impl DropReason {
             DropReason::NoBackend => "no_backend",
             DropReason::BackendMissing => "backend_missing",
             DropReason::CtCreateFailed => "ct_create_failed",
-            DropReason::FragNotTracked => "frag_not_tracked",
             DropReason::NatFailed => "nat_failed",
             DropReason::IcmpErrorUntranslatable => "icmp_error_untranslatable",
         }

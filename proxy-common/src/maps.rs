@@ -18,7 +18,14 @@ pub const MAP_FRAGS: &str = "SL_FRAGS";
 pub const MAP_DROPS: &str = "SL_DROPS";
 
 /// All pinned map names, for the CLI and for checks.
-pub const ALL_MAPS: [&str; 6] = [MAP_SERVICES, MAP_BACKENDS, MAP_REVNAT, MAP_CT, MAP_FRAGS, MAP_DROPS];
+pub const ALL_MAPS: [&str; 6] = [
+    MAP_SERVICES,
+    MAP_BACKENDS,
+    MAP_REVNAT,
+    MAP_CT,
+    MAP_FRAGS,
+    MAP_DROPS,
+];
 
 /// Name of the tc program for traffic leaving pods (host side veth ingress).
 pub const PROG_POD_INGRESS: &str = "sl_pod_ingress";
@@ -73,6 +80,11 @@ pub struct Backend {
     pub proto: u8,
     /// `BACKEND_STATE_*`.
     pub state: u8,
+    /// The frontend (reverse-NAT index) this backend entry belongs to.
+    /// Backend ids are per frontend, so removing a backend from one service
+    /// ends its flows there without touching other services.
+    pub rev_nat_index: u16,
+    pub _pad: u16,
 }
 
 /// Chosen for new flows.
@@ -147,7 +159,7 @@ pub struct FragPorts {
 const _: () = {
     assert!(core::mem::size_of::<ServiceKey>() == 12);
     assert!(core::mem::size_of::<ServiceValue>() == 12);
-    assert!(core::mem::size_of::<Backend>() == 8);
+    assert!(core::mem::size_of::<Backend>() == 12);
     assert!(core::mem::size_of::<RevNat>() == 8);
     assert!(core::mem::size_of::<CtKey>() == 16);
     assert!(core::mem::size_of::<CtEntry>() == 16);
@@ -223,20 +235,39 @@ mod user {
         /// The master entry (slot 0) of a service with `count` backends.
         #[must_use]
         pub fn master(count: u16, rev_nat_index: u16) -> Self {
-            Self { backend_id: 0, count, rev_nat_index, flags: 0, _pad: 0 }
+            Self {
+                backend_id: 0,
+                count,
+                rev_nat_index,
+                flags: 0,
+                _pad: 0,
+            }
         }
 
         /// A backend slot.
         #[must_use]
         pub fn slot(backend_id: u32, rev_nat_index: u16) -> Self {
-            Self { backend_id, count: 0, rev_nat_index, flags: 0, _pad: 0 }
+            Self {
+                backend_id,
+                count: 0,
+                rev_nat_index,
+                flags: 0,
+                _pad: 0,
+            }
         }
     }
 
     impl Backend {
         #[must_use]
-        pub fn new(addr: Ipv4Addr, port: u16, proto: u8, state: u8) -> Self {
-            Self { addr: addr_to_map(addr), port: port_to_map(port), proto, state }
+        pub fn new(addr: Ipv4Addr, port: u16, proto: u8, state: u8, rev_nat_index: u16) -> Self {
+            Self {
+                addr: addr_to_map(addr),
+                port: port_to_map(port),
+                proto,
+                state,
+                rev_nat_index,
+                _pad: 0,
+            }
         }
 
         #[must_use]
@@ -253,7 +284,11 @@ mod user {
     impl RevNat {
         #[must_use]
         pub fn new(addr: Ipv4Addr, port: u16) -> Self {
-            Self { addr: addr_to_map(addr), port: port_to_map(port), _pad: 0 }
+            Self {
+                addr: addr_to_map(addr),
+                port: port_to_map(port),
+                _pad: 0,
+            }
         }
 
         #[must_use]
@@ -311,7 +346,14 @@ mod tests {
     fn keys_have_no_implicit_padding() {
         // Every byte of a key is a named field, so two equal keys are equal
         // byte for byte (the kernel hashes raw bytes).
-        let k = CtKey::new(Ipv4Addr::new(1, 2, 3, 4), 5, Ipv4Addr::new(6, 7, 8, 9), 10, 6, 1);
+        let k = CtKey::new(
+            Ipv4Addr::new(1, 2, 3, 4),
+            5,
+            Ipv4Addr::new(6, 7, 8, 9),
+            10,
+            6,
+            1,
+        );
         // SAFETY: CtKey is Pod (16 bytes, no padding).
         let bytes: [u8; 16] = unsafe { core::mem::transmute(k) };
         assert_eq!(bytes, [1, 2, 3, 4, 6, 7, 8, 9, 0, 5, 0, 10, 6, 1, 0, 0]);
@@ -321,7 +363,7 @@ mod tests {
     fn sizes_match_kernel_layout() {
         assert_eq!(core::mem::size_of::<ServiceKey>(), 12);
         assert_eq!(core::mem::size_of::<ServiceValue>(), 12);
-        assert_eq!(core::mem::size_of::<Backend>(), 8);
+        assert_eq!(core::mem::size_of::<Backend>(), 12);
         assert_eq!(core::mem::size_of::<CtKey>(), 16);
         assert_eq!(core::mem::size_of::<CtEntry>(), 16);
         assert_eq!(core::mem::align_of::<CtEntry>(), 8);

@@ -1,11 +1,32 @@
+//! sluice's kernel programs.
+//!
+//! One entry point per attach site (this file); the logic lives in
+//! one-concern modules: `parse` (headers), `lb` (service lookup and backend
+//! selection), `ct` (conntrack), `nat` (rewrites and checksums), `frag`
+//! (IPv4 fragment tracking), `icmp` (ICMP errors of translated flows) and
+//! `drop` (verdicts and drop counters).
 #![no_std]
 #![no_main]
 
-use aya_ebpf::{bindings::TC_ACT_OK, macros::classifier, programs::TcContext};
+mod ct;
+mod drop;
+mod frag;
+mod icmp;
+mod lb;
+mod maps;
+mod nat;
+mod parse;
 
+use aya_ebpf::{macros::classifier, programs::TcContext};
+
+/// tc ingress on the host side of each pod's veth: every packet a pod sends.
+///
+/// Requests from a pod to a service frontend are DNATed to a backend;
+/// replies from a backend (which also leave a pod) are reverse-translated so
+/// that the client sees the frontend.
 #[classifier]
-pub fn sl_pod_ingress(_ctx: TcContext) -> i32 {
-    TC_ACT_OK
+pub fn sl_pod_ingress(ctx: TcContext) -> i32 {
+    drop::verdict(lb::handle_pod_egress(&ctx))
 }
 
 #[cfg(not(test))]

@@ -4,7 +4,12 @@
 //! -> the pure [`model`] (kube-proxy's semantics) -> the [`datapath`]
 //! reconciler, which writes the pinned BPF maps in an order that never shows
 //! a half-built service.
+pub mod agent;
+pub mod cli;
+pub mod datapath;
 pub mod ebpf;
+pub mod inspect;
 pub mod manifest;
 pub mod model;
+pub mod pktgen;
 pub mod testbed;

@@ -1,0 +1,125 @@
+//! Service load balancing for traffic leaving pods: reverse NAT of replies
+//! from backends, and DNAT of requests to service frontends.
+
+use aya_ebpf::{helpers::bpf_get_prandom_u32, programs::TcContext};
+use proxy_common::{
+    Backend, CT_DIR_REPLY, CT_DIR_SERVICE, DropReason, ServiceKey, ServiceValue, proto,
+};
+
+use crate::{
+    ct, frag, icmp,
+    maps::{SL_BACKENDS, SL_REVNAT, SL_SERVICES},
+    nat::{self, Side},
+    parse::{self, Ipv4},
+};
+
+/// Everything a pod sends passes here (tc ingress on the host-side veth).
+#[inline(always)]
+pub fn handle_pod_egress(ctx: &TcContext) -> Result<(), DropReason> {
+    let Some(ip) = parse::ipv4(ctx)? else {
+        return Ok(());
+    };
+    match ip.proto {
+        proto::TCP | proto::UDP => {}
+        proto::ICMP => return icmp::handle_error_from_backend(ctx, &ip),
+        _ => return Ok(()),
+    }
+    let Some((sport, dport)) = frag::ports(ctx, &ip)? else {
+        return Ok(());
+    };
+
+    // A reply from a backend of a translated flow: restore the frontend.
+    let rkey = ct::key(ip.saddr, ip.daddr, sport, dport, ip.proto, CT_DIR_REPLY);
+    if let Some(entry) = ct::lookup(&rkey) {
+        // SAFETY: RevNat is plain data, copied out at once.
+        return match unsafe { SL_REVNAT.get(entry.rev_nat_index) }.copied() {
+            Some(rn) => nat::rewrite(
+                ctx,
+                &ip,
+                Side::Source,
+                (ip.saddr, sport),
+                (rn.addr, rn.port),
+            ),
+            // The service is gone: nothing to restore.
+            None => Ok(()),
+        };
+    }
+
+    // A request to a service frontend: pick (or keep) a backend, DNAT.
+    let skey = service_key(ip.daddr, dport, ip.proto, 0);
+    // SAFETY: ServiceValue is plain data, copied out at once.
+    let Some(svc) = (unsafe { SL_SERVICES.get(skey) }).copied() else {
+        return Ok(());
+    };
+    let backend = backend_for_flow(&ip, sport, dport, &svc)?;
+    nat::rewrite(
+        ctx,
+        &ip,
+        Side::Destination,
+        (ip.daddr, dport),
+        (backend.addr, backend.port),
+    )
+}
+
+/// The backend of an established flow if it still exists, else a new pick
+/// recorded in conntrack.
+#[inline(always)]
+fn backend_for_flow(
+    ip: &Ipv4,
+    sport: u16,
+    dport: u16,
+    svc: &ServiceValue,
+) -> Result<Backend, DropReason> {
+    let fkey = ct::key(ip.saddr, ip.daddr, sport, dport, ip.proto, CT_DIR_SERVICE);
+    if let Some(entry) = ct::lookup(&fkey)
+        && entry.rev_nat_index == svc.rev_nat_index
+        // SAFETY: Backend is plain data, copied out at once.
+        && let Some(b) = unsafe { SL_BACKENDS.get(entry.backend_id) }.copied()
+    {
+        // Established flows keep their backend, also a terminating one.
+        return Ok(b);
+    }
+    let (backend_id, backend) = select_backend(ip, dport, svc)?;
+    ct::create(
+        (ip.saddr, sport),
+        (ip.daddr, dport),
+        (backend.addr, backend.port),
+        ip.proto,
+        backend_id,
+        svc.rev_nat_index,
+    )?;
+    Ok(backend)
+}
+
+/// Picks a backend slot uniformly at random.
+#[inline(always)]
+fn select_backend(ip: &Ipv4, dport: u16, svc: &ServiceValue) -> Result<(u32, Backend), DropReason> {
+    let count = u32::from(svc.count);
+    if count == 0 {
+        return Err(DropReason::NoBackend);
+    }
+    // SAFETY: a plain helper call.
+    let slot = unsafe { bpf_get_prandom_u32() } % count + 1;
+    let key = service_key(ip.daddr, dport, ip.proto, slot as u16);
+    // SAFETY: plain data, copied out at once.
+    let Some(slot) = (unsafe { SL_SERVICES.get(key) }).copied() else {
+        return Err(DropReason::BackendMissing);
+    };
+    // SAFETY: plain data, copied out at once.
+    match unsafe { SL_BACKENDS.get(slot.backend_id) }.copied() {
+        Some(b) => Ok((slot.backend_id, b)),
+        None => Err(DropReason::BackendMissing),
+    }
+}
+
+#[inline(always)]
+fn service_key(addr: u32, dport: u16, proto: u8, backend_slot: u16) -> ServiceKey {
+    ServiceKey {
+        addr,
+        dport,
+        backend_slot,
+        proto,
+        scope: 0,
+        _pad: [0; 2],
+    }
+}

@@ -1,0 +1,145 @@
+//! Command-line interface: `sluice agent` and the operator's commands.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// The default pin directory of the agent's maps and programs.
+pub const DEFAULT_BPFFS_ROOT: &str = "/sys/fs/bpf/sluice";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "sluice",
+    version,
+    about = "eBPF Kubernetes service proxy: node agent and operator CLI"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the node agent: keep the kernel's maps equal to the Services and
+    /// EndpointSlices it is given.
+    Agent(Box<AgentArgs>),
+    /// List programmed frontends and their backends, from the pinned maps
+    /// (works while no agent runs).
+    Services(InspectArgs),
+    /// Say what is loaded, pinned and attached, and how full each map is.
+    Status(InspectArgs),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
+pub enum Output {
+    #[default]
+    Table,
+    Json,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct InspectArgs {
+    /// Where the agent pinned its maps and programs.
+    #[arg(long, env = "SLUICE_BPFFS_ROOT", default_value = DEFAULT_BPFFS_ROOT)]
+    pub bpffs_root: PathBuf,
+    /// Output format.
+    #[arg(short = 'o', long, value_enum, default_value_t = Output::Table)]
+    pub output: Output,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct AgentArgs {
+    /// Talk to the API server of this kubeconfig (not implemented yet: use --manifests).
+    #[arg(long, env = "KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+    /// Instead of an API server: Service, EndpointSlice and Node objects as
+    /// YAML or JSON files in this directory (multi-document and `kind: List`
+    /// allowed), followed while running.
+    #[arg(long)]
+    pub manifests: Option<PathBuf>,
+    /// This node's Node object name.
+    #[arg(long, env = "NODE_NAME")]
+    pub node_name: Option<String>,
+    /// Interfaces that receive external traffic (`eth+` wildcards). Used by
+    /// NodePort, not yet implemented.
+    #[arg(long, value_delimiter = ',')]
+    pub devices: Vec<String>,
+    /// Local address ranges that serve NodePorts (not yet implemented).
+    #[arg(long, value_delimiter = ',')]
+    pub nodeport_addresses: Vec<String>,
+    /// cgroup v2 directory where socket-level hooks attach (not yet implemented).
+    #[arg(long)]
+    pub cgroup_root: Option<PathBuf>,
+    /// Where maps and programs are pinned (a bpffs is mounted there if it is not on one).
+    #[arg(long, env = "SLUICE_BPFFS_ROOT", default_value = DEFAULT_BPFFS_ROOT)]
+    pub bpffs_root: PathBuf,
+    /// Connect-time load balancing (not yet implemented; the per-packet path is always on).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub socket_lb: bool,
+    /// Host-side pod interfaces the pod program attaches to (`sl+` = every
+    /// name starting with `sl`).
+    #[arg(long, value_delimiter = ',', default_value = "sl+")]
+    pub pod_devices: Vec<String>,
+    /// Pod address space (masquerade decisions; not yet used).
+    #[arg(long, value_delimiter = ',')]
+    pub cluster_cidr: Vec<String>,
+    /// Address of /healthz, /livez, /readyz (not yet served).
+    #[arg(long, default_value = "0.0.0.0:10256")]
+    pub health_bind: String,
+    /// Address of Prometheus /metrics (not yet served).
+    #[arg(long, default_value = "0.0.0.0:10249")]
+    pub metrics_bind: String,
+    /// Where the agent writes this node's CNI conflist (not yet written).
+    #[arg(long, default_value = "/etc/cni/net.d")]
+    pub cni_conf_dir: PathBuf,
+}
+
+/// Whether interface `name` matches one of `patterns` (`eth+` matches every
+/// name starting with `eth`; anything else matches exactly).
+#[must_use]
+pub fn device_matches(patterns: &[String], name: &str) -> bool {
+    patterns.iter().any(|p| match p.strip_suffix('+') {
+        Some(prefix) => name.starts_with(prefix),
+        None => p == name,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wildcards_match_prefixes() {
+        let p = vec!["sl+".to_string(), "eth0".to_string()];
+        assert!(device_matches(&p, "sl0123456789ab"));
+        assert!(device_matches(&p, "eth0"));
+        assert!(!device_matches(&p, "eth1"));
+        assert!(!device_matches(&p, "lo"));
+    }
+
+    #[test]
+    fn agent_flags_parse_with_defaults() {
+        let cli = Cli::try_parse_from([
+            "sluice",
+            "agent",
+            "--manifests",
+            "/m",
+            "--node-name",
+            "n1",
+            "--bpffs-root",
+            "/b",
+        ])
+        .unwrap();
+        let Command::Agent(a) = cli.command else {
+            panic!("not agent")
+        };
+        assert_eq!(a.pod_devices, vec!["sl+".to_string()]);
+        assert!(a.socket_lb);
+        assert_eq!(a.bpffs_root, PathBuf::from("/b"));
+    }
+
+    #[test]
+    fn bad_output_format_is_rejected() {
+        assert!(Cli::try_parse_from(["sluice", "services", "-o", "yaml"]).is_err());
+    }
+}

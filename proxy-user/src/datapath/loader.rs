@@ -1,0 +1,297 @@
+//! Loads the kernel programs, pins maps and programs under the bpffs root,
+//! and attaches the pod program to interfaces with tcx links that are pinned
+//! too, so that an agent restart or upgrade replaces the program in place
+//! (atomically, through the pinned link) and drops no packet.
+//!
+//! Pins under `<root>`:
+//! - `maps/<MAP_NAME>`: every map (reused when present, so state survives);
+//! - `progs/sl_pod_ingress`: the pod program (the CNI attaches it to new pods);
+//! - `links/pod-ingress-<ifindex>`: one tcx link per attached interface.
+
+use std::{
+    collections::BTreeSet,
+    fs,
+    io::ErrorKind,
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::MapInfo,
+    programs::{
+        LinkOrder, SchedClassifier, TcAttachType,
+        links::{FdLink, PinnedLink},
+        tc::{SchedClassifierLink, TcAttachOptions},
+    },
+    util::KernelVersion,
+};
+use proxy_common::{
+    BACKENDS_MAX, Backend, CT_MAX, CtEntry, CtKey, DropReason, FRAGS_MAX, FragKey, FragPorts,
+    MAP_BACKENDS, MAP_CT, MAP_DROPS, MAP_FRAGS, MAP_REVNAT, MAP_SERVICES, PROG_POD_INGRESS,
+    REVNAT_MAX, RevNat, SERVICES_MAX, ServiceKey, ServiceValue,
+};
+use tracing::{debug, info, warn};
+
+use super::{Error, PinPaths, Result};
+
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+/// What each pinned map must look like: (name, key size, value size, max entries).
+pub const MAP_LAYOUTS: [(&str, usize, usize, u32); 6] = [
+    (
+        MAP_SERVICES,
+        size_of::<ServiceKey>(),
+        size_of::<ServiceValue>(),
+        SERVICES_MAX,
+    ),
+    (
+        MAP_BACKENDS,
+        size_of::<u32>(),
+        size_of::<Backend>(),
+        BACKENDS_MAX,
+    ),
+    (
+        MAP_REVNAT,
+        size_of::<u16>(),
+        size_of::<RevNat>(),
+        REVNAT_MAX,
+    ),
+    (MAP_CT, size_of::<CtKey>(), size_of::<CtEntry>(), CT_MAX),
+    (
+        MAP_FRAGS,
+        size_of::<FragKey>(),
+        size_of::<FragPorts>(),
+        FRAGS_MAX,
+    ),
+    (
+        MAP_DROPS,
+        size_of::<u32>(),
+        size_of::<u64>(),
+        DropReason::COUNT,
+    ),
+];
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
+    move |source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Whether `path` is on a bpffs.
+pub fn is_bpffs(path: &Path) -> bool {
+    nix::sys::statfs::statfs(path)
+        .is_ok_and(|s| i64::from(s.filesystem_type().0 as u32) == BPF_FS_MAGIC)
+}
+
+/// Makes sure `root` exists on a bpffs; mounts one there if not (as Cilium
+/// does), and says so.
+pub fn ensure_bpffs(root: &Path) -> Result<()> {
+    fs::create_dir_all(root).map_err(io_err(root))?;
+    if is_bpffs(root) {
+        return Ok(());
+    }
+    warn!(path = %root.display(), "bpffs root is not on a bpffs: mounting one there");
+    nix::mount::mount(
+        Some("bpf"),
+        root,
+        Some("bpf"),
+        nix::mount::MsFlags::empty(),
+        None::<&str>,
+    )
+    .map_err(|source| Error::NotBpffs {
+        path: root.to_path_buf(),
+        source,
+    })
+}
+
+/// Checks the kernel has what the agent needs; a one-line reason if not.
+pub fn check_kernel() -> std::result::Result<(), String> {
+    let version =
+        KernelVersion::current().map_err(|e| format!("cannot read the kernel version: {e}"))?;
+    if version < KernelVersion::new(6, 6, 0) {
+        return Err(format!(
+            "kernel {version:?} is too old: sluice attaches with tcx links, which need Linux 6.6 or newer"
+        ));
+    }
+    if !Path::new("/proc/sys/net/core/bpf_jit_enable").exists() {
+        return Err(
+            "this kernel has no BPF JIT (/proc/sys/net/core/bpf_jit_enable missing)".into(),
+        );
+    }
+    Ok(())
+}
+
+/// Refuses to adopt pinned maps of another layout (another version's).
+fn check_pinned_maps(paths: &PinPaths) -> Result<()> {
+    for (name, key, value, max) in MAP_LAYOUTS {
+        let path = paths.map(name);
+        if !path.exists() {
+            continue;
+        }
+        let info = MapInfo::from_pin(&path).map_err(|source| Error::OpenMap {
+            name,
+            path: path.clone(),
+            source: Box::new(source),
+        })?;
+        let checks = [
+            ("key size", info.key_size(), key as u32),
+            ("value size", info.value_size(), value as u32),
+            ("max entries", info.max_entries(), max),
+        ];
+        for (what, found, expected) in checks {
+            if found != expected {
+                return Err(Error::IncompatibleMap {
+                    path,
+                    what,
+                    found,
+                    expected,
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The loaded programs and the interfaces they are attached to.
+pub struct Datapath {
+    ebpf: Ebpf,
+    paths: PinPaths,
+    attached: BTreeSet<u32>,
+}
+
+impl Datapath {
+    /// Loads the object, reusing pinned maps, and pins maps and programs.
+    pub fn load(paths: &PinPaths) -> Result<Self> {
+        for dir in [paths.maps(), paths.progs(), paths.links()] {
+            fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+        }
+        check_pinned_maps(paths)?;
+        let ebpf = EbpfLoader::new()
+            .default_map_pin_directory(paths.maps())
+            .load(crate::ebpf::OBJECT)
+            .map_err(|e| Error::Load(Box::new(e)))?;
+        let mut dp = Self {
+            ebpf,
+            paths: paths.clone(),
+            attached: BTreeSet::new(),
+        };
+        let prog = dp.pod_program()?;
+        prog.load().map_err(|e| Error::Program {
+            name: PROG_POD_INGRESS,
+            source: Box::new(e),
+        })?;
+        let pin = paths.prog(PROG_POD_INGRESS);
+        match fs::remove_file(&pin) {
+            Ok(()) => debug!(path = %pin.display(), "replacing pinned program"),
+            Err(e) if e.kind() == ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(Error::Io {
+                    path: pin,
+                    source: e,
+                });
+            }
+        }
+        prog.pin(&pin).map_err(|source| Error::Pin {
+            path: pin.clone(),
+            source,
+        })?;
+        info!(root = %paths.root.display(), "programs loaded, maps and programs pinned");
+        Ok(dp)
+    }
+
+    fn pod_program(&mut self) -> Result<&mut SchedClassifier> {
+        self.ebpf
+            .program_mut(PROG_POD_INGRESS)
+            .ok_or(Error::ProgramMissing(PROG_POD_INGRESS))?
+            .try_into()
+            .map_err(|e| Error::Program {
+                name: PROG_POD_INGRESS,
+                source: Box::new(e),
+            })
+    }
+
+    /// Interfaces the pod program is attached to by this agent.
+    #[must_use]
+    pub fn attached(&self) -> &BTreeSet<u32> {
+        &self.attached
+    }
+
+    /// Attaches the pod program to `ifname` (tc ingress, tcx). A link pinned
+    /// by an earlier agent is updated in place, atomically.
+    pub fn attach_pod_device(&mut self, ifname: &str, ifindex: u32) -> Result<()> {
+        let pin = self.paths.pod_link(ifindex);
+        let attach_err = |source| Error::Attach {
+            ifname: ifname.to_string(),
+            source: Box::new(source),
+        };
+        match PinnedLink::from_pin(&pin) {
+            Ok(old) => {
+                let link = SchedClassifierLink::try_from(FdLink::from(old)).map_err(|source| {
+                    Error::Link {
+                        path: pin.clone(),
+                        source,
+                    }
+                })?;
+                let prog = self.pod_program()?;
+                match prog.attach_to_link(link) {
+                    Ok(id) => {
+                        // The pin keeps the (same, updated) link alive.
+                        drop(prog.take_link(id).map_err(attach_err)?);
+                        self.attached.insert(ifindex);
+                        debug!(ifname, ifindex, "pod program replaced in pinned link");
+                        return Ok(());
+                    }
+                    Err(e) => {
+                        warn!(ifname, ifindex, error = %e, "pinned link unusable, attaching anew");
+                        fs::remove_file(&pin).map_err(io_err(&pin))?;
+                    }
+                }
+            }
+            Err(aya::programs::links::LinkError::SyscallError(e))
+                if e.io_error.kind() == ErrorKind::NotFound => {}
+            Err(source) => {
+                warn!(path = %pin.display(), error = %source, "removing unreadable link pin");
+                fs::remove_file(&pin).map_err(io_err(&pin))?;
+            }
+        }
+        let prog = self.pod_program()?;
+        let id = prog
+            .attach_with_options(
+                ifname,
+                TcAttachType::Ingress,
+                TcAttachOptions::TcxOrder(LinkOrder::default()),
+            )
+            .map_err(attach_err)?;
+        let link = prog.take_link(id).map_err(attach_err)?;
+        let fd_link = FdLink::try_from(link).map_err(|source| Error::Link {
+            path: pin.clone(),
+            source,
+        })?;
+        fd_link.pin(&pin).map_err(|source| Error::Pin {
+            path: pin.clone(),
+            source,
+        })?;
+        self.attached.insert(ifindex);
+        info!(ifname, ifindex, "pod program attached");
+        Ok(())
+    }
+
+    /// Removes link pins of interfaces that are gone (their links are
+    /// already defunct) or no longer selected.
+    pub fn prune_links(&mut self, keep: &BTreeSet<u32>) -> Result<()> {
+        let dir = self.paths.links();
+        for entry in fs::read_dir(&dir).map_err(io_err(&dir))? {
+            let path: PathBuf = entry.map_err(io_err(&dir))?.path();
+            let Some(ifindex) = PinPaths::pod_link_ifindex(&path) else {
+                continue;
+            };
+            if !keep.contains(&ifindex) {
+                fs::remove_file(&path).map_err(io_err(&path))?;
+                self.attached.remove(&ifindex);
+                info!(ifindex, "pod program link removed (interface gone)");
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,286 @@
+//! Typed access to the service maps, behind a trait so that the reconciler
+//! can be tested against an in-memory fake ([`FakeMaps`]) as well as run
+//! against the pinned kernel maps ([`PinnedMaps`]).
+
+use std::collections::BTreeMap;
+
+use aya::maps::{HashMap, Map, MapData, MapError, PerCpuArray};
+use proxy_common::{
+    Backend, DropReason, MAP_BACKENDS, MAP_DROPS, MAP_REVNAT, MAP_SERVICES, RevNat, ServiceKey,
+    ServiceValue,
+};
+
+use super::{Error, PinPaths, Result};
+
+/// The service-side maps, as the reconciler needs them.
+pub trait LbMaps {
+    fn services(&self) -> Result<Vec<(ServiceKey, ServiceValue)>>;
+    fn backends(&self) -> Result<Vec<(u32, Backend)>>;
+    fn rev_nats(&self) -> Result<Vec<(u16, RevNat)>>;
+    fn put_backend(&mut self, id: u32, backend: &Backend) -> Result<()>;
+    fn delete_backend(&mut self, id: u32) -> Result<()>;
+    fn put_service(&mut self, key: &ServiceKey, value: &ServiceValue) -> Result<()>;
+    fn delete_service(&mut self, key: &ServiceKey) -> Result<()>;
+    fn put_rev_nat(&mut self, index: u16, rev_nat: &RevNat) -> Result<()>;
+    fn delete_rev_nat(&mut self, index: u16) -> Result<()>;
+}
+
+/// The pinned kernel maps under a bpffs root.
+pub struct PinnedMaps {
+    services: HashMap<MapData, ServiceKey, ServiceValue>,
+    backends: HashMap<MapData, u32, Backend>,
+    rev_nats: HashMap<MapData, u16, RevNat>,
+    capacities: [u32; 3],
+}
+
+/// Opens a pinned map as the typed map `T`.
+pub fn open_pinned<T>(paths: &PinPaths, name: &'static str) -> Result<T>
+where
+    T: TryFrom<Map, Error = MapError>,
+{
+    let path = paths.map(name);
+    let wrap = |source| Error::OpenMap {
+        name,
+        path: path.clone(),
+        source: Box::new(source),
+    };
+    let data = MapData::from_pin(&path).map_err(wrap)?;
+    let map = Map::from_map_data(data).map_err(wrap)?;
+    T::try_from(map).map_err(wrap)
+}
+
+/// The `max_entries` of a pinned map.
+pub fn capacity(paths: &PinPaths, name: &'static str) -> Result<u32> {
+    let path = paths.map(name);
+    let info = aya::maps::MapInfo::from_pin(&path).map_err(|source| Error::OpenMap {
+        name,
+        path,
+        source: Box::new(source),
+    })?;
+    Ok(info.max_entries())
+}
+
+impl PinnedMaps {
+    /// Opens the maps pinned under `paths` (made by the agent's loader).
+    pub fn open(paths: &PinPaths) -> Result<Self> {
+        Ok(Self {
+            services: open_pinned(paths, MAP_SERVICES)?,
+            backends: open_pinned(paths, MAP_BACKENDS)?,
+            rev_nats: open_pinned(paths, MAP_REVNAT)?,
+            capacities: [
+                capacity(paths, MAP_SERVICES)?,
+                capacity(paths, MAP_BACKENDS)?,
+                capacity(paths, MAP_REVNAT)?,
+            ],
+        })
+    }
+}
+
+/// Drop counters summed over CPUs, by reason.
+pub fn read_drops(paths: &PinPaths) -> Result<Vec<(DropReason, u64)>> {
+    let drops: PerCpuArray<MapData, u64> = open_pinned(paths, MAP_DROPS)?;
+    DropReason::ALL
+        .iter()
+        .map(|&reason| {
+            let per_cpu = drops
+                .get(&(reason as u32), 0)
+                .map_err(|source| Error::MapOp {
+                    name: MAP_DROPS,
+                    op: "lookup",
+                    source: Box::new(source),
+                })?;
+            Ok((reason, per_cpu.iter().sum()))
+        })
+        .collect()
+}
+
+fn collect<K: aya::Pod, V: aya::Pod>(
+    name: &'static str,
+    map: &HashMap<MapData, K, V>,
+) -> Result<Vec<(K, V)>> {
+    map.iter()
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|source| Error::MapOp {
+            name,
+            op: "iterate",
+            source: Box::new(source),
+        })
+}
+
+fn write_err(name: &'static str, op: &'static str, capacity: u32, source: MapError) -> Error {
+    if let MapError::SyscallError(e) = &source
+        && matches!(e.io_error.raw_os_error(), Some(libc::E2BIG | libc::ENOSPC))
+    {
+        return Error::MapFull { name, capacity };
+    }
+    Error::MapOp {
+        name,
+        op,
+        source: Box::new(source),
+    }
+}
+
+/// Deleting what is already gone is success (idempotent writes).
+fn delete_ok(res: Result<(), MapError>, name: &'static str) -> Result<()> {
+    match res {
+        Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+        Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+        Err(source) => Err(Error::MapOp {
+            name,
+            op: "delete",
+            source: Box::new(source),
+        }),
+    }
+}
+
+impl LbMaps for PinnedMaps {
+    fn services(&self) -> Result<Vec<(ServiceKey, ServiceValue)>> {
+        collect(MAP_SERVICES, &self.services)
+    }
+
+    fn backends(&self) -> Result<Vec<(u32, Backend)>> {
+        collect(MAP_BACKENDS, &self.backends)
+    }
+
+    fn rev_nats(&self) -> Result<Vec<(u16, RevNat)>> {
+        collect(MAP_REVNAT, &self.rev_nats)
+    }
+
+    fn put_backend(&mut self, id: u32, backend: &Backend) -> Result<()> {
+        self.backends
+            .insert(id, backend, 0)
+            .map_err(|e| write_err(MAP_BACKENDS, "update", self.capacities[1], e))
+    }
+
+    fn delete_backend(&mut self, id: u32) -> Result<()> {
+        delete_ok(self.backends.remove(&id), MAP_BACKENDS)
+    }
+
+    fn put_service(&mut self, key: &ServiceKey, value: &ServiceValue) -> Result<()> {
+        self.services
+            .insert(key, value, 0)
+            .map_err(|e| write_err(MAP_SERVICES, "update", self.capacities[0], e))
+    }
+
+    fn delete_service(&mut self, key: &ServiceKey) -> Result<()> {
+        delete_ok(self.services.remove(key), MAP_SERVICES)
+    }
+
+    fn put_rev_nat(&mut self, index: u16, rev_nat: &RevNat) -> Result<()> {
+        self.rev_nats
+            .insert(index, rev_nat, 0)
+            .map_err(|e| write_err(MAP_REVNAT, "update", self.capacities[2], e))
+    }
+
+    fn delete_rev_nat(&mut self, index: u16) -> Result<()> {
+        delete_ok(self.rev_nats.remove(&index), MAP_REVNAT)
+    }
+}
+
+/// One write the reconciler made, for ordering checks in tests.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Op {
+    PutBackend(u32),
+    DeleteBackend(u32),
+    PutService {
+        slot: u16,
+        count: u16,
+        backend_id: u32,
+    },
+    DeleteService {
+        slot: u16,
+    },
+    PutRevNat(u16),
+    DeleteRevNat(u16),
+}
+
+/// In-memory maps with a log of writes and optional capacities, for tests.
+#[derive(Default, Debug)]
+pub struct FakeMaps {
+    pub services: BTreeMap<(u32, u16, u8, u16), (ServiceKey, ServiceValue)>,
+    pub backends: BTreeMap<u32, Backend>,
+    pub rev_nats: BTreeMap<u16, RevNat>,
+    pub log: Vec<Op>,
+    /// When set, inserting a new key beyond this many entries fails as a
+    /// full kernel map does.
+    pub service_capacity: Option<usize>,
+    pub backend_capacity: Option<usize>,
+}
+
+fn skey(k: &ServiceKey) -> (u32, u16, u8, u16) {
+    (k.addr, k.dport, k.proto, k.backend_slot)
+}
+
+impl LbMaps for FakeMaps {
+    fn services(&self) -> Result<Vec<(ServiceKey, ServiceValue)>> {
+        Ok(self.services.values().copied().collect())
+    }
+
+    fn backends(&self) -> Result<Vec<(u32, Backend)>> {
+        Ok(self.backends.iter().map(|(k, v)| (*k, *v)).collect())
+    }
+
+    fn rev_nats(&self) -> Result<Vec<(u16, RevNat)>> {
+        Ok(self.rev_nats.iter().map(|(k, v)| (*k, *v)).collect())
+    }
+
+    fn put_backend(&mut self, id: u32, backend: &Backend) -> Result<()> {
+        if let Some(cap) = self.backend_capacity
+            && !self.backends.contains_key(&id)
+            && self.backends.len() >= cap
+        {
+            return Err(Error::MapFull {
+                name: MAP_BACKENDS,
+                capacity: cap as u32,
+            });
+        }
+        self.backends.insert(id, *backend);
+        self.log.push(Op::PutBackend(id));
+        Ok(())
+    }
+
+    fn delete_backend(&mut self, id: u32) -> Result<()> {
+        self.backends.remove(&id);
+        self.log.push(Op::DeleteBackend(id));
+        Ok(())
+    }
+
+    fn put_service(&mut self, key: &ServiceKey, value: &ServiceValue) -> Result<()> {
+        if let Some(cap) = self.service_capacity
+            && !self.services.contains_key(&skey(key))
+            && self.services.len() >= cap
+        {
+            return Err(Error::MapFull {
+                name: MAP_SERVICES,
+                capacity: cap as u32,
+            });
+        }
+        self.services.insert(skey(key), (*key, *value));
+        self.log.push(Op::PutService {
+            slot: key.backend_slot,
+            count: value.count,
+            backend_id: value.backend_id,
+        });
+        Ok(())
+    }
+
+    fn delete_service(&mut self, key: &ServiceKey) -> Result<()> {
+        self.services.remove(&skey(key));
+        self.log.push(Op::DeleteService {
+            slot: key.backend_slot,
+        });
+        Ok(())
+    }
+
+    fn put_rev_nat(&mut self, index: u16, rev_nat: &RevNat) -> Result<()> {
+        self.rev_nats.insert(index, *rev_nat);
+        self.log.push(Op::PutRevNat(index));
+        Ok(())
+    }
+
+    fn delete_rev_nat(&mut self, index: u16) -> Result<()> {
+        self.rev_nats.remove(&index);
+        self.log.push(Op::DeleteRevNat(index));
+        Ok(())
+    }
+}

@@ -1,0 +1,131 @@
+//! The kernel side as seen from userspace: loading and pinning the programs
+//! and maps ([`loader`]), typed access to the pinned maps ([`maps`]), and the
+//! reconciler that writes the model's desired state into them
+//! ([`reconcile`]).
+pub mod loader;
+pub mod maps;
+pub mod reconcile;
+
+use std::path::{Path, PathBuf};
+
+/// Where things are pinned under the bpffs root.
+#[derive(Clone, Debug)]
+pub struct PinPaths {
+    pub root: PathBuf,
+}
+
+impl PinPaths {
+    #[must_use]
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self { root: root.into() }
+    }
+
+    /// Directory of the pinned maps, one file per map name.
+    #[must_use]
+    pub fn maps(&self) -> PathBuf {
+        self.root.join("maps")
+    }
+
+    #[must_use]
+    pub fn map(&self, name: &str) -> PathBuf {
+        self.maps().join(name)
+    }
+
+    /// Directory of the pinned programs.
+    #[must_use]
+    pub fn progs(&self) -> PathBuf {
+        self.root.join("progs")
+    }
+
+    #[must_use]
+    pub fn prog(&self, name: &str) -> PathBuf {
+        self.progs().join(name)
+    }
+
+    /// Directory of the pinned tc links, one per attached interface.
+    #[must_use]
+    pub fn links(&self) -> PathBuf {
+        self.root.join("links")
+    }
+
+    /// The pin of the pod program's link on interface `ifindex`.
+    #[must_use]
+    pub fn pod_link(&self, ifindex: u32) -> PathBuf {
+        self.links().join(format!("pod-ingress-{ifindex}"))
+    }
+
+    /// Parses an interface index back out of a pod link pin's file name.
+    #[must_use]
+    pub fn pod_link_ifindex(path: &Path) -> Option<u32> {
+        path.file_name()?
+            .to_str()?
+            .strip_prefix("pod-ingress-")?
+            .parse()
+            .ok()
+    }
+}
+
+/// Errors of the data path layer.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path} is not on a bpffs and mounting one there failed: {source}")]
+    NotBpffs { path: PathBuf, source: nix::Error },
+    #[error(
+        "loading the eBPF programs failed (does this kernel have BPF with JIT, and are we root with CAP_BPF/CAP_SYS_ADMIN?): {0}"
+    )]
+    Load(#[source] Box<aya::EbpfError>),
+    #[error("the eBPF object has no program {0}")]
+    ProgramMissing(&'static str),
+    #[error("program {name}: {source}")]
+    Program {
+        name: &'static str,
+        source: Box<aya::programs::ProgramError>,
+    },
+    #[error("pinning {path}: {source}")]
+    Pin {
+        path: PathBuf,
+        source: aya::pin::PinError,
+    },
+    #[error("attaching to interface {ifname} (tcx or clsact needed): {source}")]
+    Attach {
+        ifname: String,
+        source: Box<aya::programs::ProgramError>,
+    },
+    #[error("link pin {path}: {source}")]
+    Link {
+        path: PathBuf,
+        source: aya::programs::links::LinkError,
+    },
+    #[error(
+        "pinned map {path} has {what} {found}, this build expects {expected}: it was made by an incompatible version; remove it (traffic through sluice is interrupted) or use another --bpffs-root"
+    )]
+    IncompatibleMap {
+        path: PathBuf,
+        what: &'static str,
+        found: u32,
+        expected: u32,
+    },
+    #[error("map {name} at {path}: {source} (is the agent's state pinned there? see --bpffs-root)")]
+    OpenMap {
+        name: &'static str,
+        path: PathBuf,
+        source: Box<aya::maps::MapError>,
+    },
+    #[error("map {name}: {op} failed: {source}")]
+    MapOp {
+        name: &'static str,
+        op: &'static str,
+        source: Box<aya::maps::MapError>,
+    },
+    #[error("map {name} is full ({capacity} entries); raise its size")]
+    MapFull { name: &'static str, capacity: u32 },
+    #[error("out of {0} ids")]
+    IdsExhausted(&'static str),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,423 @@
+//! Writes the model's desired frontends into the service maps.
+//!
+//! Order (Cilium's): for each frontend, backends first, then the backend
+//! slots, then the reverse-NAT entry, then the master entry with the new
+//! count, then surplus slots are removed, then backends nobody uses. The
+//! kernel therefore never sees a slot `<= count` without a backend behind
+//! it, nor a master entry whose reverse NAT is missing. A frontend that goes
+//! away loses its master entry first, so no new flow can start on it while
+//! the rest is removed.
+//!
+//! The applied state is updated after each write that succeeded, so a
+//! failed sync leaves an exact record and the next sync carries on from
+//! there: nothing is leaked and nothing is written twice. At start the
+//! applied state is restored from the pinned maps (ids stay stable across
+//! agent restarts) and entries nobody owns are pruned.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::Ipv4Addr,
+};
+
+use proxy_common::{
+    BACKEND_STATE_ACTIVE, BACKEND_STATE_TERMINATING, Backend, RevNat, ServiceKey, ServiceValue,
+};
+
+use super::{Error, Result, maps::LbMaps};
+use crate::model::{BackendState, Desired, Frontend, FrontendKey, Protocol};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct AppliedBackend {
+    id: u32,
+    state: BackendState,
+}
+
+/// What is known to be in the maps for one frontend.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct Applied {
+    rev_nat_index: u16,
+    rev_nat_written: bool,
+    /// The master entry's count, `None` when no master entry is written.
+    count: Option<u16>,
+    /// Backend id per slot (`slots[0]` is slot 1); 0 = unknown/missing.
+    slots: Vec<u32>,
+    backends: BTreeMap<(Ipv4Addr, u16), AppliedBackend>,
+}
+
+/// What a sync did.
+#[derive(Debug, Default)]
+pub struct SyncOutcome {
+    /// Frontends whose entries changed.
+    pub changed: usize,
+    /// Frontends removed.
+    pub removed: usize,
+    /// Frontends that could not be (fully) written; retried next sync.
+    pub errors: Vec<(FrontendKey, Error)>,
+}
+
+/// What restoring from the pinned maps found.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct RestoreOutcome {
+    pub frontends: usize,
+    pub backends: usize,
+    /// Entries nobody owned, removed.
+    pub pruned: usize,
+}
+
+pub struct Reconciler<M> {
+    maps: M,
+    applied: BTreeMap<FrontendKey, Applied>,
+    used_backend_ids: BTreeSet<u32>,
+    used_rev_nats: BTreeSet<u16>,
+    next_backend_id: u32,
+    next_rev_nat: u16,
+}
+
+fn state_to_map(state: BackendState) -> u8 {
+    match state {
+        BackendState::Active => BACKEND_STATE_ACTIVE,
+        BackendState::Terminating => BACKEND_STATE_TERMINATING,
+    }
+}
+
+fn state_from_map(state: u8) -> BackendState {
+    if state == BACKEND_STATE_ACTIVE {
+        BackendState::Active
+    } else {
+        BackendState::Terminating
+    }
+}
+
+fn service_key(fk: &FrontendKey, slot: u16) -> ServiceKey {
+    ServiceKey::new(fk.addr, fk.port, fk.proto.number(), slot)
+}
+
+impl<M: LbMaps> Reconciler<M> {
+    /// Adopts what is pinned in `maps`: every complete frontend (master entry
+    /// present) is restored with its ids; everything else is pruned.
+    pub fn restore(mut maps: M) -> Result<(Self, RestoreOutcome)> {
+        let services = maps.services()?;
+        let backends = maps.backends()?;
+        let rev_nats = maps.rev_nats()?;
+        let mut outcome = RestoreOutcome::default();
+
+        let mut applied: BTreeMap<FrontendKey, Applied> = BTreeMap::new();
+        let mut by_rev_nat: BTreeMap<u16, FrontendKey> = BTreeMap::new();
+        let mut slots: BTreeMap<(FrontendKey, u16), u32> = BTreeMap::new();
+        let mut stray_keys = Vec::new();
+        for (key, value) in &services {
+            let Some(proto) = Protocol::from_number(key.proto) else {
+                stray_keys.push(*key);
+                continue;
+            };
+            let fk = FrontendKey {
+                addr: key.addr(),
+                port: key.port(),
+                proto,
+            };
+            if key.backend_slot == 0 {
+                if value.rev_nat_index == 0 || by_rev_nat.contains_key(&value.rev_nat_index) {
+                    stray_keys.push(*key);
+                    continue;
+                }
+                by_rev_nat.insert(value.rev_nat_index, fk);
+                applied.insert(
+                    fk,
+                    Applied {
+                        rev_nat_index: value.rev_nat_index,
+                        rev_nat_written: false,
+                        count: Some(value.count),
+                        slots: Vec::new(),
+                        backends: BTreeMap::new(),
+                    },
+                );
+            } else {
+                slots.insert((fk, key.backend_slot), value.backend_id);
+            }
+        }
+        // Slots: within the master's count they are the frontend's; beyond
+        // it, or without a master, nobody's.
+        for ((fk, slot), backend_id) in slots {
+            match applied.get_mut(&fk) {
+                Some(a) if slot <= a.count.unwrap_or(0) => {
+                    let i = usize::from(slot) - 1;
+                    if a.slots.len() <= i {
+                        a.slots.resize(i + 1, 0);
+                    }
+                    a.slots[i] = backend_id;
+                }
+                _ => stray_keys.push(service_key(&fk, slot)),
+            }
+        }
+        for a in applied.values_mut() {
+            // Missing slots stay 0 (unknown), so the next sync rewrites them.
+            a.slots.resize(usize::from(a.count.unwrap_or(0)), 0);
+        }
+        let mut stray_backends = Vec::new();
+        for (id, b) in &backends {
+            match by_rev_nat
+                .get(&b.rev_nat_index)
+                .and_then(|fk| applied.get_mut(fk))
+            {
+                Some(a) if *id != 0 => {
+                    a.backends.insert(
+                        (b.addr(), b.port()),
+                        AppliedBackend {
+                            id: *id,
+                            state: state_from_map(b.state),
+                        },
+                    );
+                    outcome.backends += 1;
+                }
+                _ => stray_backends.push(*id),
+            }
+        }
+        let mut stray_rev_nats = Vec::new();
+        for (index, rn) in &rev_nats {
+            match by_rev_nat.get(index).and_then(|fk| applied.get_mut(fk)) {
+                Some(a) if rn.addr() == by_rev_nat[index].addr => a.rev_nat_written = true,
+                _ => stray_rev_nats.push(*index),
+            }
+        }
+
+        // Prune what nobody owns, in the safe order: slots, then backends,
+        // then reverse NAT.
+        for key in &stray_keys {
+            maps.delete_service(key)?;
+        }
+        for id in &stray_backends {
+            maps.delete_backend(*id)?;
+        }
+        for index in &stray_rev_nats {
+            maps.delete_rev_nat(*index)?;
+        }
+        outcome.pruned = stray_keys.len() + stray_backends.len() + stray_rev_nats.len();
+        outcome.frontends = applied.len();
+
+        let used_backend_ids: BTreeSet<u32> = applied
+            .values()
+            .flat_map(|a| a.backends.values().map(|b| b.id))
+            .collect();
+        let used_rev_nats: BTreeSet<u16> = applied.values().map(|a| a.rev_nat_index).collect();
+        let next_backend_id = used_backend_ids
+            .last()
+            .map_or(1, |m| m.wrapping_add(1).max(1));
+        let next_rev_nat = used_rev_nats.last().map_or(1, |m| m.wrapping_add(1).max(1));
+        Ok((
+            Self {
+                maps,
+                applied,
+                used_backend_ids,
+                used_rev_nats,
+                next_backend_id,
+                next_rev_nat,
+            },
+            outcome,
+        ))
+    }
+
+    /// The maps, e.g. to inspect a fake in tests.
+    pub fn maps(&self) -> &M {
+        &self.maps
+    }
+
+    /// Number of frontends known to be applied.
+    #[must_use]
+    pub fn frontends(&self) -> usize {
+        self.applied.len()
+    }
+
+    /// Makes the maps equal to `desired`. Frontends that fail are reported
+    /// and retried by the next call; the others are written regardless.
+    pub fn sync(&mut self, desired: &Desired) -> SyncOutcome {
+        let mut outcome = SyncOutcome::default();
+        let gone: Vec<FrontendKey> = self
+            .applied
+            .keys()
+            .filter(|k| !desired.contains_key(k))
+            .copied()
+            .collect();
+        // Removals first: they free ids and map room for the additions.
+        for fk in gone {
+            match self.remove_frontend(&fk) {
+                Ok(()) => outcome.removed += 1,
+                Err(e) => outcome.errors.push((fk, e)),
+            }
+        }
+        for (fk, frontend) in desired {
+            match self.apply_frontend(fk, frontend) {
+                Ok(true) => outcome.changed += 1,
+                Ok(false) => {}
+                Err(e) => outcome.errors.push((*fk, e)),
+            }
+        }
+        outcome
+    }
+
+    fn alloc_backend_id(&mut self) -> Result<u32> {
+        for _ in 0..=u32::MAX {
+            let id = self.next_backend_id;
+            self.next_backend_id = id.wrapping_add(1).max(1);
+            if id != 0 && self.used_backend_ids.insert(id) {
+                return Ok(id);
+            }
+        }
+        Err(Error::IdsExhausted("backend"))
+    }
+
+    fn alloc_rev_nat(&mut self) -> Result<u16> {
+        for _ in 0..=u16::MAX {
+            let id = self.next_rev_nat;
+            self.next_rev_nat = id.wrapping_add(1).max(1);
+            if id != 0 && self.used_rev_nats.insert(id) {
+                return Ok(id);
+            }
+        }
+        Err(Error::IdsExhausted("reverse-NAT"))
+    }
+
+    /// Returns whether anything was written.
+    fn apply_frontend(&mut self, fk: &FrontendKey, frontend: &Frontend) -> Result<bool> {
+        if !self.applied.contains_key(fk) {
+            let rev_nat_index = self.alloc_rev_nat()?;
+            self.applied.insert(
+                *fk,
+                Applied {
+                    rev_nat_index,
+                    ..Applied::default()
+                },
+            );
+        }
+        let before = self.applied[fk].clone();
+        let rev = before.rev_nat_index;
+        let proto = fk.proto.number();
+
+        // 1. Backends: new ones get ids, changed states are rewritten.
+        let mut active_ids = Vec::new();
+        for b in &frontend.backends {
+            let existing = self.applied[fk].backends.get(&(b.addr, b.port)).copied();
+            let id = match existing {
+                Some(ab) if ab.state == b.state => ab.id,
+                Some(ab) => {
+                    let value = Backend::new(b.addr, b.port, proto, state_to_map(b.state), rev);
+                    self.maps.put_backend(ab.id, &value)?;
+                    self.entry(fk).backends.insert(
+                        (b.addr, b.port),
+                        AppliedBackend {
+                            id: ab.id,
+                            state: b.state,
+                        },
+                    );
+                    ab.id
+                }
+                None => {
+                    let id = self.alloc_backend_id()?;
+                    let value = Backend::new(b.addr, b.port, proto, state_to_map(b.state), rev);
+                    if let Err(e) = self.maps.put_backend(id, &value) {
+                        self.used_backend_ids.remove(&id);
+                        return Err(e);
+                    }
+                    self.entry(fk)
+                        .backends
+                        .insert((b.addr, b.port), AppliedBackend { id, state: b.state });
+                    id
+                }
+            };
+            if b.state == BackendState::Active {
+                active_ids.push(id);
+            }
+        }
+        let count = u16::try_from(active_ids.len()).map_err(|_| Error::MapFull {
+            name: proxy_common::MAP_SERVICES,
+            capacity: u32::from(u16::MAX),
+        })?;
+
+        // 2. Slots 1..=count.
+        for (i, id) in active_ids.iter().enumerate() {
+            if self.applied[fk].slots.get(i) != Some(id) {
+                let slot = u16::try_from(i + 1).expect("count fits u16");
+                self.maps
+                    .put_service(&service_key(fk, slot), &ServiceValue::slot(*id, rev))?;
+                let a = self.entry(fk);
+                if a.slots.len() <= i {
+                    a.slots.resize(i + 1, 0);
+                }
+                a.slots[i] = *id;
+            }
+        }
+
+        // 3. Reverse NAT.
+        if !self.applied[fk].rev_nat_written {
+            self.maps.put_rev_nat(rev, &RevNat::new(fk.addr, fk.port))?;
+            self.entry(fk).rev_nat_written = true;
+        }
+
+        // 4. The master entry, now that everything it points at exists.
+        if self.applied[fk].count != Some(count) {
+            self.maps
+                .put_service(&service_key(fk, 0), &ServiceValue::master(count, rev))?;
+            self.entry(fk).count = Some(count);
+        }
+
+        // 5. Surplus slots.
+        while self.applied[fk].slots.len() > active_ids.len() {
+            let slot = u16::try_from(self.applied[fk].slots.len()).expect("slots fit u16");
+            self.maps.delete_service(&service_key(fk, slot))?;
+            self.entry(fk).slots.pop();
+        }
+
+        // 6. Backends no longer wanted.
+        let wanted: BTreeSet<(Ipv4Addr, u16)> =
+            frontend.backends.iter().map(|b| (b.addr, b.port)).collect();
+        let unwanted: Vec<((Ipv4Addr, u16), u32)> = self.applied[fk]
+            .backends
+            .iter()
+            .filter(|(k, _)| !wanted.contains(k))
+            .map(|(k, b)| (*k, b.id))
+            .collect();
+        for (k, id) in unwanted {
+            self.maps.delete_backend(id)?;
+            self.entry(fk).backends.remove(&k);
+            self.used_backend_ids.remove(&id);
+        }
+
+        Ok(self.applied[fk] != before)
+    }
+
+    fn remove_frontend(&mut self, fk: &FrontendKey) -> Result<()> {
+        // Master first: no new flow can start on this frontend afterwards.
+        if self.applied[fk].count.is_some() {
+            self.maps.delete_service(&service_key(fk, 0))?;
+            self.entry(fk).count = None;
+        }
+        while let Some(&_id) = self.applied[fk].slots.last() {
+            let slot = u16::try_from(self.applied[fk].slots.len()).expect("slots fit u16");
+            self.maps.delete_service(&service_key(fk, slot))?;
+            self.entry(fk).slots.pop();
+        }
+        let ids: Vec<((Ipv4Addr, u16), u32)> = self.applied[fk]
+            .backends
+            .iter()
+            .map(|(k, b)| (*k, b.id))
+            .collect();
+        for (k, id) in ids {
+            self.maps.delete_backend(id)?;
+            self.entry(fk).backends.remove(&k);
+            self.used_backend_ids.remove(&id);
+        }
+        let rev = self.applied[fk].rev_nat_index;
+        if self.applied[fk].rev_nat_written {
+            self.maps.delete_rev_nat(rev)?;
+        }
+        self.applied.remove(fk);
+        self.used_rev_nats.remove(&rev);
+        Ok(())
+    }
+
+    fn entry(&mut self, fk: &FrontendKey) -> &mut Applied {
+        self.applied.get_mut(fk).expect("frontend is applied")
+    }
+}
+
+#[cfg(test)]
+mod tests;

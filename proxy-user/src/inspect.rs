@@ -1,0 +1,250 @@
+//! The operator's view of the pinned state: `sluice services` and
+//! `sluice status`. Reads the pins directly, so it works while no agent runs.
+
+use std::{collections::BTreeMap, fmt::Write as _, net::Ipv4Addr};
+
+use proxy_common::{ALL_MAPS, BACKEND_STATE_ACTIVE, PROG_POD_INGRESS};
+use serde::Serialize;
+
+use crate::{
+    datapath::{
+        PinPaths, Result,
+        maps::{LbMaps, PinnedMaps, capacity, read_drops},
+    },
+    model::Protocol,
+};
+
+#[derive(Debug, Serialize, PartialEq, Eq)]
+pub struct BackendView {
+    pub id: u32,
+    pub address: Ipv4Addr,
+    pub port: u16,
+    /// "active" or "terminating".
+    pub state: &'static str,
+    /// Its slot (1..=count) when active and in the service's slot table.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub slot: Option<u16>,
+}
+
+#[derive(Debug, Serialize, PartialEq, Eq)]
+pub struct ServiceView {
+    pub address: Ipv4Addr,
+    pub port: u16,
+    pub protocol: String,
+    pub rev_nat_index: u16,
+    /// Number of backend slots (active backends) in the master entry.
+    pub count: u16,
+    pub backends: Vec<BackendView>,
+}
+
+/// Reads every programmed frontend with its backends.
+pub fn services(paths: &PinPaths) -> Result<Vec<ServiceView>> {
+    let maps = PinnedMaps::open(paths)?;
+    let entries = maps.services()?;
+    let backends: BTreeMap<u32, proxy_common::Backend> = maps.backends()?.into_iter().collect();
+    let mut slots: BTreeMap<(u32, u16, u8), BTreeMap<u16, u32>> = BTreeMap::new();
+    for (k, v) in &entries {
+        if k.backend_slot != 0 {
+            slots
+                .entry((k.addr, k.dport, k.proto))
+                .or_default()
+                .insert(k.backend_slot, v.backend_id);
+        }
+    }
+    let mut out = Vec::new();
+    for (k, v) in entries.iter().filter(|(k, _)| k.backend_slot == 0) {
+        let my_slots = slots.get(&(k.addr, k.dport, k.proto));
+        let slot_of = |id: u32| {
+            my_slots
+                .and_then(|s| s.iter().find(|(slot, b)| **b == id && **slot <= v.count))
+                .map(|(s, _)| *s)
+        };
+        let mut bs: Vec<BackendView> = backends
+            .iter()
+            .filter(|(_, b)| b.rev_nat_index == v.rev_nat_index)
+            .map(|(id, b)| BackendView {
+                id: *id,
+                address: b.addr(),
+                port: b.port(),
+                state: if b.state == BACKEND_STATE_ACTIVE {
+                    "active"
+                } else {
+                    "terminating"
+                },
+                slot: slot_of(*id),
+            })
+            .collect();
+        bs.sort_by_key(|b| (b.address, b.port));
+        out.push(ServiceView {
+            address: k.addr(),
+            port: k.port(),
+            protocol: Protocol::from_number(k.proto)
+                .map_or_else(|| k.proto.to_string(), |p| p.to_string()),
+            rev_nat_index: v.rev_nat_index,
+            count: v.count,
+            backends: bs,
+        });
+    }
+    out.sort_by(|a, b| (a.address, a.port, &a.protocol).cmp(&(b.address, b.port, &b.protocol)));
+    Ok(out)
+}
+
+/// `sluice services -o table`.
+#[must_use]
+pub fn services_table(services: &[ServiceView]) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "{:<22} {:<5} {:>4}  {:<22} {}",
+        "FRONTEND", "PROTO", "ID", "BACKEND", "STATE"
+    );
+    for svc in services {
+        let frontend = format!("{}:{}", svc.address, svc.port);
+        if svc.backends.is_empty() {
+            let _ = writeln!(
+                s,
+                "{frontend:<22} {:<5} {:>4}  {:<22} {}",
+                svc.protocol, "-", "(no endpoints)", "-"
+            );
+        }
+        for (i, b) in svc.backends.iter().enumerate() {
+            let (f, p) = if i == 0 {
+                (frontend.as_str(), svc.protocol.as_str())
+            } else {
+                ("", "")
+            };
+            let backend = format!("{}:{}", b.address, b.port);
+            let _ = writeln!(s, "{f:<22} {p:<5} {:>4}  {backend:<22} {}", b.id, b.state);
+        }
+    }
+    s
+}
+
+#[derive(Debug, Serialize)]
+pub struct MapStatus {
+    pub name: &'static str,
+    pub pinned: bool,
+    /// Entries in the map (not counted for per-CPU arrays and LRU maps above 1M).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub entries: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub capacity: Option<u32>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Status {
+    pub bpffs_root: String,
+    pub program_pinned: bool,
+    pub attached_ifindexes: Vec<u32>,
+    pub maps: Vec<MapStatus>,
+    pub drops: BTreeMap<&'static str, u64>,
+}
+
+fn count_entries(paths: &PinPaths, name: &'static str) -> Option<u64> {
+    use aya::maps::{HashMap, MapData};
+    let n = match name {
+        proxy_common::MAP_SERVICES => {
+            let m: HashMap<MapData, proxy_common::ServiceKey, proxy_common::ServiceValue> =
+                crate::datapath::maps::open_pinned(paths, name).ok()?;
+            m.keys().count()
+        }
+        proxy_common::MAP_BACKENDS => {
+            let m: HashMap<MapData, u32, proxy_common::Backend> =
+                crate::datapath::maps::open_pinned(paths, name).ok()?;
+            m.keys().count()
+        }
+        proxy_common::MAP_REVNAT => {
+            let m: HashMap<MapData, u16, proxy_common::RevNat> =
+                crate::datapath::maps::open_pinned(paths, name).ok()?;
+            m.keys().count()
+        }
+        proxy_common::MAP_CT => {
+            let m: HashMap<MapData, proxy_common::CtKey, proxy_common::CtEntry> =
+                crate::datapath::maps::open_pinned(paths, name).ok()?;
+            m.keys().count()
+        }
+        proxy_common::MAP_FRAGS => {
+            let m: HashMap<MapData, proxy_common::FragKey, proxy_common::FragPorts> =
+                crate::datapath::maps::open_pinned(paths, name).ok()?;
+            m.keys().count()
+        }
+        _ => return None,
+    };
+    Some(n as u64)
+}
+
+/// `sluice status`.
+pub fn status(paths: &PinPaths) -> Status {
+    let maps = ALL_MAPS
+        .iter()
+        .map(|&name| MapStatus {
+            name,
+            pinned: paths.map(name).exists(),
+            entries: count_entries(paths, name),
+            capacity: capacity(paths, name).ok(),
+        })
+        .collect();
+    let mut attached: Vec<u32> = std::fs::read_dir(paths.links())
+        .map(|rd| {
+            rd.filter_map(|e| PinPaths::pod_link_ifindex(&e.ok()?.path()))
+                .collect()
+        })
+        .unwrap_or_default();
+    attached.sort_unstable();
+    let drops = read_drops(paths)
+        .map(|d| d.into_iter().map(|(r, n)| (r.name(), n)).collect())
+        .unwrap_or_default();
+    Status {
+        bpffs_root: paths.root.display().to_string(),
+        program_pinned: paths.prog(PROG_POD_INGRESS).exists(),
+        attached_ifindexes: attached,
+        maps,
+        drops,
+    }
+}
+
+/// `sluice status -o table`.
+#[must_use]
+pub fn status_table(st: &Status) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "bpffs root:      {}", st.bpffs_root);
+    let _ = writeln!(
+        s,
+        "pod program:     {}",
+        if st.program_pinned {
+            "pinned"
+        } else {
+            "not pinned"
+        }
+    );
+    let _ = writeln!(
+        s,
+        "attached to:     {} interface(s) {:?}",
+        st.attached_ifindexes.len(),
+        st.attached_ifindexes
+    );
+    let _ = writeln!(
+        s,
+        "{:<14} {:>10} {:>10} {:>6}",
+        "MAP", "ENTRIES", "CAPACITY", "FULL"
+    );
+    for m in &st.maps {
+        let entries = m.entries.map_or_else(|| "-".into(), |n| n.to_string());
+        let cap = m.capacity.map_or_else(|| "-".into(), |n| n.to_string());
+        let full = match (m.entries, m.capacity) {
+            (Some(e), Some(c)) if c > 0 => format!("{:.1}%", e as f64 * 100.0 / f64::from(c)),
+            _ => "-".into(),
+        };
+        let name = if m.pinned {
+            m.name.to_string()
+        } else {
+            format!("{} (missing)", m.name)
+        };
+        let _ = writeln!(s, "{name:<14} {entries:>10} {cap:>10} {full:>6}");
+    }
+    let _ = writeln!(s, "drops:");
+    for (reason, n) in &st.drops {
+        let _ = writeln!(s, "  {reason:<28} {n}");
+    }
+    s
+}
