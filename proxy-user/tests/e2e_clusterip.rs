@@ -290,3 +290,71 @@ fn clusterip_balances_follows_updates_and_deletion() {
         agent.log()
     );
 }
+
+/// The agent guard against a stand-in binary (a shell script speaking the
+/// same command line): the agent runs in the node's network namespace with
+/// the test's flags, `wait_backends` polls `services -o json`, and `stop`
+/// delivers SIGTERM.
+#[test]
+fn testbed_agent_guard_with_fake_binary() {
+    if !require_root() {
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = TestDir::new("fake").unwrap();
+    let bpffs = BpffsMount::new_in(&dir).unwrap();
+    let node = Node::new("node-a").unwrap();
+    let manifests = ManifestDir::new_in(&dir).unwrap();
+    let state = dir.join("fake-services.json");
+    let script = format!(
+        r#"#!/bin/sh
+cmd="$1"; shift
+root=""
+while [ $# -gt 0 ]; do case "$1" in --bpffs-root) root="$2"; shift;; esac; shift; done
+case "$cmd" in
+agent)
+    echo "netns $(readlink /proc/self/ns/net)"
+    mkdir -p "$root"
+    trap 'echo "got SIGTERM"; exit 0' TERM
+    echo '[{{"address":"10.96.0.10","port":80,"protocol":"TCP","rev_nat_index":1,"backends":[{{"id":1,"address":"10.244.0.11","port":8080,"state":"active"}}]}}]' > '{state}'
+    while :; do sleep 0.05; done ;;
+services) cat '{state}' 2>/dev/null || echo '[]' ;;
+*) echo "commands: agent services"; exit 0 ;;
+esac
+"#,
+        state = state.display()
+    );
+    let bin = dir.join("fake-sluice");
+    std::fs::write(&bin, script).unwrap();
+    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+    assert!(sluice_has_agent(&bin));
+
+    let cfg = AgentConfig::new(&bin, &node, &manifests, &bpffs, None, &dir);
+    assert!(cfg.bpffs_root.starts_with(bpffs.path()));
+    let mut agent = Agent::start(&node, cfg).unwrap();
+    let svc = agent
+        .wait_backends(WAIT, VIP, TCP_PORT, Protocol::Tcp, 1)
+        .unwrap();
+    assert_eq!(svc.backends[0].address, "10.244.0.11");
+    assert!(
+        agent.config().bpffs_root.is_dir(),
+        "the agent sees the test's bpffs"
+    );
+
+    let inode = sluice::testbed::run_checked(
+        std::process::Command::new("stat")
+            .args(["-L", "-c", "%i"])
+            .arg(node.netns().path()),
+        Duration::from_secs(5),
+    )
+    .unwrap();
+    let log = agent.log();
+    assert!(
+        log.contains(&format!("netns net:[{}]", inode.trim())),
+        "log: {log}"
+    );
+
+    let status = agent.stop().unwrap();
+    assert!(status.success(), "{status}");
+    assert!(agent.log().contains("got SIGTERM"), "log: {}", agent.log());
+}
