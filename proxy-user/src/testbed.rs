@@ -478,10 +478,10 @@ pub fn cgroup2_mount() -> anyhow::Result<PathBuf> {
         let Some((pre, post)) = line.split_once(" - ") else {
             continue;
         };
-        if post.split_whitespace().next() == Some("cgroup2") {
-            if let Some(mp) = pre.split_whitespace().nth(4) {
-                return Ok(PathBuf::from(mp.replace("\\040", " ")));
-            }
+        if post.split_whitespace().next() == Some("cgroup2")
+            && let Some(mp) = pre.split_whitespace().nth(4)
+        {
+            return Ok(PathBuf::from(mp.replace("\\040", " ")));
         }
     }
     bail!("no cgroup2 mount found")
