@@ -1,6 +1,5 @@
 //! Header parsing. Offsets are from the start of the Ethernet frame; every
-//! read is bounds-checked against the packet (pulling non-linear data into
-//! the linear area first when needed).
+//! read is bounds-checked by the kernel's load helper.
 
 use aya_ebpf::programs::TcContext;
 use proxy_common::DropReason;
@@ -42,21 +41,11 @@ pub struct Ipv4 {
     pub frag: Frag,
 }
 
-/// Reads a `T` at `off`, pulling data into the linear area if it is not
-/// there yet.
+/// Reads a `T` at `off` (bpf_skb_load_bytes: works on paged data too, and
+/// keeps variable offsets, such as those after IP options, verifiable).
 #[inline(always)]
 pub fn read<T: Copy>(ctx: &TcContext, off: usize) -> Result<T, DropReason> {
-    let len = core::mem::size_of::<T>();
-    if ctx.data() + off + len > ctx.data_end() {
-        // Headers may sit in paged data: make them linear, then re-check.
-        ctx.pull_data((off + len) as u32)
-            .map_err(|_| DropReason::Truncated)?;
-        if ctx.data() + off + len > ctx.data_end() {
-            return Err(DropReason::Truncated);
-        }
-    }
-    // SAFETY: bounds checked against data_end just above.
-    Ok(unsafe { core::ptr::read_unaligned((ctx.data() + off) as *const T) })
+    ctx.load::<T>(off).map_err(|_| DropReason::Truncated)
 }
 
 /// Parses Ethernet + IPv4. `Ok(None)` for anything that is not IPv4.

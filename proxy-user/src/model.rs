@@ -1,8 +1,43 @@
-//! TEMPORARY stub of the model API (replaced by the real model).
-use std::{collections::BTreeMap, net::Ipv4Addr};
+//! The pure model: what this node must program, computed from a [`Store`]
+//! with kube-proxy's semantics. No I/O; the same input gives the same output.
+//!
+//! The pipeline per service port mirrors kube-proxy (pkg/proxy):
+//! 1. [`service_ports`]: which services and ports are proxied at all
+//!    (servicechangetracker: `ShouldSkipService`, the informers' label
+//!    selector on `service.kubernetes.io/service-proxy-name` and
+//!    `service.kubernetes.io/headless`, the cluster IP of our family).
+//! 2. [`slice_endpoints`] + [`endpoints_for_port`]: the endpoints of a service
+//!    port, merged over its EndpointSlices and deduplicated (endpointslicecache).
+//! 3. [`categorize_endpoints`]: which of them each traffic policy uses
+//!    (topology.go `CategorizeEndpoints`: ready first, else
+//!    serving-and-terminating; topology hints; Local policies).
+//! 4. One [`Frontend`] per reachable address: today the ClusterIP; NodePort,
+//!    externalIPs and LoadBalancer frontends are added in [`desired_state`]
+//!    next to it and use [`Categorized::for_external`].
+//!
+//! Only IPv4 is handled for now. Objects the model cannot use (a port 0, an
+//! address that does not parse) give a [`ModelWarning`] and only the bad piece
+//! is skipped.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr};
+
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 
 use crate::manifest::{ObjectKey, Store};
 
+/// Services (and their EndpointSlices) with this label belong to another proxy.
+pub const LABEL_SERVICE_PROXY_NAME: &str = "service.kubernetes.io/service-proxy-name";
+/// Set by the EndpointSlice controller on headless services' slices.
+pub const LABEL_HEADLESS: &str = "service.kubernetes.io/headless";
+/// Ties an EndpointSlice to its service (same namespace).
+pub const LABEL_SERVICE_NAME: &str = "kubernetes.io/service-name";
+/// The node label naming its zone, for topology hints.
+pub const LABEL_TOPOLOGY_ZONE: &str = "topology.kubernetes.io/zone";
+
+/// L4 protocol of a frontend.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Protocol {
     Tcp,
@@ -11,65 +46,1739 @@ pub enum Protocol {
 }
 
 impl Protocol {
-    #[must_use]
+    /// The IP protocol number.
     pub fn number(self) -> u8 {
         match self {
-            Protocol::Tcp => 6,
-            Protocol::Udp => 17,
-            Protocol::Sctp => 132,
+            Self::Tcp => 6,
+            Self::Udp => 17,
+            Self::Sctp => 132,
         }
     }
+
+    /// The protocol of an IP protocol number, if it is one we balance.
     #[must_use]
-    pub fn from_number(n: u8) -> Option<Self> {
-        match n {
-            6 => Some(Protocol::Tcp),
-            17 => Some(Protocol::Udp),
-            132 => Some(Protocol::Sctp),
+    pub fn from_number(number: u8) -> Option<Self> {
+        match number {
+            6 => Some(Self::Tcp),
+            17 => Some(Self::Udp),
+            132 => Some(Self::Sctp),
             _ => None,
+        }
+    }
+
+    /// A Kubernetes `protocol` field; absent means TCP (the API default).
+    ///
+    /// # Errors
+    /// The value when it is not `TCP`, `UDP` or `SCTP`.
+    pub fn from_k8s(value: Option<&str>) -> Result<Self, String> {
+        match value {
+            None | Some("TCP") => Ok(Self::Tcp),
+            Some("UDP") => Ok(Self::Udp),
+            Some("SCTP") => Ok(Self::Sctp),
+            Some(other) => Err(other.to_owned()),
         }
     }
 }
 
-impl std::fmt::Display for Protocol {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
-            Protocol::Tcp => "TCP",
-            Protocol::Udp => "UDP",
-            Protocol::Sctp => "SCTP",
+            Self::Tcp => "TCP",
+            Self::Udp => "UDP",
+            Self::Sctp => "SCTP",
         })
     }
 }
 
+/// Where clients send traffic: address, port and protocol.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct FrontendKey {
     pub addr: Ipv4Addr,
     pub port: u16,
     pub proto: Protocol,
 }
+
+impl fmt::Display for FrontendKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}/{}", self.addr, self.port, self.proto)
+    }
+}
+
+/// Why a backend is in the set: ready, or only serving while terminating
+/// (used because no endpoint was ready).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum BackendState {
     Active,
     Terminating,
 }
+
+/// One backend of a frontend.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct BackendSpec {
     pub addr: Ipv4Addr,
     pub port: u16,
     pub state: BackendState,
 }
+
+/// What one frontend serves.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Frontend {
     pub service: ObjectKey,
     pub port_name: String,
+    /// Sorted by (addr, port), one entry per (addr, port). Empty: the data
+    /// path must reject the traffic (no usable endpoint).
     pub backends: Vec<BackendSpec>,
 }
+
+/// Everything this node must program, by frontend.
 pub type Desired = BTreeMap<FrontendKey, Frontend>;
-#[derive(Clone, Debug)]
+
+/// A piece of an object the model could not use (and skipped).
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ModelWarning {
+    /// Kind and key, e.g. `Service default/web`.
     pub object: String,
     pub message: String,
 }
-#[must_use]
-pub fn desired_state(_store: &Store, _node_name: &str) -> (Desired, Vec<ModelWarning>) {
-    (Desired::new(), Vec::new())
+
+impl fmt::Display for ModelWarning {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.object, self.message)
+    }
+}
+
+fn warn(warnings: &mut Vec<ModelWarning>, object: String, message: String) {
+    tracing::debug!(%object, %message, "model warning");
+    warnings.push(ModelWarning { object, message });
+}
+
+/// What this node must program for the objects in `store`.
+///
+/// `node_name` selects this node's Node object (for its zone) and decides
+/// which endpoints are local.
+pub fn desired_state(store: &Store, node_name: &str) -> (Desired, Vec<ModelWarning>) {
+    let mut warnings = Vec::new();
+    let zone = node_zone(store, node_name);
+    let slices = slice_endpoints(store, node_name, &mut warnings);
+    let mut desired = Desired::new();
+
+    for (key, service) in &store.services {
+        let service_slices = slices.get(key).map_or(&[][..], Vec::as_slice);
+        for port in service_ports(key, service, &mut warnings) {
+            let endpoints = endpoints_for_port(&port, service_slices);
+            let categorized = categorize_endpoints(&endpoints, &port, node_name, zone);
+
+            let frontend = FrontendKey {
+                addr: port.cluster_ip,
+                port: port.port,
+                proto: port.protocol,
+            };
+            let backends = backends(categorized.for_cluster_ip(&port));
+            insert_frontend(&mut desired, frontend, &port, backends, &mut warnings);
+            // Later: NodePort, externalIPs and LoadBalancer frontends here,
+            // with `categorized.for_external(&port)`.
+        }
+    }
+    (desired, warnings)
+}
+
+fn insert_frontend(
+    desired: &mut Desired,
+    key: FrontendKey,
+    port: &ServicePortInfo,
+    backends: Vec<BackendSpec>,
+    warnings: &mut Vec<ModelWarning>,
+) {
+    if let Some(existing) = desired.get(&key) {
+        warn(
+            warnings,
+            format!("Service {}", port.service),
+            format!(
+                "frontend {key} (port {:?}) is already served by Service {}; ignored",
+                port.port_name, existing.service
+            ),
+        );
+        return;
+    }
+    desired.insert(
+        key,
+        Frontend {
+            service: port.service.clone(),
+            port_name: port.port_name.clone(),
+            backends,
+        },
+    );
+}
+
+/// The backends a list of chosen endpoints gives: sorted, one per
+/// (addr, port).
+fn backends(endpoints: &[&EndpointInfo]) -> Vec<BackendSpec> {
+    let mut backends: Vec<BackendSpec> = endpoints
+        .iter()
+        .map(|ep| BackendSpec {
+            addr: ep.addr,
+            port: ep.port,
+            state: if ep.ready {
+                BackendState::Active
+            } else {
+                BackendState::Terminating
+            },
+        })
+        .collect();
+    backends.sort_unstable();
+    backends.dedup_by_key(|b| (b.addr, b.port));
+    backends
+}
+
+fn node_zone<'a>(store: &'a Store, node_name: &str) -> &'a str {
+    store
+        .nodes
+        .get(node_name)
+        .and_then(|node| node.metadata.labels.as_ref())
+        .and_then(|labels| labels.get(LABEL_TOPOLOGY_ZONE))
+        .map_or("", String::as_str)
+}
+
+fn has_label(labels: Option<&BTreeMap<String, String>>, label: &str) -> bool {
+    labels.is_some_and(|labels| labels.contains_key(label))
+}
+
+/// Objects kube-proxy never sees: its informers select on the absence of
+/// these labels, for Services and EndpointSlices alike.
+fn skipped_by_labels(labels: Option<&BTreeMap<String, String>>) -> bool {
+    has_label(labels, LABEL_SERVICE_PROXY_NAME) || has_label(labels, LABEL_HEADLESS)
+}
+
+// ---------------------------------------------------------------------------
+// Services
+
+/// One port of one proxied service, as kube-proxy's `ServicePort` sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServicePortInfo {
+    pub service: ObjectKey,
+    pub port_name: String,
+    pub protocol: Protocol,
+    pub port: u16,
+    pub cluster_ip: Ipv4Addr,
+    /// `spec.nodePort`, 0 when none.
+    pub node_port: u16,
+    /// `internalTrafficPolicy: Local`.
+    pub internal_policy_local: bool,
+    /// `externalTrafficPolicy: Local` on an externally accessible service.
+    pub external_policy_local: bool,
+    /// Reachable from outside: a node port, external IPs or load-balancer IPs.
+    pub externally_accessible: bool,
+}
+
+impl ServicePortInfo {
+    /// Whether some traffic to this port uses the Cluster policy's endpoints.
+    pub fn uses_cluster_endpoints(&self) -> bool {
+        !self.internal_policy_local || (self.externally_accessible && !self.external_policy_local)
+    }
+
+    /// Whether some traffic to this port uses the Local policy's endpoints.
+    pub fn uses_local_endpoints(&self) -> bool {
+        self.internal_policy_local || (self.externally_accessible && self.external_policy_local)
+    }
+}
+
+/// The proxied ports of a service; empty when the service is not proxied
+/// (another proxy's, headless, ExternalName, no IPv4 cluster IP).
+pub fn service_ports(
+    key: &ObjectKey,
+    service: &Service,
+    warnings: &mut Vec<ModelWarning>,
+) -> Vec<ServicePortInfo> {
+    let object = || format!("Service {key}");
+    if skipped_by_labels(service.metadata.labels.as_ref()) {
+        tracing::debug!(service = %key, "skipped: service-proxy-name or headless label");
+        return Vec::new();
+    }
+    let Some(spec) = &service.spec else {
+        return Vec::new();
+    };
+    if spec.type_.as_deref() == Some("ExternalName") {
+        return Vec::new();
+    }
+    let Some(cluster_ip) = cluster_ipv4(key, spec, warnings) else {
+        return Vec::new();
+    };
+
+    let lb_ips = service
+        .status
+        .as_ref()
+        .and_then(|s| s.load_balancer.as_ref())
+        .and_then(|lb| lb.ingress.as_ref())
+        .is_some_and(|ingress| ingress.iter().any(|i| i.ip.is_some()));
+    let external_ips = spec
+        .external_ips
+        .as_ref()
+        .is_some_and(|ips| !ips.is_empty());
+    let internal_policy_local = spec.internal_traffic_policy.as_deref() == Some("Local");
+    let external_local_requested = spec.external_traffic_policy.as_deref() == Some("Local");
+
+    let mut ports: Vec<ServicePortInfo> = Vec::new();
+    for (i, port) in spec.ports.iter().flatten().enumerate() {
+        let Some(number) = valid_port(port.port) else {
+            warn(
+                warnings,
+                object(),
+                format!(
+                    "spec.ports[{i}].port {} is not a valid port; skipped",
+                    port.port
+                ),
+            );
+            continue;
+        };
+        let protocol = match Protocol::from_k8s(port.protocol.as_deref()) {
+            Ok(p) => p,
+            Err(p) => {
+                warn(
+                    warnings,
+                    object(),
+                    format!("spec.ports[{i}].protocol {p:?} is not TCP, UDP or SCTP; skipped"),
+                );
+                continue;
+            }
+        };
+        let node_port = match port.node_port {
+            None | Some(0) => 0,
+            Some(n) => valid_port(n).unwrap_or_else(|| {
+                warn(
+                    warnings,
+                    object(),
+                    format!("spec.ports[{i}].nodePort {n} is not a valid port; ignored"),
+                );
+                0
+            }),
+        };
+        let port_name = port.name.clone().unwrap_or_default();
+        if ports
+            .iter()
+            .any(|p| (p.port == number && p.protocol == protocol) || (p.port_name == port_name))
+        {
+            warn(
+                warnings,
+                object(),
+                format!(
+                    "spec.ports[{i}] repeats the name {port_name:?} or {number}/{protocol}; skipped"
+                ),
+            );
+            continue;
+        }
+        let externally_accessible = node_port != 0 || lb_ips || external_ips;
+        ports.push(ServicePortInfo {
+            service: key.clone(),
+            port_name,
+            protocol,
+            port: number,
+            cluster_ip,
+            node_port,
+            internal_policy_local,
+            external_policy_local: externally_accessible && external_local_requested,
+            externally_accessible,
+        });
+    }
+    ports
+}
+
+/// `field[i]` for a list field, `field` for the singular `spec.clusterIP`.
+fn indexed(field: &str, i: usize, len: usize) -> String {
+    if field.ends_with('s') || len > 1 {
+        format!("{field}[{i}]")
+    } else {
+        field.to_owned()
+    }
+}
+
+fn valid_port(port: i32) -> Option<u16> {
+    u16::try_from(port).ok().filter(|&p| p != 0)
+}
+
+/// The service's IPv4 cluster IP: the first IPv4 of `spec.clusterIPs`, else
+/// `spec.clusterIP`. None for headless (`None`) and unset cluster IPs and for
+/// IPv6-only services.
+fn cluster_ipv4(
+    key: &ObjectKey,
+    spec: &k8s_openapi::api::core::v1::ServiceSpec,
+    warnings: &mut Vec<ModelWarning>,
+) -> Option<Ipv4Addr> {
+    let (field, ips): (&str, Vec<&str>) = match &spec.cluster_ips {
+        Some(ips) if !ips.is_empty() => {
+            ("spec.clusterIPs", ips.iter().map(String::as_str).collect())
+        }
+        _ => (
+            "spec.clusterIP",
+            spec.cluster_ip.as_deref().into_iter().collect(),
+        ),
+    };
+    // kube-proxy's ShouldSkipService: the primary cluster IP decides.
+    match ips.first() {
+        None | Some(&("" | "None")) => {
+            tracing::debug!(service = %key, "skipped: headless or no cluster IP");
+            return None;
+        }
+        Some(_) => {}
+    }
+    for (i, ip) in ips.iter().enumerate() {
+        match ip.parse::<IpAddr>() {
+            Ok(IpAddr::V4(v4)) => return Some(v4),
+            Ok(IpAddr::V6(_)) => {}
+            Err(_) => warn(
+                warnings,
+                format!("Service {key}"),
+                format!(
+                    "{} {ip:?} is not an IP address; ignored",
+                    indexed(field, i, ips.len())
+                ),
+            ),
+        }
+    }
+    tracing::debug!(service = %key, "skipped: no IPv4 cluster IP");
+    None
+}
+
+// ---------------------------------------------------------------------------
+// Endpoints
+
+/// One endpoint of one service port, as kube-proxy's endpointslicecache keeps
+/// it: conditions with the API's defaults applied.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EndpointInfo {
+    pub addr: Ipv4Addr,
+    pub port: u16,
+    /// `conditions.ready`; absent means true.
+    pub ready: bool,
+    /// `conditions.serving`; absent means true (the API's and kube-proxy's
+    /// reading).
+    pub serving: bool,
+    /// `conditions.terminating`; absent means false.
+    pub terminating: bool,
+    /// `nodeName` is this node.
+    pub is_local: bool,
+    /// `hints.forZones`; empty when there are none.
+    pub zone_hints: BTreeSet<String>,
+    /// `hints.forNodes`; empty when there are none.
+    pub node_hints: BTreeSet<String>,
+}
+
+/// A usable IPv4 EndpointSlice, parsed once.
+#[derive(Clone, Debug)]
+pub struct SliceEndpoints {
+    pub slice: ObjectKey,
+    /// (name, protocol, port) of each usable slice port.
+    pub ports: Vec<(String, Protocol, u16)>,
+    /// The endpoints, with port 0 (set per service port).
+    pub endpoints: Vec<EndpointInfo>,
+}
+
+/// The usable IPv4 EndpointSlices, by the service they belong to, in slice
+/// name order.
+pub fn slice_endpoints(
+    store: &Store,
+    node_name: &str,
+    warnings: &mut Vec<ModelWarning>,
+) -> BTreeMap<ObjectKey, Vec<SliceEndpoints>> {
+    let mut by_service: BTreeMap<ObjectKey, Vec<SliceEndpoints>> = BTreeMap::new();
+    for (key, slice) in &store.endpoint_slices {
+        let labels = slice.metadata.labels.as_ref();
+        if skipped_by_labels(labels) {
+            continue;
+        }
+        let Some(service) = labels
+            .and_then(|l| l.get(LABEL_SERVICE_NAME))
+            .filter(|s| !s.is_empty())
+        else {
+            tracing::debug!(slice = %key, "ignored: no {LABEL_SERVICE_NAME} label");
+            continue;
+        };
+        if slice.address_type != "IPv4" {
+            continue; // IPv6 and FQDN: not handled (yet).
+        }
+        let parsed = parse_slice(key, slice, node_name, warnings);
+        by_service
+            .entry(ObjectKey::new(key.namespace.clone(), service.clone()))
+            .or_default()
+            .push(parsed);
+    }
+    by_service
+}
+
+fn parse_slice(
+    key: &ObjectKey,
+    slice: &EndpointSlice,
+    node_name: &str,
+    warnings: &mut Vec<ModelWarning>,
+) -> SliceEndpoints {
+    let object = || format!("EndpointSlice {key}");
+    let mut ports = Vec::new();
+    for (i, port) in slice.ports.iter().flatten().enumerate() {
+        let number = port.port.unwrap_or(0);
+        let Some(number) = valid_port(number) else {
+            warn(
+                warnings,
+                object(),
+                format!("ports[{i}].port {number} is not a valid port; skipped"),
+            );
+            continue;
+        };
+        let protocol = match Protocol::from_k8s(port.protocol.as_deref()) {
+            Ok(p) => p,
+            Err(p) => {
+                warn(
+                    warnings,
+                    object(),
+                    format!("ports[{i}].protocol {p:?} is not TCP, UDP or SCTP; skipped"),
+                );
+                continue;
+            }
+        };
+        // The API defaults a missing name to "".
+        ports.push((port.name.clone().unwrap_or_default(), protocol, number));
+    }
+
+    let mut endpoints = Vec::new();
+    for (i, endpoint) in slice.endpoints.iter().enumerate() {
+        // kube-proxy uses the first address only.
+        let Some(address) = endpoint.addresses.first() else {
+            warn(
+                warnings,
+                object(),
+                format!("endpoints[{i}] has no address; skipped"),
+            );
+            continue;
+        };
+        let Ok(addr) = address.parse::<Ipv4Addr>() else {
+            warn(
+                warnings,
+                object(),
+                format!("endpoints[{i}].addresses[0] {address:?} is not an IPv4 address; skipped"),
+            );
+            continue;
+        };
+        let conditions = endpoint.conditions.as_ref();
+        let hints = endpoint.hints.as_ref();
+        endpoints.push(EndpointInfo {
+            addr,
+            port: 0,
+            ready: conditions.and_then(|c| c.ready).unwrap_or(true),
+            serving: conditions.and_then(|c| c.serving).unwrap_or(true),
+            terminating: conditions.and_then(|c| c.terminating).unwrap_or(false),
+            is_local: !node_name.is_empty() && endpoint.node_name.as_deref() == Some(node_name),
+            zone_hints: hints
+                .and_then(|h| h.for_zones.as_ref())
+                .into_iter()
+                .flatten()
+                .map(|z| z.name.clone())
+                .collect(),
+            node_hints: hints
+                .and_then(|h| h.for_nodes.as_ref())
+                .into_iter()
+                .flatten()
+                .map(|n| n.name.clone())
+                .collect(),
+        });
+    }
+    SliceEndpoints {
+        slice: key.clone(),
+        ports,
+        endpoints,
+    }
+}
+
+/// The endpoints of one service port over all its slices: a slice port
+/// matches by name and protocol and gives the backend port. One endpoint per
+/// (addr, port): when slices disagree, a non-terminating one wins (the pod
+/// that reuses the IP of a terminating one), else the first in slice order.
+/// Sorted by (addr, port).
+pub fn endpoints_for_port(port: &ServicePortInfo, slices: &[SliceEndpoints]) -> Vec<EndpointInfo> {
+    let mut merged: BTreeMap<(Ipv4Addr, u16), EndpointInfo> = BTreeMap::new();
+    for slice in slices {
+        for (name, protocol, number) in &slice.ports {
+            if *name != port.port_name || *protocol != port.protocol {
+                continue;
+            }
+            for endpoint in &slice.endpoints {
+                let key = (endpoint.addr, *number);
+                if !merged.contains_key(&key) || !endpoint.terminating {
+                    merged.insert(
+                        key,
+                        EndpointInfo {
+                            port: *number,
+                            ..endpoint.clone()
+                        },
+                    );
+                }
+            }
+        }
+    }
+    merged.into_values().collect()
+}
+
+// ---------------------------------------------------------------------------
+// CategorizeEndpoints
+
+/// Which endpoints each traffic policy of a service port uses
+/// (kube-proxy's `CategorizeEndpoints`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Categorized<'a> {
+    /// Cluster policy's endpoints (topology applied); None when the port
+    /// never uses the Cluster policy.
+    pub cluster: Option<Vec<&'a EndpointInfo>>,
+    /// Local policy's endpoints; None when the port never uses the Local
+    /// policy.
+    pub local: Option<Vec<&'a EndpointInfo>>,
+    /// Union of both: everything reachable from this node.
+    pub all_reachable: Vec<&'a EndpointInfo>,
+    /// Some usable endpoint exists somewhere in the cluster (even when none
+    /// is reachable from here).
+    pub has_any: bool,
+}
+
+impl<'a> Categorized<'a> {
+    /// The endpoints of traffic to the cluster IP (internal traffic policy).
+    pub fn for_cluster_ip(&self, port: &ServicePortInfo) -> &[&'a EndpointInfo] {
+        let chosen = if port.internal_policy_local {
+            &self.local
+        } else {
+            &self.cluster
+        };
+        chosen.as_deref().unwrap_or_default()
+    }
+
+    /// The endpoints of traffic from outside (node ports, external IPs,
+    /// load-balancer IPs: external traffic policy).
+    pub fn for_external(&self, port: &ServicePortInfo) -> &[&'a EndpointInfo] {
+        let chosen = if port.external_policy_local {
+            &self.local
+        } else {
+            &self.cluster
+        };
+        chosen.as_deref().unwrap_or_default()
+    }
+}
+
+/// Topology in force for a service port's Cluster-policy endpoints.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TopologyMode {
+    /// Every ready endpoint.
+    None,
+    /// Ready endpoints hinted for this node's zone.
+    PreferSameZone,
+    /// Ready endpoints hinted for this node.
+    PreferSameNode,
+}
+
+/// kube-proxy's `CategorizeEndpoints`: usable means ready, falling back to
+/// serving-and-terminating (independently for Cluster and Local) when none is
+/// ready; topology hints only when every ready endpoint has them and one of
+/// them is for this node (or its zone).
+pub fn categorize_endpoints<'a>(
+    endpoints: &'a [EndpointInfo],
+    port: &ServicePortInfo,
+    node_name: &str,
+    zone: &str,
+) -> Categorized<'a> {
+    let mut out = Categorized::default();
+    if endpoints.is_empty() {
+        // kube-proxy returns nil everywhere; the policies in use still get
+        // an (empty) list so the caller can tell "none" from "not used".
+        if port.uses_cluster_endpoints() {
+            out.cluster = Some(Vec::new());
+        }
+        if port.uses_local_endpoints() {
+            out.local = Some(Vec::new());
+        }
+        return out;
+    }
+    let filter = |pred: &dyn Fn(&EndpointInfo) -> bool| -> Vec<&'a EndpointInfo> {
+        endpoints.iter().filter(|ep| pred(ep)).collect()
+    };
+
+    let mut mode = TopologyMode::None;
+    if port.uses_cluster_endpoints() {
+        mode = topology_mode_from_hints(endpoints, node_name, zone);
+        let mut cluster =
+            filter(&|ep| ep.ready && available_for_topology(ep, mode, node_name, zone));
+        if cluster.is_empty() {
+            cluster = filter(&|ep| ep.serving && ep.terminating);
+        }
+        out.has_any = !cluster.is_empty();
+        out.cluster = Some(cluster);
+    }
+
+    if !port.uses_local_endpoints() {
+        out.all_reachable = out.cluster.clone().unwrap_or_default();
+        return out;
+    }
+
+    let mut has_local_ready = false;
+    let mut has_local_serving_terminating = false;
+    for ep in endpoints {
+        if ep.ready {
+            out.has_any = true;
+            has_local_ready |= ep.is_local;
+        } else if ep.serving && ep.terminating {
+            out.has_any = true;
+            has_local_serving_terminating |= ep.is_local;
+        }
+    }
+    let mut use_serving_terminating = false;
+    let local = if has_local_ready {
+        filter(&|ep| ep.is_local && ep.ready)
+    } else if has_local_serving_terminating {
+        use_serving_terminating = true;
+        filter(&|ep| ep.is_local && ep.serving && ep.terminating)
+    } else {
+        Vec::new()
+    };
+    out.local = Some(local);
+
+    let Some(cluster) = &out.cluster else {
+        out.all_reachable = out.local.clone().unwrap_or_default();
+        return out;
+    };
+    if mode == TopologyMode::None && !use_serving_terminating {
+        // Cluster holds every ready endpoint, a superset of local's.
+        out.all_reachable = cluster.clone();
+        return out;
+    }
+    let mut all: Vec<&EndpointInfo> = cluster
+        .iter()
+        .chain(out.local.iter().flatten())
+        .copied()
+        .collect();
+    all.sort_by_key(|ep| (ep.addr, ep.port));
+    all.dedup_by_key(|ep| (ep.addr, ep.port));
+    out.all_reachable = all;
+    out
+}
+
+/// kube-proxy's `topologyModeFromHints` (with PreferSameTrafficDistribution
+/// on: node hints only appear when the control plane sets them).
+pub fn topology_mode_from_hints(
+    endpoints: &[EndpointInfo],
+    node_name: &str,
+    zone: &str,
+) -> TopologyMode {
+    let mut has_ready = false;
+    let mut all_have_node_hints = true;
+    let mut has_for_node = false;
+    let mut all_have_zone_hints = true;
+    let mut has_for_zone = false;
+    for ep in endpoints.iter().filter(|ep| ep.ready) {
+        has_ready = true;
+        if ep.node_hints.is_empty() {
+            all_have_node_hints = false;
+        } else if ep.node_hints.contains(node_name) {
+            has_for_node = true;
+        }
+        if ep.zone_hints.is_empty() {
+            all_have_zone_hints = false;
+        } else if ep.zone_hints.contains(zone) {
+            has_for_zone = true;
+        }
+    }
+    if !has_ready {
+        TopologyMode::None
+    } else if all_have_node_hints && has_for_node {
+        TopologyMode::PreferSameNode
+    } else if all_have_zone_hints && has_for_zone {
+        TopologyMode::PreferSameZone
+    } else {
+        TopologyMode::None
+    }
+}
+
+/// Whether an endpoint serves this node under `mode` (no fallback here; it
+/// happened when choosing the mode).
+pub fn available_for_topology(
+    ep: &EndpointInfo,
+    mode: TopologyMode,
+    node_name: &str,
+    zone: &str,
+) -> bool {
+    match mode {
+        TopologyMode::None => true,
+        TopologyMode::PreferSameNode => ep.node_hints.contains(node_name),
+        TopologyMode::PreferSameZone => ep.zone_hints.contains(zone),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{Value, json};
+
+    const NODE: &str = "node-1";
+
+    fn store(objects: &[Value]) -> Store {
+        let mut store = Store::default();
+        for object in objects {
+            let meta = &object["metadata"];
+            let key = ObjectKey::new(
+                meta["namespace"].as_str().unwrap_or("default"),
+                meta["name"].as_str().expect("name"),
+            );
+            match object["kind"].as_str() {
+                Some("Service") => {
+                    let s = serde_json::from_value(object.clone()).expect("service");
+                    store.services.insert(key, s);
+                }
+                Some("EndpointSlice") => {
+                    let s = serde_json::from_value(object.clone()).expect("slice");
+                    store.endpoint_slices.insert(key, s);
+                }
+                Some("Node") => {
+                    let n = serde_json::from_value(object.clone()).expect("node");
+                    store.nodes.insert(key.name, n);
+                }
+                other => panic!("kind {other:?}"),
+            }
+        }
+        store
+    }
+
+    fn svc(name: &str, cluster_ip: &str, ports: Value) -> Value {
+        let service = json!({"apiVersion": "v1", "kind": "Service",
+               "metadata": {"name": name, "namespace": "ns"},
+               "spec": {"clusterIP": cluster_ip}});
+        with(service, &["spec", "ports"], ports)
+    }
+
+    fn with(mut object: Value, path: &[&str], value: Value) -> Value {
+        let mut at = &mut object;
+        for key in &path[..path.len() - 1] {
+            at = &mut at[*key];
+        }
+        at[path[path.len() - 1]] = value;
+        object
+    }
+
+    fn slice(name: &str, service: &str, ports: Value, endpoints: Value) -> Value {
+        let slice = json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+               "metadata": {"name": name, "namespace": "ns",
+                            "labels": {LABEL_SERVICE_NAME: service}},
+               "addressType": "IPv4"});
+        with(with(slice, &["ports"], ports), &["endpoints"], endpoints)
+    }
+
+    fn ep(ip: &str) -> Value {
+        json!({"addresses": [ip], "nodeName": "node-2"})
+    }
+
+    fn ep_cond(ip: &str, conditions: Value) -> Value {
+        with(json!({"addresses": [ip]}), &["conditions"], conditions)
+    }
+
+    /// One line per frontend: `addr:port/PROTO svc/name port_name -> backends`
+    /// with `~` marking terminating backends.
+    fn render(desired: &Desired) -> Vec<String> {
+        desired
+            .iter()
+            .map(|(key, fe)| {
+                let backends: Vec<String> = fe
+                    .backends
+                    .iter()
+                    .map(|b| {
+                        let mark = if b.state == BackendState::Terminating {
+                            "~"
+                        } else {
+                            ""
+                        };
+                        format!("{}:{}{mark}", b.addr, b.port)
+                    })
+                    .collect();
+                format!(
+                    "{key} {} {} -> [{}]",
+                    fe.service,
+                    fe.port_name,
+                    backends.join(" ")
+                )
+            })
+            .collect()
+    }
+
+    struct Case {
+        name: &'static str,
+        objects: Vec<Value>,
+        want: &'static [&'static str],
+        /// Substrings, one per expected warning.
+        warnings: &'static [&'static str],
+    }
+
+    fn cases() -> Vec<Case> {
+        let web = || {
+            svc(
+                "web",
+                "10.96.0.10",
+                json!([{"name": "http", "port": 80}, {"name": "https", "port": 443}]),
+            )
+        };
+        let web_ports = || json!([{"name": "http", "port": 8080}, {"name": "https", "port": 8443}]);
+        let one = || svc("one", "10.96.0.20", json!([{"port": 80}]));
+        let one_ports = || json!([{"port": 8080}]);
+        vec![
+            Case {
+                name: "multi-port service, named ports matched through slices",
+                objects: vec![
+                    web(),
+                    slice(
+                        "web-a",
+                        "web",
+                        web_ports(),
+                        json!([ep("10.244.1.6"), ep("10.244.1.5")]),
+                    ),
+                ],
+                want: &[
+                    "10.96.0.10:80/TCP ns/web http -> [10.244.1.5:8080 10.244.1.6:8080]",
+                    "10.96.0.10:443/TCP ns/web https -> [10.244.1.5:8443 10.244.1.6:8443]",
+                ],
+                warnings: &[],
+            },
+            Case {
+                name: "slice port of another name does not match",
+                objects: vec![
+                    web(),
+                    slice(
+                        "web-a",
+                        "web",
+                        json!([{"name": "http", "port": 8080}, {"name": "metrics", "port": 9090}]),
+                        json!([ep("10.244.1.5")]),
+                    ),
+                ],
+                want: &[
+                    "10.96.0.10:80/TCP ns/web http -> [10.244.1.5:8080]",
+                    "10.96.0.10:443/TCP ns/web https -> []",
+                ],
+                warnings: &[],
+            },
+            Case {
+                name: "unnamed port",
+                objects: vec![
+                    one(),
+                    slice("one-a", "one", one_ports(), json!([ep("10.244.1.5")])),
+                ],
+                want: &["10.96.0.20:80/TCP ns/one  -> [10.244.1.5:8080]"],
+                warnings: &[],
+            },
+            Case {
+                name: "several slices merged",
+                objects: vec![
+                    one(),
+                    slice("one-a", "one", one_ports(), json!([ep("10.244.1.5")])),
+                    slice(
+                        "one-b",
+                        "one",
+                        one_ports(),
+                        json!([ep("10.244.2.5"), ep("10.244.2.6")]),
+                    ),
+                ],
+                want: &[
+                    "10.96.0.20:80/TCP ns/one  -> [10.244.1.5:8080 10.244.2.5:8080 10.244.2.6:8080]",
+                ],
+                warnings: &[],
+            },
+            Case {
+                name: "address in several slices deduplicated, the non-terminating one wins",
+                objects: vec![
+                    one(),
+                    slice(
+                        "one-a",
+                        "one",
+                        one_ports(),
+                        json!([
+                            ep("10.244.1.5"),
+                            ep_cond(
+                                "10.244.1.7",
+                                json!({"ready": false, "serving": true, "terminating": true})
+                            ),
+                        ]),
+                    ),
+                    slice(
+                        "one-b",
+                        "one",
+                        one_ports(),
+                        json!([ep("10.244.1.5"), ep("10.244.1.7")]),
+                    ),
+                ],
+                want: &["10.96.0.20:80/TCP ns/one  -> [10.244.1.5:8080 10.244.1.7:8080]"],
+                warnings: &[],
+            },
+            Case {
+                name: "same address with two backend ports is two backends",
+                objects: vec![
+                    one(),
+                    slice(
+                        "one-a",
+                        "one",
+                        json!([{"port": 8080}]),
+                        json!([ep("10.244.1.5")]),
+                    ),
+                    slice(
+                        "one-b",
+                        "one",
+                        json!([{"port": 9090}]),
+                        json!([ep("10.244.1.5")]),
+                    ),
+                ],
+                want: &["10.96.0.20:80/TCP ns/one  -> [10.244.1.5:8080 10.244.1.5:9090]"],
+                warnings: &[],
+            },
+            Case {
+                name: "not-ready endpoints excluded; nil conditions mean ready",
+                objects: vec![
+                    one(),
+                    slice(
+                        "one-a",
+                        "one",
+                        one_ports(),
+                        json!([
+                            ep_cond("10.244.1.5", json!({})),
+                            ep_cond("10.244.1.6", json!({"ready": false})),
+                            ep_cond("10.244.1.7", json!({"ready": true, "serving": true})),
+                            ep_cond(
+                                "10.244.1.8",
+                                json!({"ready": false, "serving": true, "terminating": true})
+                            ),
+                        ]),
+                    ),
+                ],
+                want: &["10.96.0.20:80/TCP ns/one  -> [10.244.1.5:8080 10.244.1.7:8080]"],
+                warnings: &[],
+            },
+            Case {
+                name: "no ready endpoint: fall back to serving and terminating",
+                objects: vec![
+                    one(),
+                    slice(
+                        "one-a",
+                        "one",
+                        one_ports(),
+                        json!([
+                            ep_cond(
+                                "10.244.1.5",
+                                json!({"ready": false, "serving": true, "terminating": true})
+                            ),
+                            ep_cond(
+                                "10.244.1.6",
+                                json!({"ready": false, "serving": false, "terminating": true})
+                            ),
+                            ep_cond("10.244.1.7", json!({"ready": false})),
+                            // serving absent means serving (API default, as kube-proxy reads it)
+                            ep_cond("10.244.1.8", json!({"ready": false, "terminating": true})),
+                        ]),
+                    ),
+                ],
+                want: &["10.96.0.20:80/TCP ns/one  -> [10.244.1.5:8080~ 10.244.1.8:8080~]"],
+                warnings: &[],
+            },
+            Case {
+                name: "service-proxy-name and headless labels skip the service",
+                objects: vec![
+                    with(
+                        one(),
+                        &["metadata", "labels"],
+                        json!({LABEL_SERVICE_PROXY_NAME: "other"}),
+                    ),
+                    with(web(), &["metadata", "labels"], json!({LABEL_HEADLESS: ""})),
+                    slice("one-a", "one", one_ports(), json!([ep("10.244.1.5")])),
+                ],
+                want: &[],
+                warnings: &[],
+            },
+            Case {
+                name: "slices with service-proxy-name or headless labels are ignored",
+                objects: vec![
+                    one(),
+                    with(
+                        slice("one-a", "one", one_ports(), json!([ep("10.244.1.5")])),
+                        &["metadata", "labels", LABEL_SERVICE_PROXY_NAME],
+                        json!("other"),
+                    ),
+                ],
+                want: &["10.96.0.20:80/TCP ns/one  -> []"],
+                warnings: &[],
+            },
+            Case {
+                name: "headless (None), unset, ExternalName and IPv6-only services skipped",
+                objects: vec![
+                    svc("headless", "None", json!([{"port": 80}])),
+                    svc("unset", "", json!([{"port": 80}])),
+                    with(
+                        svc("ext", "", json!([{"port": 80}])),
+                        &["spec", "type"],
+                        json!("ExternalName"),
+                    ),
+                    svc("v6", "fd00::10", json!([{"port": 80}])),
+                ],
+                want: &[],
+                warnings: &[],
+            },
+            Case {
+                name: "dual-stack: the IPv4 cluster IP of clusterIPs",
+                objects: vec![with(
+                    svc("dual", "fd00::10", json!([{"port": 80}])),
+                    &["spec", "clusterIPs"],
+                    json!(["fd00::10", "10.96.0.30"]),
+                )],
+                want: &["10.96.0.30:80/TCP ns/dual  -> []"],
+                warnings: &[],
+            },
+            Case {
+                name: "UDP and TCP ports of one service; protocol must match",
+                objects: vec![
+                    svc(
+                        "dns",
+                        "10.96.0.53",
+                        json!([
+                            {"name": "dns", "port": 53, "protocol": "UDP"},
+                            {"name": "dns-tcp", "port": 53, "protocol": "TCP"},
+                        ]),
+                    ),
+                    slice(
+                        "dns-a",
+                        "dns",
+                        json!([
+                            {"name": "dns", "port": 5353, "protocol": "UDP"},
+                            {"name": "dns-tcp", "port": 5353, "protocol": "TCP"},
+                            {"name": "dns", "port": 9999, "protocol": "TCP"},
+                        ]),
+                        json!([ep("10.244.1.5")]),
+                    ),
+                ],
+                want: &[
+                    "10.96.0.53:53/TCP ns/dns dns-tcp -> [10.244.1.5:5353]",
+                    "10.96.0.53:53/UDP ns/dns dns -> [10.244.1.5:5353]",
+                ],
+                warnings: &[],
+            },
+            Case {
+                name: "service without slices has empty backends",
+                objects: vec![web()],
+                want: &[
+                    "10.96.0.10:80/TCP ns/web http -> []",
+                    "10.96.0.10:443/TCP ns/web https -> []",
+                ],
+                warnings: &[],
+            },
+            Case {
+                name: "slice of another namespace ignored",
+                objects: vec![
+                    one(),
+                    with(
+                        slice("one-a", "one", one_ports(), json!([ep("10.244.1.5")])),
+                        &["metadata", "namespace"],
+                        json!("other"),
+                    ),
+                ],
+                want: &["10.96.0.20:80/TCP ns/one  -> []"],
+                warnings: &[],
+            },
+            Case {
+                name: "IPv6 and FQDN slices ignored",
+                objects: vec![
+                    one(),
+                    with(
+                        slice("one-a", "one", one_ports(), json!([ep("fd00::5")])),
+                        &["addressType"],
+                        json!("IPv6"),
+                    ),
+                ],
+                want: &["10.96.0.20:80/TCP ns/one  -> []"],
+                warnings: &[],
+            },
+            Case {
+                name: "bad pieces warn and are skipped, the rest works",
+                objects: vec![
+                    svc(
+                        "web",
+                        "10.96.0.10",
+                        json!([{"name": "zero", "port": 0}, {"name": "http", "port": 80}]),
+                    ),
+                    slice(
+                        "web-a",
+                        "web",
+                        json!([{"name": "http", "port": 8080}, {"name": "zero", "port": 0}]),
+                        json!([ep("10.244.1.5"), ep("10.244.1.300"), {"addresses": []}]),
+                    ),
+                    svc("bad-ip", "10.96.0.999", json!([{"port": 80}])),
+                ],
+                want: &["10.96.0.10:80/TCP ns/web http -> [10.244.1.5:8080]"],
+                warnings: &[
+                    "Service ns/bad-ip: spec.clusterIP \"10.96.0.999\"",
+                    "Service ns/web: spec.ports[0].port 0",
+                    "EndpointSlice ns/web-a: ports[1].port 0",
+                    "EndpointSlice ns/web-a: endpoints[1].addresses[0] \"10.244.1.300\"",
+                    "EndpointSlice ns/web-a: endpoints[2] has no address",
+                ],
+            },
+            Case {
+                name: "two services on one frontend: the first keeps it",
+                objects: vec![
+                    svc("a", "10.96.0.10", json!([{"port": 80}])),
+                    svc("b", "10.96.0.10", json!([{"port": 80}])),
+                ],
+                want: &["10.96.0.10:80/TCP ns/a  -> []"],
+                warnings: &["Service ns/b: frontend 10.96.0.10:80/TCP"],
+            },
+            Case {
+                name: "internalTrafficPolicy Local: only this node's endpoints",
+                objects: vec![
+                    with(one(), &["spec", "internalTrafficPolicy"], json!("Local")),
+                    slice(
+                        "one-a",
+                        "one",
+                        one_ports(),
+                        json!([
+                            ep("10.244.2.5"),
+                            {"addresses": ["10.244.1.5"], "nodeName": NODE},
+                        ]),
+                    ),
+                ],
+                want: &["10.96.0.20:80/TCP ns/one  -> [10.244.1.5:8080]"],
+                warnings: &[],
+            },
+            Case {
+                name: "zone hints: this node's zone only",
+                objects: vec![
+                    json!({"apiVersion": "v1", "kind": "Node",
+                           "metadata": {"name": NODE, "labels": {LABEL_TOPOLOGY_ZONE: "zone-a"}}}),
+                    one(),
+                    slice(
+                        "one-a",
+                        "one",
+                        one_ports(),
+                        json!([
+                            {"addresses": ["10.244.1.5"], "hints": {"forZones": [{"name": "zone-a"}]}},
+                            {"addresses": ["10.244.2.5"], "hints": {"forZones": [{"name": "zone-b"}]}},
+                        ]),
+                    ),
+                ],
+                want: &["10.96.0.20:80/TCP ns/one  -> [10.244.1.5:8080]"],
+                warnings: &[],
+            },
+        ]
+    }
+
+    #[test]
+    fn desired_state_table() {
+        for case in cases() {
+            let store = store(&case.objects);
+            let (desired, warnings) = desired_state(&store, NODE);
+            assert_eq!(render(&desired), case.want, "case: {}", case.name);
+            let shown: Vec<String> = warnings.iter().map(ToString::to_string).collect();
+            assert_eq!(
+                shown.len(),
+                case.warnings.len(),
+                "case: {}: {shown:#?}",
+                case.name
+            );
+            for want in case.warnings {
+                assert!(
+                    shown.iter().any(|w| w.contains(want)),
+                    "case: {}: no warning like {want:?} in {shown:#?}",
+                    case.name
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn protocol_numbers_and_names() {
+        assert_eq!(Protocol::Tcp.number(), 6);
+        assert_eq!(Protocol::Udp.number(), 17);
+        assert_eq!(Protocol::Sctp.number(), 132);
+        assert_eq!(Protocol::Sctp.to_string(), "SCTP");
+        assert_eq!(Protocol::from_k8s(None), Ok(Protocol::Tcp));
+        assert_eq!(Protocol::from_k8s(Some("UDP")), Ok(Protocol::Udp));
+        assert!(Protocol::from_k8s(Some("udp")).is_err());
+    }
+
+    // -----------------------------------------------------------------------
+    // CategorizeEndpoints, ported from kube-proxy's pkg/proxy/topology_test.go.
+    // Differences from the Go table: hints are always honoured (the
+    // `service.kubernetes.io/topology-mode` annotation and the feature gates
+    // are gone from current kube-proxy), terminating endpoints are always
+    // proxied (ProxyTerminatingEndpoints is GA), and an empty endpoint list
+    // gives empty (not absent) lists for the policies in use.
+
+    #[derive(Default)]
+    struct Svc {
+        internal_local: bool,
+        external_local: bool,
+        node_port: u16,
+    }
+
+    fn port_info(s: &Svc) -> ServicePortInfo {
+        ServicePortInfo {
+            service: ObjectKey::new("ns", "svc"),
+            port_name: String::new(),
+            protocol: Protocol::Tcp,
+            port: 80,
+            cluster_ip: Ipv4Addr::new(10, 96, 0, 1),
+            node_port: s.node_port,
+            internal_policy_local: s.internal_local,
+            external_policy_local: s.external_local && s.node_port != 0,
+            externally_accessible: s.node_port != 0,
+        }
+    }
+
+    /// `"10.1.2.3:80 R S T L zones=a,b nodes=n"`: R ready, S serving,
+    /// T terminating, L local.
+    fn endpoint(spec: &str) -> EndpointInfo {
+        let mut words = spec.split_whitespace();
+        let addr: std::net::SocketAddrV4 = words.next().expect("addr").parse().expect("addr");
+        let mut ep = EndpointInfo {
+            addr: *addr.ip(),
+            port: addr.port(),
+            ready: false,
+            serving: false,
+            terminating: false,
+            is_local: false,
+            zone_hints: BTreeSet::new(),
+            node_hints: BTreeSet::new(),
+        };
+        for word in words {
+            match word {
+                "R" => ep.ready = true,
+                "S" => ep.serving = true,
+                "T" => ep.terminating = true,
+                "L" => ep.is_local = true,
+                _ => {
+                    let (what, list) = word.split_once('=').expect("flag");
+                    let set = list.split(',').map(str::to_owned).collect();
+                    match what {
+                        "zones" => ep.zone_hints = set,
+                        "nodes" => ep.node_hints = set,
+                        _ => panic!("{word}"),
+                    }
+                }
+            }
+        }
+        ep
+    }
+
+    struct TopoCase {
+        name: &'static str,
+        zone: &'static str,
+        svc: Svc,
+        endpoints: &'static [&'static str],
+        /// None: policy not used.
+        cluster: Option<&'static [&'static str]>,
+        local: Option<&'static [&'static str]>,
+        /// None: same as whichever of cluster/local is used alone.
+        all: Option<&'static [&'static str]>,
+        only_remote: bool,
+    }
+
+    const ZONED: &[&str] = &[
+        "10.1.2.3:80 R zones=zone-a",
+        "10.1.2.4:80 R zones=zone-b",
+        "10.1.2.5:80 R zones=zone-c",
+        "10.1.2.6:80 R zones=zone-a",
+    ];
+
+    #[expect(clippy::too_many_lines, reason = "one table")]
+    fn topology_cases() -> Vec<TopoCase> {
+        let case = |name, zone, svc, endpoints, cluster, local| TopoCase {
+            name,
+            zone,
+            svc,
+            endpoints,
+            cluster,
+            local,
+            all: None,
+            only_remote: false,
+        };
+        let local_ext = || Svc {
+            external_local: true,
+            node_port: 8080,
+            ..Svc::default()
+        };
+        let itp_local = || Svc {
+            internal_local: true,
+            ..Svc::default()
+        };
+        vec![
+            case(
+                "hints: this zone's endpoints",
+                "zone-a",
+                Svc::default(),
+                ZONED,
+                Some(&["10.1.2.3:80", "10.1.2.6:80"]),
+                None,
+            ),
+            TopoCase {
+                all: Some(&["10.1.2.3:80", "10.1.2.4:80", "10.1.2.6:80"]),
+                ..case(
+                    "externalTrafficPolicy: Local, topology ignored for Local endpoints",
+                    "zone-a",
+                    local_ext(),
+                    &[
+                        "10.1.2.3:80 R L zones=zone-a",
+                        "10.1.2.4:80 R L zones=zone-b",
+                        "10.1.2.5:80 R zones=zone-c",
+                        "10.1.2.6:80 R zones=zone-a",
+                    ],
+                    Some(&["10.1.2.3:80", "10.1.2.6:80"]),
+                    Some(&["10.1.2.3:80", "10.1.2.4:80"]),
+                )
+            },
+            TopoCase {
+                all: Some(&["10.1.2.3:80", "10.1.2.4:80", "10.1.2.6:80"]),
+                ..case(
+                    "internalTrafficPolicy: Local, topology ignored for Local endpoints",
+                    "zone-a",
+                    Svc {
+                        internal_local: true,
+                        node_port: 8080,
+                        ..Svc::default()
+                    },
+                    &[
+                        "10.1.2.3:80 R L zones=zone-a",
+                        "10.1.2.4:80 R L zones=zone-b",
+                        "10.1.2.5:80 R zones=zone-c",
+                        "10.1.2.6:80 R zones=zone-a",
+                    ],
+                    Some(&["10.1.2.3:80", "10.1.2.6:80"]),
+                    Some(&["10.1.2.3:80", "10.1.2.4:80"]),
+                )
+            },
+            case(
+                "empty node labels",
+                "",
+                Svc::default(),
+                &["10.1.2.3:80 R zones=zone-a"],
+                Some(&["10.1.2.3:80"]),
+                None,
+            ),
+            case(
+                "node in different zone, no endpoint filtering",
+                "zone-b",
+                Svc::default(),
+                &["10.1.2.3:80 R zones=zone-a"],
+                Some(&["10.1.2.3:80"]),
+                None,
+            ),
+            case(
+                "unready endpoint",
+                "zone-a",
+                Svc::default(),
+                &[
+                    "10.1.2.3:80 R zones=zone-a",
+                    "10.1.2.4:80 R zones=zone-b",
+                    "10.1.2.5:80 R zones=zone-c",
+                    "10.1.2.6:80 zones=zone-a",
+                ],
+                Some(&["10.1.2.3:80"]),
+                None,
+            ),
+            case(
+                "only unready endpoints in same zone (should not filter)",
+                "zone-a",
+                Svc::default(),
+                &[
+                    "10.1.2.3:80 zones=zone-a",
+                    "10.1.2.4:80 R zones=zone-b",
+                    "10.1.2.5:80 R zones=zone-c",
+                    "10.1.2.6:80 zones=zone-a",
+                ],
+                Some(&["10.1.2.4:80", "10.1.2.5:80"]),
+                None,
+            ),
+            case(
+                "missing hints, no filtering applied",
+                "zone-a",
+                Svc::default(),
+                &[
+                    "10.1.2.3:80 R zones=zone-a",
+                    "10.1.2.4:80 R zones=zone-b",
+                    "10.1.2.5:80 R",
+                    "10.1.2.6:80 R zones=zone-a",
+                ],
+                Some(&["10.1.2.3:80", "10.1.2.4:80", "10.1.2.5:80", "10.1.2.6:80"]),
+                None,
+            ),
+            case(
+                "multiple hints per endpoint, filtering includes any endpoint with zone included",
+                "zone-c",
+                Svc::default(),
+                &[
+                    "10.1.2.3:80 R zones=zone-a,zone-b,zone-c",
+                    "10.1.2.4:80 R zones=zone-b,zone-c",
+                    "10.1.2.5:80 R zones=zone-b,zone-d",
+                    "10.1.2.6:80 R zones=zone-c",
+                ],
+                Some(&["10.1.2.3:80", "10.1.2.4:80", "10.1.2.6:80"]),
+                None,
+            ),
+            case(
+                "node hints: this node's endpoints",
+                "zone-a",
+                Svc::default(),
+                &[
+                    "10.1.2.3:80 R zones=zone-a nodes=node-1",
+                    "10.1.2.4:80 R zones=zone-a nodes=node-2",
+                    "10.1.2.5:80 R zones=zone-b nodes=node-3",
+                ],
+                Some(&["10.1.2.3:80"]),
+                None,
+            ),
+            case(
+                "node hints for other nodes only: zone hints apply",
+                "zone-a",
+                Svc::default(),
+                &[
+                    "10.1.2.3:80 R zones=zone-a nodes=node-2",
+                    "10.1.2.4:80 R zones=zone-a nodes=node-2",
+                    "10.1.2.5:80 R zones=zone-b nodes=node-3",
+                ],
+                Some(&["10.1.2.3:80", "10.1.2.4:80"]),
+                None,
+            ),
+            case(
+                "node hints missing on one endpoint: zone hints apply",
+                "zone-a",
+                Svc::default(),
+                &[
+                    "10.1.2.3:80 R zones=zone-a nodes=node-1",
+                    "10.1.2.4:80 R zones=zone-a",
+                    "10.1.2.5:80 R zones=zone-b nodes=node-3",
+                ],
+                Some(&["10.1.2.3:80", "10.1.2.4:80"]),
+                None,
+            ),
+            TopoCase {
+                all: Some(&["10.0.0.0:80", "10.0.0.1:80", "10.0.0.2:80"]),
+                ..case(
+                    "conflicting topology and localness require merging allEndpoints",
+                    "zone-a",
+                    local_ext(),
+                    &[
+                        "10.0.0.0:80 R L zones=zone-a",
+                        "10.0.0.1:80 R L zones=zone-b",
+                        "10.0.0.2:80 R zones=zone-a",
+                        "10.0.0.3:80 R zones=zone-b",
+                    ],
+                    Some(&["10.0.0.0:80", "10.0.0.2:80"]),
+                    Some(&["10.0.0.0:80", "10.0.0.1:80"]),
+                )
+            },
+            case(
+                "internalTrafficPolicy: Local, with empty endpoints",
+                "",
+                itp_local(),
+                &[],
+                None,
+                Some(&[]),
+            ),
+            TopoCase {
+                only_remote: true,
+                ..case(
+                    "internalTrafficPolicy: Local, but all endpoints are remote",
+                    "",
+                    itp_local(),
+                    &["10.0.0.0:80 R", "10.0.0.1:80 R"],
+                    None,
+                    Some(&[]),
+                )
+            },
+            case(
+                "internalTrafficPolicy: Local, all endpoints are local",
+                "",
+                itp_local(),
+                &["10.0.0.0:80 R L", "10.0.0.1:80 R L"],
+                None,
+                Some(&["10.0.0.0:80", "10.0.0.1:80"]),
+            ),
+            case(
+                "internalTrafficPolicy: Local, some endpoints are local",
+                "",
+                itp_local(),
+                &["10.0.0.0:80 R L", "10.0.0.1:80 R"],
+                None,
+                Some(&["10.0.0.0:80"]),
+            ),
+            case(
+                "Cluster traffic policy, endpoints not Ready",
+                "",
+                Svc::default(),
+                &["10.0.0.0:80", "10.0.0.1:80"],
+                Some(&[]),
+                None,
+            ),
+            case(
+                "Cluster traffic policy, some endpoints are Ready",
+                "",
+                Svc::default(),
+                &["10.0.0.0:80", "10.0.0.1:80 R"],
+                Some(&["10.0.0.1:80"]),
+                None,
+            ),
+            case(
+                "Cluster traffic policy, all endpoints are terminating",
+                "",
+                Svc::default(),
+                &["10.0.0.0:80 S T L", "10.0.0.1:80 S T"],
+                Some(&["10.0.0.0:80", "10.0.0.1:80"]),
+                None,
+            ),
+            TopoCase {
+                all: Some(&["10.0.0.0:80", "10.0.0.1:80"]),
+                ..case(
+                    "iTP: Local, eTP: Cluster, some endpoints local",
+                    "",
+                    Svc {
+                        internal_local: true,
+                        node_port: 8080,
+                        ..Svc::default()
+                    },
+                    &["10.0.0.0:80 R L", "10.0.0.1:80 R"],
+                    Some(&["10.0.0.0:80", "10.0.0.1:80"]),
+                    Some(&["10.0.0.0:80"]),
+                )
+            },
+            TopoCase {
+                all: Some(&["10.0.0.0:80", "10.0.0.1:80"]),
+                ..case(
+                    "iTP: Cluster, eTP: Local, some endpoints local",
+                    "",
+                    local_ext(),
+                    &["10.0.0.0:80 R L", "10.0.0.1:80 R"],
+                    Some(&["10.0.0.0:80", "10.0.0.1:80"]),
+                    Some(&["10.0.0.0:80"]),
+                )
+            },
+            // kube-proxy's table lists cluster endpoints here too, from a
+            // version whose UsesClusterEndpoints differed; with both policies
+            // Local the Cluster endpoints are unused.
+            TopoCase {
+                only_remote: true,
+                ..case(
+                    "iTP: Local, eTP: Local, some endpoints local",
+                    "",
+                    Svc {
+                        internal_local: true,
+                        external_local: true,
+                        node_port: 8080,
+                    },
+                    &["10.0.0.0:80 R L", "10.0.0.1:80 R"],
+                    None,
+                    Some(&["10.0.0.0:80"]),
+                )
+            },
+            TopoCase {
+                only_remote: true,
+                ..case(
+                    "iTP: Local, eTP: Local, all endpoints remote",
+                    "",
+                    Svc {
+                        internal_local: true,
+                        external_local: true,
+                        node_port: 8080,
+                    },
+                    &["10.0.0.0:80 R", "10.0.0.1:80 R"],
+                    None,
+                    Some(&[]),
+                )
+            },
+            TopoCase {
+                only_remote: true,
+                ..case(
+                    "iTP: Local, eTP: Local, all endpoints remote and terminating",
+                    "",
+                    Svc {
+                        internal_local: true,
+                        external_local: true,
+                        node_port: 8080,
+                    },
+                    &["10.0.0.0:80 S T", "10.0.0.1:80 S T"],
+                    None,
+                    Some(&[]),
+                )
+            },
+            TopoCase {
+                all: Some(&["10.0.0.0:80", "10.0.0.2:80"]),
+                ..case(
+                    "iTP: Cluster, eTP: Local, with terminating endpoints",
+                    "",
+                    local_ext(),
+                    &[
+                        "10.0.0.0:80 R",
+                        "10.0.0.1:80 L",
+                        "10.0.0.2:80 S T L",
+                        "10.0.0.3:80 S T",
+                    ],
+                    Some(&["10.0.0.0:80"]),
+                    Some(&["10.0.0.2:80"]),
+                )
+            },
+            TopoCase {
+                all: Some(&["10.0.0.0:80", "10.0.0.1:80"]),
+                ..case(
+                    "externalTrafficPolicy ignored if not externally accessible",
+                    "",
+                    Svc {
+                        external_local: true,
+                        ..Svc::default()
+                    },
+                    &["10.0.0.0:80 R", "10.0.0.1:80 R L"],
+                    Some(&["10.0.0.0:80", "10.0.0.1:80"]),
+                    None,
+                )
+            },
+            case(
+                "no cluster endpoints for iTP:Local internal-only service",
+                "",
+                itp_local(),
+                &["10.0.0.0:80 R", "10.0.0.1:80 R L"],
+                None,
+                Some(&["10.0.0.1:80"]),
+            ),
+        ]
+    }
+
+    fn names(endpoints: &[&EndpointInfo]) -> Vec<String> {
+        let mut names: Vec<String> = endpoints
+            .iter()
+            .map(|ep| format!("{}:{}", ep.addr, ep.port))
+            .collect();
+        names.sort();
+        names
+    }
+
+    fn sorted(list: &[&str]) -> Vec<String> {
+        let mut list: Vec<String> = list.iter().map(|s| (*s).to_owned()).collect();
+        list.sort();
+        list
+    }
+
+    #[test]
+    fn categorize_endpoints_table() {
+        for case in topology_cases() {
+            let endpoints: Vec<EndpointInfo> = case.endpoints.iter().map(|s| endpoint(s)).collect();
+            let port = port_info(&case.svc);
+            let got = categorize_endpoints(&endpoints, &port, NODE, case.zone);
+            let name = case.name;
+            assert_eq!(
+                got.cluster.as_deref().map(names),
+                case.cluster.map(sorted),
+                "{name}: cluster"
+            );
+            assert_eq!(
+                got.local.as_deref().map(names),
+                case.local.map(sorted),
+                "{name}: local"
+            );
+            let want_all = match (case.all, case.cluster, case.local) {
+                (Some(all), _, _) => sorted(all),
+                (None, Some(only), None) | (None, None, Some(only)) => sorted(only),
+                (None, _, _) => panic!("{name}: say what all is"),
+            };
+            assert_eq!(names(&got.all_reachable), want_all, "{name}: all");
+            let want_any = !want_all.is_empty() || case.only_remote;
+            assert_eq!(got.has_any, want_any, "{name}: has_any");
+        }
+    }
 }

@@ -1,0 +1,388 @@
+//! Packet-level tests of the pod program through BPF_PROG_TEST_RUN: the
+//! real object is loaded (maps pinned on a bpffs of the test's own), the
+//! maps are programmed through the real reconciler, and frames built with
+//! valid checksums go in; what comes out is parsed and its checksums
+//! recomputed. Nothing is attached to any interface. Needs root.
+
+use std::{
+    net::Ipv4Addr,
+    path::PathBuf,
+    sync::atomic::{AtomicU32, Ordering},
+};
+
+use aya::programs::{SchedClassifier, TestRun, TestRunOptions};
+use proxy_common::{CtKey, DropReason, PROG_POD_INGRESS};
+use sluice::{
+    datapath::{
+        PinPaths,
+        loader::Datapath,
+        maps::{PinnedMaps, read_drops},
+        reconcile::Reconciler,
+    },
+    manifest::ObjectKey,
+    model::{BackendSpec, BackendState, Desired, Frontend, FrontendKey, Protocol},
+    pktgen::{self, Ipv4Spec, TCP, UDP},
+};
+
+const TC_ACT_UNSPEC: u32 = u32::MAX; // -1: continue
+const TC_ACT_SHOT: u32 = 2;
+
+const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
+const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 244, 0, 10);
+
+fn backend_ip(i: u8) -> Ipv4Addr {
+    Ipv4Addr::new(10, 244, 0, 100 + i)
+}
+
+fn is_root() -> bool {
+    if nix::unistd::geteuid().is_root() {
+        true
+    } else {
+        eprintln!("skipping: BPF_PROG_TEST_RUN tests need root");
+        false
+    }
+}
+
+/// A bpffs mounted on a fresh directory for one test; unmounted and
+/// removed on drop, also when the test fails.
+struct Bpffs {
+    dir: PathBuf,
+}
+
+impl Bpffs {
+    fn new() -> Self {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "sluice-dp-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        nix::mount::mount(Some("bpf"), &dir, Some("bpf"), nix::mount::MsFlags::empty(), None::<&str>)
+            .expect("mount bpffs");
+        Self { dir }
+    }
+}
+
+impl Drop for Bpffs {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(&self.dir, nix::mount::MntFlags::MNT_DETACH);
+        let _ = std::fs::remove_dir(&self.dir);
+    }
+}
+
+/// The loaded program with its maps, programmed through the reconciler.
+struct Harness {
+    prog: SchedClassifier,
+    reconciler: Reconciler<PinnedMaps>,
+    paths: PinPaths,
+    _datapath: Datapath,
+    _fs: Bpffs,
+}
+
+impl Harness {
+    fn new() -> Self {
+        let fs = Bpffs::new();
+        let paths = PinPaths::new(&fs.dir);
+        let datapath = Datapath::load(&paths).expect("load programs");
+        let prog = SchedClassifier::from_pin(paths.prog(PROG_POD_INGRESS)).expect("pinned program");
+        let (reconciler, _) = Reconciler::restore(PinnedMaps::open(&paths).unwrap()).unwrap();
+        Self { prog, reconciler, paths, _datapath: datapath, _fs: fs }
+    }
+
+    /// Programs one frontend per (port, proto) with the given backends.
+    fn program(&mut self, frontends: &[(u16, Protocol, u16, &[Ipv4Addr])]) {
+        let desired: Desired = frontends
+            .iter()
+            .map(|(port, proto, target, backends)| {
+                (
+                    FrontendKey { addr: VIP, port: *port, proto: *proto },
+                    Frontend {
+                        service: ObjectKey { namespace: "default".into(), name: "svc".into() },
+                        port_name: String::new(),
+                        backends: backends
+                            .iter()
+                            .map(|a| BackendSpec { addr: *a, port: *target, state: BackendState::Active })
+                            .collect(),
+                    },
+                )
+            })
+            .collect();
+        let out = self.reconciler.sync(&desired);
+        assert!(out.errors.is_empty(), "{:?}", out.errors);
+    }
+
+    /// Runs one frame through the program: (verdict, frame out).
+    fn run(&self, frame: &[u8]) -> (u32, Vec<u8>) {
+        let mut out = vec![0u8; frame.len() + 256];
+        let mut opts = TestRunOptions::default();
+        opts.data_in = Some(frame);
+        opts.data_out = Some(&mut out);
+        let res = self.prog.test_run(opts).expect("BPF_PROG_TEST_RUN");
+        out.truncate(res.data_size_out as usize);
+        (res.return_value, out)
+    }
+
+    fn drops(&self, reason: DropReason) -> u64 {
+        read_drops(&self.paths).unwrap().into_iter().find(|(r, _)| *r == reason).unwrap().1
+    }
+
+    fn ct_entries(&self) -> usize {
+        let ct: aya::maps::HashMap<aya::maps::MapData, CtKey, proxy_common::CtEntry> =
+            sluice::datapath::maps::open_pinned(&self.paths, proxy_common::MAP_CT).unwrap();
+        ct.keys().count()
+    }
+}
+
+fn tcp_frame(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16, flags: u8) -> Vec<u8> {
+    pktgen::frame(&Ipv4Spec::new(src, dst, TCP), &pktgen::tcp(src, sport, dst, dport, flags, b"hello"))
+}
+
+fn udp_frame(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16, csum: bool) -> Vec<u8> {
+    pktgen::frame(&Ipv4Spec::new(src, dst, UDP), &pktgen::udp(src, sport, dst, dport, b"ping!", csum))
+}
+
+// Expect: a SYN to the VIP leaves with a backend's address and port, valid
+// IP and TCP checksums, verdict "continue".
+#[test]
+fn syn_to_vip_is_dnated_with_valid_checksums() {
+    if !is_root() {
+        return;
+    }
+    let mut h = Harness::new();
+    h.program(&[(80, Protocol::Tcp, 8080, &[backend_ip(1)])]);
+    let (verdict, out) = h.run(&tcp_frame(CLIENT, 40000, VIP, 80, 0x02));
+    assert_eq!(verdict, TC_ACT_UNSPEC);
+    let p = pktgen::parse(&out);
+    assert_eq!((p.src, p.dst), (CLIENT, backend_ip(1)));
+    assert_eq!(p.ports, Some((40000, 8080)));
+    assert!(p.ip_checksum_ok, "IP checksum");
+    assert_eq!(p.l4_checksum_ok, Some(true), "TCP checksum");
+}
+
+// Expect: the backend's reply leaves with the VIP as source (port 80), valid checksums.
+#[test]
+fn reply_from_backend_is_reverse_nated() {
+    if !is_root() {
+        return;
+    }
+    let mut h = Harness::new();
+    h.program(&[(80, Protocol::Tcp, 8080, &[backend_ip(1)])]);
+    h.run(&tcp_frame(CLIENT, 40001, VIP, 80, 0x02));
+    let (verdict, out) = h.run(&tcp_frame(backend_ip(1), 8080, CLIENT, 40001, 0x12));
+    assert_eq!(verdict, TC_ACT_UNSPEC);
+    let p = pktgen::parse(&out);
+    assert_eq!((p.src, p.dst), (VIP, CLIENT));
+    assert_eq!(p.ports, Some((80, 40001)));
+    assert!(p.ip_checksum_ok);
+    assert_eq!(p.l4_checksum_ok, Some(true));
+}
+
+// Expect: traffic that is neither to a frontend nor a reply passes byte for byte.
+#[test]
+fn non_service_traffic_is_untouched() {
+    if !is_root() {
+        return;
+    }
+    let mut h = Harness::new();
+    h.program(&[(80, Protocol::Tcp, 8080, &[backend_ip(1)])]);
+    for frame in [
+        tcp_frame(CLIENT, 40002, backend_ip(2), 80, 0x02), // pod to pod
+        tcp_frame(CLIENT, 40002, VIP, 81, 0x02),           // VIP, other port
+        udp_frame(CLIENT, 40002, VIP, 80, true),           // VIP, other protocol
+        // backend -> client without a translated flow
+        tcp_frame(backend_ip(1), 8080, CLIENT, 40009, 0x12),
+    ] {
+        let (verdict, out) = h.run(&frame);
+        assert_eq!(verdict, TC_ACT_UNSPEC);
+        assert_eq!(out, frame);
+    }
+    // Not IPv4 at all (ARP): untouched.
+    let mut arp = vec![0xff; 12];
+    arp.extend_from_slice(&[0x08, 0x06]);
+    arp.extend_from_slice(&[0; 28]);
+    assert_eq!(h.run(&arp), (TC_ACT_UNSPEC, arp.clone()));
+    assert_eq!(h.ct_entries(), 0, "no conntrack for traffic that was not translated");
+}
+
+fn dnat_target(h: &Harness, sport: u16) -> Ipv4Addr {
+    let (verdict, out) = h.run(&tcp_frame(CLIENT, sport, VIP, 80, 0x10));
+    assert_eq!(verdict, TC_ACT_UNSPEC);
+    pktgen::parse(&out).dst
+}
+
+// Expect: an established flow keeps its backend while backends are added
+// and others removed; when its own backend is removed it moves to one that exists.
+#[test]
+fn established_flow_sticks_until_its_backend_is_removed() {
+    if !is_root() {
+        return;
+    }
+    let mut h = Harness::new();
+    let three = [backend_ip(1), backend_ip(2), backend_ip(3)];
+    h.program(&[(80, Protocol::Tcp, 8080, &three)]);
+    let first = dnat_target(&h, 41000);
+    let others: Vec<Ipv4Addr> = three.iter().copied().filter(|a| *a != first).collect();
+    // Add two backends and remove one that is not ours.
+    let changed = [first, others[0], backend_ip(4), backend_ip(5)];
+    h.program(&[(80, Protocol::Tcp, 8080, &changed)]);
+    for _ in 0..30 {
+        assert_eq!(dnat_target(&h, 41000), first, "flow moved while its backend exists");
+    }
+    // Now remove the flow's own backend.
+    let without = [others[0], backend_ip(4)];
+    h.program(&[(80, Protocol::Tcp, 8080, &without)]);
+    let moved = dnat_target(&h, 41000);
+    assert!(without.contains(&moved), "flow went to {moved}, not an existing backend");
+    for _ in 0..10 {
+        assert_eq!(dnat_target(&h, 41000), moved, "re-balanced flow must stick");
+    }
+}
+
+// Expect: a removed backend is never chosen for new flows; the rest all are.
+#[test]
+fn removed_backend_is_not_chosen_for_new_flows() {
+    if !is_root() {
+        return;
+    }
+    let mut h = Harness::new();
+    h.program(&[(80, Protocol::Tcp, 8080, &[backend_ip(1), backend_ip(2), backend_ip(3)])]);
+    h.program(&[(80, Protocol::Tcp, 8080, &[backend_ip(1), backend_ip(3)])]);
+    let mut seen = std::collections::BTreeMap::new();
+    for sport in 42000..42200 {
+        *seen.entry(dnat_target(&h, sport)).or_insert(0) += 1;
+    }
+    assert!(!seen.contains_key(&backend_ip(2)), "removed backend chosen: {seen:?}");
+    assert_eq!(seen.len(), 2, "both remaining backends chosen: {seen:?}");
+}
+
+// Expect: UDP DNAT keeps a zero checksum zero and fixes a present one.
+#[test]
+fn udp_checksum_zero_stays_zero_and_present_one_is_fixed() {
+    if !is_root() {
+        return;
+    }
+    let mut h = Harness::new();
+    h.program(&[(53, Protocol::Udp, 5353, &[backend_ip(1)])]);
+    let (_, out) = h.run(&udp_frame(CLIENT, 43000, VIP, 53, false));
+    let p = pktgen::parse(&out);
+    assert_eq!((p.dst, p.ports), (backend_ip(1), Some((43000, 5353))));
+    assert!(p.udp_checksum_zero, "checksum 0 must stay 0");
+    assert!(p.ip_checksum_ok);
+    let (_, out) = h.run(&udp_frame(CLIENT, 43001, VIP, 53, true));
+    let p = pktgen::parse(&out);
+    assert_eq!((p.dst, p.ports), (backend_ip(1), Some((43001, 5353))));
+    assert_eq!(p.l4_checksum_ok, Some(true));
+    // And the reply comes back from the VIP.
+    let (_, out) = h.run(&udp_frame(backend_ip(1), 5353, CLIENT, 43001, true));
+    let p = pktgen::parse(&out);
+    assert_eq!((p.src, p.ports), (VIP, Some((53, 43001))));
+    assert_eq!(p.l4_checksum_ok, Some(true));
+}
+
+// Expect: with IP options (IHL 7) the ports are found after the options.
+#[test]
+fn ip_options_are_honoured() {
+    if !is_root() {
+        return;
+    }
+    let mut h = Harness::new();
+    h.program(&[(80, Protocol::Tcp, 8080, &[backend_ip(1)])]);
+    let mut ip = Ipv4Spec::new(CLIENT, VIP, TCP);
+    ip.options = vec![1, 1, 1, 1, 1, 1, 1, 0]; // NOPs, then end of options
+    let frame = pktgen::frame(&ip, &pktgen::tcp(CLIENT, 44000, VIP, 80, 0x02, b"x"));
+    let (verdict, out) = h.run(&frame);
+    assert_eq!(verdict, TC_ACT_UNSPEC);
+    let p = pktgen::parse(&out);
+    assert_eq!(p.ihl_bytes, 28);
+    assert_eq!((p.dst, p.ports), (backend_ip(1), Some((44000, 8080))));
+    assert!(p.ip_checksum_ok);
+    assert_eq!(p.l4_checksum_ok, Some(true));
+}
+
+// Expect: fragments are translated deliberately. The first fragment carries
+// the ports and is DNATed; a later fragment of the same datagram gets the
+// same destination (address only); a later fragment whose first was never
+// seen passes untouched. Reassembled, the datagram's UDP checksum is valid.
+#[test]
+fn fragments_follow_their_first_fragment() {
+    if !is_root() {
+        return;
+    }
+    let mut h = Harness::new();
+    h.program(&[(53, Protocol::Udp, 5353, &[backend_ip(1)])]);
+    let payload: Vec<u8> = (0..40u8).collect();
+    let datagram = pktgen::udp(CLIENT, 45000, VIP, 53, &payload, true); // 48 bytes
+    let (part1, part2) = datagram.split_at(24); // 24 = 3 * 8
+    let mut ip = Ipv4Spec::new(CLIENT, VIP, UDP);
+    ip.id = 0x4242;
+    ip.more_fragments = true;
+    let (v1, out1) = h.run(&pktgen::frame(&ip, part1));
+    ip.more_fragments = false;
+    ip.frag_offset = 3;
+    let (v2, out2) = h.run(&pktgen::frame(&ip, part2));
+    assert_eq!((v1, v2), (TC_ACT_UNSPEC, TC_ACT_UNSPEC));
+    let (p1, p2) = (pktgen::parse(&out1), pktgen::parse(&out2));
+    assert_eq!(p1.dst, backend_ip(1));
+    assert_eq!(p1.ports, Some((45000, 5353)));
+    assert_eq!(p2.dst, backend_ip(1), "later fragment follows the first");
+    assert!(p1.ip_checksum_ok && p2.ip_checksum_ok);
+    // Reassemble and verify the UDP checksum over the whole datagram.
+    let mut whole = out1[14 + 20..].to_vec();
+    whole.extend_from_slice(&out2[14 + 20..]);
+    assert_eq!(whole[8..], payload[..], "payload untouched");
+    let whole_frame = pktgen::frame(&Ipv4Spec::new(CLIENT, backend_ip(1), UDP), &whole);
+    assert_eq!(pktgen::parse(&whole_frame).l4_checksum_ok, Some(true), "reassembled UDP checksum");
+    // An unattributable later fragment passes untouched.
+    ip.id = 0x4343;
+    let orphan = pktgen::frame(&ip, part2);
+    assert_eq!(h.run(&orphan), (TC_ACT_UNSPEC, orphan.clone()));
+}
+
+// Expect: an ICMP port-unreachable from the backend about a translated UDP
+// flow reaches the client as if the VIP sent it: outer source VIP, quoted
+// destination VIP:53, valid ICMP and quoted IP checksums.
+#[test]
+fn icmp_error_from_backend_is_translated() {
+    if !is_root() {
+        return;
+    }
+    let mut h = Harness::new();
+    h.program(&[(53, Protocol::Udp, 5353, &[backend_ip(1)])]);
+    let (_, out) = h.run(&udp_frame(CLIENT, 46000, VIP, 53, true));
+    // The backend quotes what it received: the translated datagram.
+    let quoted = out[14..].to_vec();
+    let icmp = pktgen::icmp_error(3, 3, &quoted);
+    let frame = pktgen::frame(&Ipv4Spec::new(backend_ip(1), CLIENT, pktgen::ICMP), &icmp);
+    let (verdict, out) = h.run(&frame);
+    assert_eq!(verdict, TC_ACT_UNSPEC);
+    let p = pktgen::parse(&out);
+    assert_eq!((p.src, p.dst), (VIP, CLIENT));
+    assert!(p.ip_checksum_ok);
+    assert_eq!(p.l4_checksum_ok, Some(true), "ICMP checksum");
+    let inner = &out[14 + 20 + 8..];
+    assert_eq!(&inner[16..20], &VIP.octets(), "quoted destination");
+    assert_eq!(u16::from_be_bytes([inner[22], inner[23]]), 53, "quoted destination port");
+    assert_eq!(pktgen::checksum(&inner[..20]), 0, "quoted IP checksum");
+}
+
+// Expect: a frontend without backends drops (counted as no_backend); a
+// broken IP header is dropped and counted.
+#[test]
+fn drops_are_counted_by_reason() {
+    if !is_root() {
+        return;
+    }
+    let mut h = Harness::new();
+    h.program(&[(80, Protocol::Tcp, 8080, &[])]);
+    let before = h.drops(DropReason::NoBackend);
+    let (verdict, _) = h.run(&tcp_frame(CLIENT, 47000, VIP, 80, 0x02));
+    assert_eq!(verdict, TC_ACT_SHOT);
+    assert_eq!(h.drops(DropReason::NoBackend), before + 1);
+
+    let mut bad = tcp_frame(CLIENT, 47001, VIP, 80, 0x02);
+    bad[14] = 0x44; // IHL 4
+    let before = h.drops(DropReason::InvalidIpHeader);
+    assert_eq!(h.run(&bad).0, TC_ACT_SHOT);
+    assert_eq!(h.drops(DropReason::InvalidIpHeader), before + 1);
+}
