@@ -612,14 +612,15 @@ impl Node {
         ] {
             netns.sysctl(k, v)?;
         }
-        let addr = format!("198.18.0.{}/32", u16::from(index) + 1);
-        netns.ip(&["addr", "add", &addr, "dev", "lo"])?;
-        Ok(Node {
+        let node = Node {
             name: name.to_owned(),
             index,
             netns,
             next_host: AtomicUsize::new(11),
-        })
+        };
+        let addr = format!("{}/32", node.address());
+        node.netns.ip(&["addr", "add", &addr, "dev", "lo"])?;
+        Ok(node)
     }
 
     /// The Kubernetes node name.
@@ -629,6 +630,11 @@ impl Node {
 
     pub fn netns(&self) -> &Netns {
         &self.netns
+    }
+
+    /// The node's own address, `198.18.0.<index+1>` (on its `lo`).
+    pub fn address(&self) -> Ipv4Addr {
+        Ipv4Addr::new(198, 18, 0, self.index.saturating_add(1))
     }
 
     /// This node's pod CIDR, `10.244.<index>.0/24`.
@@ -1153,10 +1159,20 @@ impl ManifestDir {
 
     /// Writes `node-<name>.yaml`: a Node with this node's pod CIDR.
     pub fn write_node(&self, node: &Node) -> anyhow::Result<()> {
-        let (name, cidr, idx) = (node.name(), node.pod_cidr(), u16::from(node.index) + 1);
+        self.write_node_object(node.name(), &node.pod_cidr(), node.address())
+    }
+
+    /// Writes `node-<name>.yaml`: a Node with `spec.podCIDR(s)` and an
+    /// `InternalIP` address.
+    pub fn write_node_object(
+        &self,
+        name: &str,
+        pod_cidr: &str,
+        internal_ip: Ipv4Addr,
+    ) -> anyhow::Result<()> {
         let y = format!(
-            "apiVersion: v1\nkind: Node\nmetadata:\n  name: {name}\nspec:\n  podCIDR: {cidr}\n  \
-             podCIDRs:\n  - {cidr}\nstatus:\n  addresses:\n  - type: InternalIP\n    address: 198.18.0.{idx}\n"
+            "apiVersion: v1\nkind: Node\nmetadata:\n  name: {name}\nspec:\n  podCIDR: {pod_cidr}\n  \
+             podCIDRs:\n  - {pod_cidr}\nstatus:\n  addresses:\n  - type: InternalIP\n    address: {internal_ip}\n"
         );
         self.write_file(&format!("node-{name}.yaml"), &y)
     }

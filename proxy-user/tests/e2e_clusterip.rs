@@ -358,3 +358,74 @@ esac
     assert!(status.success(), "{status}");
     assert!(agent.log().contains("got SIGTERM"), "log: {}", agent.log());
 }
+
+/// What [`ManifestDir`] writes is what the agent's manifest reader and model
+/// accept: two frontends with three active backends, no errors or warnings;
+/// rewriting and removing follow. Needs no root.
+#[test]
+fn testbed_manifests_load_into_the_model() {
+    use sluice::model::{self, BackendState, FrontendKey};
+    let dir = TestDir::new("manifests").unwrap();
+    let manifests = ManifestDir::new_in(&dir).unwrap();
+    let ips = [11, 12, 13].map(|h| Ipv4Addr::new(10, 244, 0, h));
+    let backends: Vec<_> = ["backend-a", "backend-b", "backend-c"]
+        .iter()
+        .zip(ips)
+        .map(|(n, ip)| Backend {
+            node_name: Some("node-a".to_owned()),
+            ..Backend::ready(n, ip)
+        })
+        .collect();
+    manifests
+        .write_service(&echo_service(backends.clone()))
+        .unwrap();
+    manifests
+        .write_node_object("node-a", "10.244.0.0/24", Ipv4Addr::new(198, 18, 0, 1))
+        .unwrap();
+
+    let load = || {
+        let out = sluice::manifest::load_dir(manifests.path()).unwrap();
+        assert!(out.errors.is_empty(), "{:?}", out.errors);
+        assert!(
+            out.store.nodes.contains_key("node-a"),
+            "{:?}",
+            out.store.nodes
+        );
+        let (desired, warnings) = model::desired_state(&out.store, "node-a");
+        assert!(warnings.is_empty(), "{warnings:?}");
+        desired
+    };
+    let key = |port, proto| FrontendKey {
+        addr: VIP,
+        port,
+        proto,
+    };
+    let desired = load();
+    assert_eq!(desired.len(), 2, "{desired:?}");
+    for (port, proto, target) in [
+        (TCP_PORT, model::Protocol::Tcp, TCP_TARGET),
+        (UDP_PORT, model::Protocol::Udp, UDP_TARGET),
+    ] {
+        let f = &desired[&key(port, proto)];
+        let got: Vec<_> = f
+            .backends
+            .iter()
+            .map(|b| (b.addr, b.port, b.state))
+            .collect();
+        let want: Vec<_> = ips
+            .iter()
+            .map(|ip| (*ip, target, BackendState::Active))
+            .collect();
+        assert_eq!(got, want);
+    }
+
+    manifests
+        .write_service(&echo_service(backends[..2].to_vec()))
+        .unwrap();
+    assert_eq!(
+        load()[&key(TCP_PORT, model::Protocol::Tcp)].backends.len(),
+        2
+    );
+    manifests.remove_service("default", "echo").unwrap();
+    assert!(load().is_empty());
+}
