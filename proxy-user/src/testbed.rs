@@ -211,7 +211,7 @@ impl Netns {
         )
     }
 
-    /// Alias of [`Netns::ip`], the `run(cmd args)` of the brief.
+    /// Same as [`Netns::ip`]: runs `ip -n <name> ARGS...`.
     pub fn run(&self, args: &[&str]) -> anyhow::Result<String> {
         self.ip(args)
     }
