@@ -95,16 +95,16 @@ pub fn services_table(services: &[ServiceView]) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "{:<22} {:<5} {:>4}  {:<22} {}",
-        "FRONTEND", "PROTO", "ID", "BACKEND", "STATE"
+        "{:<22} {:<5} {:>4}  {:<22} STATE",
+        "FRONTEND", "PROTO", "ID", "BACKEND"
     );
     for svc in services {
         let frontend = format!("{}:{}", svc.address, svc.port);
         if svc.backends.is_empty() {
             let _ = writeln!(
                 s,
-                "{frontend:<22} {:<5} {:>4}  {:<22} {}",
-                svc.protocol, "-", "(no endpoints)", "-"
+                "{frontend:<22} {:<5} {:>4}  {:<22} -",
+                svc.protocol, "-", "(no endpoints)"
             );
         }
         for (i, b) in svc.backends.iter().enumerate() {

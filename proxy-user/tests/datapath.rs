@@ -58,8 +58,14 @@ impl Bpffs {
             N.fetch_add(1, Ordering::Relaxed)
         ));
         std::fs::create_dir_all(&dir).unwrap();
-        nix::mount::mount(Some("bpf"), &dir, Some("bpf"), nix::mount::MsFlags::empty(), None::<&str>)
-            .expect("mount bpffs");
+        nix::mount::mount(
+            Some("bpf"),
+            &dir,
+            Some("bpf"),
+            nix::mount::MsFlags::empty(),
+            None::<&str>,
+        )
+        .expect("mount bpffs");
         Self { dir }
     }
 }
@@ -87,7 +93,13 @@ impl Harness {
         let datapath = Datapath::load(&paths).expect("load programs");
         let prog = SchedClassifier::from_pin(paths.prog(PROG_POD_INGRESS)).expect("pinned program");
         let (reconciler, _) = Reconciler::restore(PinnedMaps::open(&paths).unwrap()).unwrap();
-        Self { prog, reconciler, paths, _datapath: datapath, _fs: fs }
+        Self {
+            prog,
+            reconciler,
+            paths,
+            _datapath: datapath,
+            _fs: fs,
+        }
     }
 
     /// Programs one frontend per (port, proto) with the given backends.
@@ -96,13 +108,24 @@ impl Harness {
             .iter()
             .map(|(port, proto, target, backends)| {
                 (
-                    FrontendKey { addr: VIP, port: *port, proto: *proto },
+                    FrontendKey {
+                        addr: VIP,
+                        port: *port,
+                        proto: *proto,
+                    },
                     Frontend {
-                        service: ObjectKey { namespace: "default".into(), name: "svc".into() },
+                        service: ObjectKey {
+                            namespace: "default".into(),
+                            name: "svc".into(),
+                        },
                         port_name: String::new(),
                         backends: backends
                             .iter()
-                            .map(|a| BackendSpec { addr: *a, port: *target, state: BackendState::Active })
+                            .map(|a| BackendSpec {
+                                addr: *a,
+                                port: *target,
+                                state: BackendState::Active,
+                            })
                             .collect(),
                     },
                 )
@@ -115,16 +138,23 @@ impl Harness {
     /// Runs one frame through the program: (verdict, frame out).
     fn run(&self, frame: &[u8]) -> (u32, Vec<u8>) {
         let mut out = vec![0u8; frame.len() + 256];
-        let mut opts = TestRunOptions::default();
-        opts.data_in = Some(frame);
-        opts.data_out = Some(&mut out);
+        let opts = TestRunOptions {
+            data_in: Some(frame),
+            data_out: Some(&mut out),
+            ..TestRunOptions::default()
+        };
         let res = self.prog.test_run(opts).expect("BPF_PROG_TEST_RUN");
         out.truncate(res.data_size_out as usize);
         (res.return_value, out)
     }
 
     fn drops(&self, reason: DropReason) -> u64 {
-        read_drops(&self.paths).unwrap().into_iter().find(|(r, _)| *r == reason).unwrap().1
+        read_drops(&self.paths)
+            .unwrap()
+            .into_iter()
+            .find(|(r, _)| *r == reason)
+            .unwrap()
+            .1
     }
 
     fn ct_entries(&self) -> usize {
@@ -135,11 +165,17 @@ impl Harness {
 }
 
 fn tcp_frame(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16, flags: u8) -> Vec<u8> {
-    pktgen::frame(&Ipv4Spec::new(src, dst, TCP), &pktgen::tcp(src, sport, dst, dport, flags, b"hello"))
+    pktgen::frame(
+        &Ipv4Spec::new(src, dst, TCP),
+        &pktgen::tcp(src, sport, dst, dport, flags, b"hello"),
+    )
 }
 
 fn udp_frame(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16, csum: bool) -> Vec<u8> {
-    pktgen::frame(&Ipv4Spec::new(src, dst, UDP), &pktgen::udp(src, sport, dst, dport, b"ping!", csum))
+    pktgen::frame(
+        &Ipv4Spec::new(src, dst, UDP),
+        &pktgen::udp(src, sport, dst, dport, b"ping!", csum),
+    )
 }
 
 // Expect: a SYN to the VIP leaves with a backend's address and port, valid
@@ -202,7 +238,11 @@ fn non_service_traffic_is_untouched() {
     arp.extend_from_slice(&[0x08, 0x06]);
     arp.extend_from_slice(&[0; 28]);
     assert_eq!(h.run(&arp), (TC_ACT_UNSPEC, arp.clone()));
-    assert_eq!(h.ct_entries(), 0, "no conntrack for traffic that was not translated");
+    assert_eq!(
+        h.ct_entries(),
+        0,
+        "no conntrack for traffic that was not translated"
+    );
 }
 
 fn dnat_target(h: &Harness, sport: u16) -> Ipv4Addr {
@@ -227,13 +267,20 @@ fn established_flow_sticks_until_its_backend_is_removed() {
     let changed = [first, others[0], backend_ip(4), backend_ip(5)];
     h.program(&[(80, Protocol::Tcp, 8080, &changed)]);
     for _ in 0..30 {
-        assert_eq!(dnat_target(&h, 41000), first, "flow moved while its backend exists");
+        assert_eq!(
+            dnat_target(&h, 41000),
+            first,
+            "flow moved while its backend exists"
+        );
     }
     // Now remove the flow's own backend.
     let without = [others[0], backend_ip(4)];
     h.program(&[(80, Protocol::Tcp, 8080, &without)]);
     let moved = dnat_target(&h, 41000);
-    assert!(without.contains(&moved), "flow went to {moved}, not an existing backend");
+    assert!(
+        without.contains(&moved),
+        "flow went to {moved}, not an existing backend"
+    );
     for _ in 0..10 {
         assert_eq!(dnat_target(&h, 41000), moved, "re-balanced flow must stick");
     }
@@ -246,13 +293,21 @@ fn removed_backend_is_not_chosen_for_new_flows() {
         return;
     }
     let mut h = Harness::new();
-    h.program(&[(80, Protocol::Tcp, 8080, &[backend_ip(1), backend_ip(2), backend_ip(3)])]);
+    h.program(&[(
+        80,
+        Protocol::Tcp,
+        8080,
+        &[backend_ip(1), backend_ip(2), backend_ip(3)],
+    )]);
     h.program(&[(80, Protocol::Tcp, 8080, &[backend_ip(1), backend_ip(3)])]);
     let mut seen = std::collections::BTreeMap::new();
     for sport in 42000..42200 {
         *seen.entry(dnat_target(&h, sport)).or_insert(0) += 1;
     }
-    assert!(!seen.contains_key(&backend_ip(2)), "removed backend chosen: {seen:?}");
+    assert!(
+        !seen.contains_key(&backend_ip(2)),
+        "removed backend chosen: {seen:?}"
+    );
     assert_eq!(seen.len(), 2, "both remaining backends chosen: {seen:?}");
 }
 
@@ -332,7 +387,11 @@ fn fragments_follow_their_first_fragment() {
     whole.extend_from_slice(&out2[14 + 20..]);
     assert_eq!(whole[8..], payload[..], "payload untouched");
     let whole_frame = pktgen::frame(&Ipv4Spec::new(CLIENT, backend_ip(1), UDP), &whole);
-    assert_eq!(pktgen::parse(&whole_frame).l4_checksum_ok, Some(true), "reassembled UDP checksum");
+    assert_eq!(
+        pktgen::parse(&whole_frame).l4_checksum_ok,
+        Some(true),
+        "reassembled UDP checksum"
+    );
     // An unattributable later fragment passes untouched.
     ip.id = 0x4343;
     let orphan = pktgen::frame(&ip, part2);
@@ -362,7 +421,11 @@ fn icmp_error_from_backend_is_translated() {
     assert_eq!(p.l4_checksum_ok, Some(true), "ICMP checksum");
     let inner = &out[14 + 20 + 8..];
     assert_eq!(&inner[16..20], &VIP.octets(), "quoted destination");
-    assert_eq!(u16::from_be_bytes([inner[22], inner[23]]), 53, "quoted destination port");
+    assert_eq!(
+        u16::from_be_bytes([inner[22], inner[23]]),
+        53,
+        "quoted destination port"
+    );
     assert_eq!(pktgen::checksum(&inner[..20]), 0, "quoted IP checksum");
 }
 

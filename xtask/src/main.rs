@@ -86,6 +86,9 @@ fn run(task: Task) -> Result<()> {
         }
         Task::Demo { demo_args } => {
             setup::setup()?;
+            // The demo runs the `sluice` binary, which `cargo run --example`
+            // does not build.
+            build()?;
             demo(&demo_args)
         }
         Task::Bench { quick, target } => {
