@@ -15,11 +15,7 @@ fn main() -> anyhow::Result<()> {
         .to_str()
         .ok_or_else(|| anyhow::anyhow!("non-UTF-8 path {}", ebpf_dir.display()))?;
     aya_build::build_ebpf(
-        [aya_build::Package {
-            name: "proxy-ebpf",
-            root_dir,
-            ..Default::default()
-        }],
+        [aya_build::Package { name: "proxy-ebpf", root_dir, ..Default::default() }],
         aya_build::Toolchain::Custom("system"),
     )
     .map_err(|e| {

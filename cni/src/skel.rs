@@ -53,10 +53,7 @@ pub fn run(command: Option<&str>, stdin: Vec<u8>) -> Outcome {
     let reply_version = version::reply_version(&stdin);
     let result = Verb::from_env_value(command).and_then(|verb| dispatch(&Request { verb, stdin }));
     match result {
-        Ok(stdout) => Outcome {
-            stdout,
-            exit_code: 0,
-        },
+        Ok(stdout) => Outcome { stdout, exit_code: 0 },
         Err(err) => Outcome {
             stdout: serde_json::to_value(err.to_reply(reply_version))
                 .expect("ErrorReply serialises"),

@@ -44,10 +44,7 @@ mod tests {
 
     #[test]
     fn echoes_a_supported_config_version() {
-        assert_eq!(
-            reply_version(br#"{"cniVersion":"0.4.0","name":"x"}"#),
-            "0.4.0"
-        );
+        assert_eq!(reply_version(br#"{"cniVersion":"0.4.0","name":"x"}"#), "0.4.0");
         assert_eq!(reply_version(br#"{"cniVersion":"1.0.0"}"#), "1.0.0");
     }
 

@@ -7,26 +7,15 @@ use serde_json::{Value, json};
 
 fn invoke(command: Option<&str>, stdin: &[u8]) -> (Output, Value) {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_sluice-cni"));
-    cmd.env_clear()
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    cmd.env_clear().stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
     if let Some(command) = command {
         cmd.env("CNI_COMMAND", command);
     }
     let mut child = cmd.spawn().expect("start sluice-cni");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stdin)
-        .expect("write stdin");
+    child.stdin.take().unwrap().write_all(stdin).expect("write stdin");
     let output = child.wait_with_output().expect("wait for sluice-cni");
     let stdout: Value = serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
-        panic!(
-            "stdout is not JSON ({e}): {:?}",
-            String::from_utf8_lossy(&output.stdout)
-        )
+        panic!("stdout is not JSON ({e}): {:?}", String::from_utf8_lossy(&output.stdout))
     });
     (output, stdout)
 }
@@ -39,10 +28,7 @@ fn version_lists_supported_versions() {
         String::from_utf8_lossy(&output.stdout).trim(),
         r#"{"cniVersion":"1.1.0","supportedVersions":["0.4.0","1.0.0","1.1.0"]}"#
     );
-    assert_eq!(
-        stdout["supportedVersions"],
-        json!(["0.4.0", "1.0.0", "1.1.0"])
-    );
+    assert_eq!(stdout["supportedVersions"], json!(["0.4.0", "1.0.0", "1.1.0"]));
 }
 
 #[test]
@@ -59,10 +45,7 @@ fn unknown_command_is_an_error_object_with_code_4() {
     assert_eq!(stdout["cniVersion"], "1.1.0");
     assert_eq!(stdout["code"], 4);
     assert_eq!(stdout["msg"], "invalid necessary environment variables");
-    assert!(
-        stdout["details"].as_str().unwrap().contains("FROB"),
-        "{stdout}"
-    );
+    assert!(stdout["details"].as_str().unwrap().contains("FROB"), "{stdout}");
 }
 
 #[test]

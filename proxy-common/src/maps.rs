@@ -16,16 +16,13 @@ pub const MAP_REVNAT: &str = "SL_REVNAT";
 pub const MAP_CT: &str = "SL_CT";
 pub const MAP_FRAGS: &str = "SL_FRAGS";
 pub const MAP_DROPS: &str = "SL_DROPS";
+/// Local pods, keyed by their IPv4 address (`u32`, network order). Owned by
+/// the CNI plugin: ADD inserts, DEL removes.
+pub const MAP_ENDPOINTS: &str = "SL_ENDPOINTS";
 
 /// All pinned map names, for the CLI and for checks.
-pub const ALL_MAPS: [&str; 6] = [
-    MAP_SERVICES,
-    MAP_BACKENDS,
-    MAP_REVNAT,
-    MAP_CT,
-    MAP_FRAGS,
-    MAP_DROPS,
-];
+pub const ALL_MAPS: [&str; 7] =
+    [MAP_SERVICES, MAP_BACKENDS, MAP_REVNAT, MAP_CT, MAP_FRAGS, MAP_DROPS, MAP_ENDPOINTS];
 
 /// Name of the tc program for traffic leaving pods (host side veth ingress).
 pub const PROG_POD_INGRESS: &str = "sl_pod_ingress";
@@ -36,6 +33,7 @@ pub const BACKENDS_MAX: u32 = 65_536;
 pub const REVNAT_MAX: u32 = 65_536;
 pub const CT_MAX: u32 = 262_144;
 pub const FRAGS_MAX: u32 = 8_192;
+pub const ENDPOINTS_MAX: u32 = 65_536;
 
 /// Key of `SL_SERVICES`.
 #[repr(C)]
@@ -156,7 +154,23 @@ pub struct FragPorts {
     pub dport: u16,
 }
 
+/// Value of `SL_ENDPOINTS`: how to reach a pod on this node.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct EndpointInfo {
+    /// Interface index of the pod's host-side veth (in the node's netns).
+    pub ifindex: u32,
+    /// `ENDPOINT_FLAG_*` bits.
+    pub flags: u32,
+    /// MAC address of the pod's interface.
+    pub mac: [u8; 6],
+    /// MAC address of the host-side veth (the pod's gateway).
+    pub node_mac: [u8; 6],
+    pub _pad: [u8; 4],
+}
+
 const _: () = {
+    assert!(core::mem::size_of::<EndpointInfo>() == 24);
     assert!(core::mem::size_of::<ServiceKey>() == 12);
     assert!(core::mem::size_of::<ServiceValue>() == 12);
     assert!(core::mem::size_of::<Backend>() == 12);
@@ -169,7 +183,9 @@ const _: () = {
 
 #[cfg(feature = "user")]
 mod user {
-    use super::{Backend, CtEntry, CtKey, FragKey, FragPorts, RevNat, ServiceKey, ServiceValue};
+    use super::{
+        Backend, CtEntry, CtKey, EndpointInfo, FragKey, FragPorts, RevNat, ServiceKey, ServiceValue,
+    };
     use core::net::Ipv4Addr;
 
     // SAFETY: all of these are `#[repr(C)]`, `Copy`, made of integers only,
@@ -182,6 +198,7 @@ mod user {
     unsafe impl aya::Pod for CtEntry {}
     unsafe impl aya::Pod for FragKey {}
     unsafe impl aya::Pod for FragPorts {}
+    unsafe impl aya::Pod for EndpointInfo {}
 
     /// An address as stored in maps (network byte order).
     #[must_use]
@@ -235,25 +252,13 @@ mod user {
         /// The master entry (slot 0) of a service with `count` backends.
         #[must_use]
         pub fn master(count: u16, rev_nat_index: u16) -> Self {
-            Self {
-                backend_id: 0,
-                count,
-                rev_nat_index,
-                flags: 0,
-                _pad: 0,
-            }
+            Self { backend_id: 0, count, rev_nat_index, flags: 0, _pad: 0 }
         }
 
         /// A backend slot.
         #[must_use]
         pub fn slot(backend_id: u32, rev_nat_index: u16) -> Self {
-            Self {
-                backend_id,
-                count: 0,
-                rev_nat_index,
-                flags: 0,
-                _pad: 0,
-            }
+            Self { backend_id, count: 0, rev_nat_index, flags: 0, _pad: 0 }
         }
     }
 
@@ -284,11 +289,7 @@ mod user {
     impl RevNat {
         #[must_use]
         pub fn new(addr: Ipv4Addr, port: u16) -> Self {
-            Self {
-                addr: addr_to_map(addr),
-                port: port_to_map(port),
-                _pad: 0,
-            }
+            Self { addr: addr_to_map(addr), port: port_to_map(port), _pad: 0 }
         }
 
         #[must_use]
@@ -346,14 +347,7 @@ mod tests {
     fn keys_have_no_implicit_padding() {
         // Every byte of a key is a named field, so two equal keys are equal
         // byte for byte (the kernel hashes raw bytes).
-        let k = CtKey::new(
-            Ipv4Addr::new(1, 2, 3, 4),
-            5,
-            Ipv4Addr::new(6, 7, 8, 9),
-            10,
-            6,
-            1,
-        );
+        let k = CtKey::new(Ipv4Addr::new(1, 2, 3, 4), 5, Ipv4Addr::new(6, 7, 8, 9), 10, 6, 1);
         // SAFETY: CtKey is Pod (16 bytes, no padding).
         let bytes: [u8; 16] = unsafe { core::mem::transmute(k) };
         assert_eq!(bytes, [1, 2, 3, 4, 6, 7, 8, 9, 0, 5, 0, 10, 6, 1, 0, 0]);

@@ -12,15 +12,7 @@ use crate::maps::SL_CT;
 
 #[inline(always)]
 pub fn key(saddr: u32, daddr: u32, sport: u16, dport: u16, proto: u8, dir: u8) -> CtKey {
-    CtKey {
-        saddr,
-        daddr,
-        sport,
-        dport,
-        proto,
-        dir,
-        _pad: [0; 2],
-    }
+    CtKey { saddr, daddr, sport, dport, proto, dir, _pad: [0; 2] }
 }
 
 #[inline(always)]
@@ -47,26 +39,8 @@ pub fn create(
         // SAFETY: a plain helper call.
         created_ns: unsafe { bpf_ktime_get_ns() },
     };
-    let fwd = key(
-        client.0,
-        frontend.0,
-        client.1,
-        frontend.1,
-        proto,
-        CT_DIR_SERVICE,
-    );
-    let rev = key(
-        backend.0,
-        client.0,
-        backend.1,
-        client.1,
-        proto,
-        CT_DIR_REPLY,
-    );
-    SL_CT
-        .insert(&rev, &entry, 0)
-        .map_err(|_| DropReason::CtCreateFailed)?;
-    SL_CT
-        .insert(&fwd, &entry, 0)
-        .map_err(|_| DropReason::CtCreateFailed)
+    let fwd = key(client.0, frontend.0, client.1, frontend.1, proto, CT_DIR_SERVICE);
+    let rev = key(backend.0, client.0, backend.1, client.1, proto, CT_DIR_REPLY);
+    SL_CT.insert(&rev, &entry, 0).map_err(|_| DropReason::CtCreateFailed)?;
+    SL_CT.insert(&fwd, &entry, 0).map_err(|_| DropReason::CtCreateFailed)
 }

@@ -42,11 +42,5 @@ fn read_ports(ctx: &TcContext, ip: &Ipv4) -> Result<(u16, u16), DropReason> {
 
 #[inline(always)]
 fn key(ip: &Ipv4) -> FragKey {
-    FragKey {
-        saddr: ip.saddr,
-        daddr: ip.daddr,
-        id: ip.id,
-        proto: ip.proto,
-        _pad: 0,
-    }
+    FragKey { saddr: ip.saddr, daddr: ip.daddr, id: ip.id, proto: ip.proto, _pad: 0 }
 }

@@ -34,10 +34,7 @@ pub fn handle_error_from_backend(ctx: &TcContext, ip: &Ipv4) -> Result<(), DropR
     let Ok(ty) = parse::read::<u8>(ctx, ip.l4_off) else {
         return Ok(());
     };
-    if !matches!(
-        ty,
-        ICMP_DEST_UNREACH | ICMP_TIME_EXCEEDED | ICMP_PARAMETERPROB
-    ) {
+    if !matches!(ty, ICMP_DEST_UNREACH | ICMP_TIME_EXCEEDED | ICMP_PARAMETERPROB) {
         return Ok(());
     }
     let inner_off = ip.l4_off + ICMP_HDR_LEN;
@@ -61,14 +58,8 @@ pub fn handle_error_from_backend(ctx: &TcContext, ip: &Ipv4) -> Result<(), DropR
 
     // The quoted packet went client -> backend; its flow's reply entry is
     // keyed backend -> client.
-    let rkey = ct::key(
-        inner_daddr,
-        inner_saddr,
-        inner_dport,
-        inner_sport,
-        inner_proto,
-        CT_DIR_REPLY,
-    );
+    let rkey =
+        ct::key(inner_daddr, inner_saddr, inner_dport, inner_sport, inner_proto, CT_DIR_REPLY);
     let Some(entry) = ct::lookup(&rkey) else {
         return Ok(());
     };
@@ -85,25 +76,13 @@ pub fn handle_error_from_backend(ctx: &TcContext, ip: &Ipv4) -> Result<(), DropR
     // Embedded destination address, with the embedded IP checksum; the ICMP
     // checksum covers both fields, so it follows both deltas.
     let old_inner_csum: u16 = parse::read(ctx, inner_off + IP_CSUM_OFF)?;
-    ctx.l3_csum_replace(
-        inner_off + IP_CSUM_OFF,
-        u64::from(inner_daddr),
-        u64::from(rn.addr),
-        4,
-    )
-    .map_err(fail)?;
+    ctx.l3_csum_replace(inner_off + IP_CSUM_OFF, u64::from(inner_daddr), u64::from(rn.addr), 4)
+        .map_err(fail)?;
     let new_inner_csum: u16 = parse::read(ctx, inner_off + IP_CSUM_OFF)?;
-    ctx.l4_csum_replace(icmp_csum, u64::from(inner_daddr), u64::from(rn.addr), 4)
+    ctx.l4_csum_replace(icmp_csum, u64::from(inner_daddr), u64::from(rn.addr), 4).map_err(fail)?;
+    ctx.l4_csum_replace(icmp_csum, u64::from(old_inner_csum), u64::from(new_inner_csum), 2)
         .map_err(fail)?;
-    ctx.l4_csum_replace(
-        icmp_csum,
-        u64::from(old_inner_csum),
-        u64::from(new_inner_csum),
-        2,
-    )
-    .map_err(fail)?;
-    ctx.store(inner_off + IP_DADDR_OFF, &rn.addr, 0)
-        .map_err(fail)?;
+    ctx.store(inner_off + IP_DADDR_OFF, &rn.addr, 0).map_err(fail)?;
 
     // Embedded destination port.
     if inner_dport != rn.port {

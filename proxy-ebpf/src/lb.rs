@@ -33,13 +33,7 @@ pub fn handle_pod_egress(ctx: &TcContext) -> Result<(), DropReason> {
     if let Some(entry) = ct::lookup(&rkey) {
         // SAFETY: RevNat is plain data, copied out at once.
         return match unsafe { SL_REVNAT.get(entry.rev_nat_index) }.copied() {
-            Some(rn) => nat::rewrite(
-                ctx,
-                &ip,
-                Side::Source,
-                (ip.saddr, sport),
-                (rn.addr, rn.port),
-            ),
+            Some(rn) => nat::rewrite(ctx, &ip, Side::Source, (ip.saddr, sport), (rn.addr, rn.port)),
             // The service is gone: nothing to restore.
             None => Ok(()),
         };
@@ -52,13 +46,7 @@ pub fn handle_pod_egress(ctx: &TcContext) -> Result<(), DropReason> {
         return Ok(());
     };
     let backend = backend_for_flow(&ip, sport, dport, &svc)?;
-    nat::rewrite(
-        ctx,
-        &ip,
-        Side::Destination,
-        (ip.daddr, dport),
-        (backend.addr, backend.port),
-    )
+    nat::rewrite(ctx, &ip, Side::Destination, (ip.daddr, dport), (backend.addr, backend.port))
 }
 
 /// The backend of an established flow if it still exists, else a new pick
@@ -114,12 +102,5 @@ fn select_backend(ip: &Ipv4, dport: u16, svc: &ServiceValue) -> Result<(u32, Bac
 
 #[inline(always)]
 fn service_key(addr: u32, dport: u16, proto: u8, backend_slot: u16) -> ServiceKey {
-    ServiceKey {
-        addr,
-        dport,
-        backend_slot,
-        proto,
-        scope: 0,
-        _pad: [0; 2],
-    }
+    ServiceKey { addr, dport, backend_slot, proto, scope: 0, _pad: [0; 2] }
 }

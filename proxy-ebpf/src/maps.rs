@@ -6,7 +6,8 @@ use aya_ebpf::{
     maps::{HashMap, LruHashMap, PerCpuArray},
 };
 use proxy_common::{
-    Backend, CtEntry, CtKey, DropReason, FragKey, FragPorts, RevNat, ServiceKey, ServiceValue,
+    Backend, CtEntry, CtKey, DropReason, EndpointInfo, FragKey, FragPorts, RevNat, ServiceKey,
+    ServiceValue,
 };
 
 #[map]
@@ -28,3 +29,8 @@ pub static SL_FRAGS: LruHashMap<FragKey, FragPorts> =
 
 #[map]
 pub static SL_DROPS: PerCpuArray<u64> = PerCpuArray::pinned(DropReason::COUNT, 0);
+
+/// Local pods by IPv4 address; written by the CNI plugin.
+#[map]
+pub static SL_ENDPOINTS: HashMap<u32, EndpointInfo> =
+    HashMap::pinned(proxy_common::ENDPOINTS_MAX, 0);

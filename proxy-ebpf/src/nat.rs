@@ -39,11 +39,7 @@ pub fn rewrite(
         && let Some(csum_off) = parse::l4_csum_off(ip.proto)
     {
         let csum_at = ip.l4_off + csum_off;
-        let mangled = if ip.proto == proto::UDP {
-            u64::from(BPF_F_MARK_MANGLED_0)
-        } else {
-            0
-        };
+        let mangled = if ip.proto == proto::UDP { u64::from(BPF_F_MARK_MANGLED_0) } else { 0 };
         if old.0 != new.0 {
             ctx.l4_csum_replace(
                 csum_at,
@@ -56,8 +52,7 @@ pub fn rewrite(
         if old.1 != new.1 {
             ctx.l4_csum_replace(csum_at, u64::from(old.1), u64::from(new.1), mangled | 2)
                 .map_err(|_| DropReason::NatFailed)?;
-            ctx.store(ip.l4_off + port_off, &new.1, 0)
-                .map_err(|_| DropReason::NatFailed)?;
+            ctx.store(ip.l4_off + port_off, &new.1, 0).map_err(|_| DropReason::NatFailed)?;
         }
     }
     if old.0 != new.0 {
@@ -78,6 +73,5 @@ pub fn rewrite_l3_addr(
 ) -> Result<(), DropReason> {
     ctx.l3_csum_replace(l3_off + IP_CSUM_OFF, u64::from(old), u64::from(new), 4)
         .map_err(|_| DropReason::NatFailed)?;
-    ctx.store(l3_off + addr_off, &new, 0)
-        .map_err(|_| DropReason::NatFailed)
+    ctx.store(l3_off + addr_off, &new, 0).map_err(|_| DropReason::NatFailed)
 }

@@ -41,11 +41,7 @@ extern "C" fn on_signal(_: libc::c_int) {
 }
 
 fn install_signal_handlers() -> anyhow::Result<()> {
-    let action = SigAction::new(
-        SigHandler::Handler(on_signal),
-        SaFlags::empty(),
-        SigSet::empty(),
-    );
+    let action = SigAction::new(SigHandler::Handler(on_signal), SaFlags::empty(), SigSet::empty());
     for sig in [Signal::SIGINT, Signal::SIGTERM] {
         // SAFETY: the handler only stores to an atomic.
         unsafe { sigaction(sig, &action) }.with_context(|| format!("installing {sig} handler"))?;
@@ -138,13 +134,8 @@ fn wait_backends(agent: &mut Agent, backends: usize) -> anyhow::Result<()> {
     let deadline = Instant::now() + WAIT;
     loop {
         check_interrupt()?;
-        let step = agent.wait_backends(
-            Duration::from_millis(300),
-            VIP,
-            TCP_PORT,
-            Protocol::Tcp,
-            backends,
-        );
+        let step =
+            agent.wait_backends(Duration::from_millis(300), VIP, TCP_PORT, Protocol::Tcp, backends);
         match step {
             Ok(_) => return Ok(()),
             Err(e) if agent.try_wait()?.is_some() => return Err(e),
@@ -189,11 +180,7 @@ fn run() -> anyhow::Result<()> {
     let bpffs = BpffsMount::new_in(&dir)?;
     let cgroup = TestCgroup::new("demo")?;
     let node = Node::new("demo-node")?;
-    println!(
-        "node {:?}: network namespace {}",
-        node.name(),
-        node.netns().name()
-    );
+    println!("node {:?}: network namespace {}", node.name(), node.netns().name());
     let names = ["backend-a", "backend-b", "backend-c"];
     let mut pods = Vec::new();
     for n in names {
@@ -202,12 +189,7 @@ fn run() -> anyhow::Result<()> {
     }
     let client = node.add_pod("client")?;
     for p in pods.iter().chain(std::iter::once(&client)) {
-        println!(
-            "  pod {:<10} {:<12} host veth {}",
-            p.name(),
-            p.ip().to_string(),
-            p.host_if()
-        );
+        println!("  pod {:<10} {:<12} host veth {}", p.name(), p.ip().to_string(), p.host_if());
     }
     let mut servers = Vec::new();
     for p in &pods {
@@ -227,11 +209,7 @@ fn run() -> anyhow::Result<()> {
     println!(
         "starting {} {} (log: {})",
         bin.display(),
-        cfg.args()
-            .iter()
-            .map(|a| a.to_string_lossy())
-            .collect::<Vec<_>>()
-            .join(" "),
+        cfg.args().iter().map(|a| a.to_string_lossy()).collect::<Vec<_>>().join(" "),
         cfg.log.display()
     );
     let mut agent = Agent::start(&node, cfg)?;
@@ -264,10 +242,7 @@ fn run() -> anyhow::Result<()> {
     println!("agent programmed {VIP}:{TCP_PORT} with 2 backends");
     tcp_round(&client, 12)?;
 
-    println!(
-        "\nsluice services --bpffs-root {}:",
-        agent.config().bpffs_root.display()
-    );
+    println!("\nsluice services --bpffs-root {}:", agent.config().bpffs_root.display());
     print!("{}", agent.services_table()?);
 
     let hits: Vec<_> = servers

@@ -99,13 +99,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         pruned = restored.pruned,
         "adopted pinned state"
     );
-    let mut agent = Agent {
-        cfg,
-        datapath,
-        reconciler,
-        last_complaints: BTreeSet::new(),
-        needs_retry: false,
-    };
+    let mut agent =
+        Agent { cfg, datapath, reconciler, last_complaints: BTreeSet::new(), needs_retry: false };
 
     let (tx, mut rx) = mpsc::channel(64);
     let _watcher = manifest::watch_dir(&agent.cfg.manifests, tx)
@@ -160,11 +155,7 @@ impl Agent {
             .errors
             .iter()
             .map(ToString::to_string)
-            .chain(
-                warnings
-                    .iter()
-                    .map(|w| format!("{}: {}", w.object, w.message)),
-            )
+            .chain(warnings.iter().map(|w| format!("{}: {}", w.object, w.message)))
             .collect();
         for c in complaints.difference(&self.last_complaints) {
             warn!("skipped: {c}");
@@ -176,11 +167,8 @@ impl Agent {
             error!(frontend = %format!("{}:{}/{}", fk.addr, fk.port, fk.proto), error = %e, "frontend not fully programmed; will retry");
         }
         self.needs_retry = !outcome.errors.is_empty();
-        let log = if outcome.changed + outcome.removed > 0 {
-            true
-        } else {
-            !outcome.errors.is_empty()
-        };
+        let log =
+            if outcome.changed + outcome.removed > 0 { true } else { !outcome.errors.is_empty() };
         if log {
             info!(
                 files = loaded.files,

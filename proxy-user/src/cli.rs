@@ -130,9 +130,7 @@ mod tests {
             "/b",
         ])
         .unwrap();
-        let Command::Agent(a) = cli.command else {
-            panic!("not agent")
-        };
+        let Command::Agent(a) = cli.command else { panic!("not agent") };
         assert_eq!(a.pod_devices, vec!["sl+".to_string()]);
         assert!(a.socket_lb);
         assert_eq!(a.bpffs_root, PathBuf::from("/b"));

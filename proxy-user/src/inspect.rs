@@ -66,11 +66,7 @@ pub fn services(paths: &PinPaths) -> Result<Vec<ServiceView>> {
                 id: *id,
                 address: b.addr(),
                 port: b.port(),
-                state: if b.state == BACKEND_STATE_ACTIVE {
-                    "active"
-                } else {
-                    "terminating"
-                },
+                state: if b.state == BACKEND_STATE_ACTIVE { "active" } else { "terminating" },
                 slot: slot_of(*id),
             })
             .collect();
@@ -93,11 +89,7 @@ pub fn services(paths: &PinPaths) -> Result<Vec<ServiceView>> {
 #[must_use]
 pub fn services_table(services: &[ServiceView]) -> String {
     let mut s = String::new();
-    let _ = writeln!(
-        s,
-        "{:<22} {:<5} {:>4}  {:<22} STATE",
-        "FRONTEND", "PROTO", "ID", "BACKEND"
-    );
+    let _ = writeln!(s, "{:<22} {:<5} {:>4}  {:<22} STATE", "FRONTEND", "PROTO", "ID", "BACKEND");
     for svc in services {
         let frontend = format!("{}:{}", svc.address, svc.port);
         if svc.backends.is_empty() {
@@ -108,11 +100,7 @@ pub fn services_table(services: &[ServiceView]) -> String {
             );
         }
         for (i, b) in svc.backends.iter().enumerate() {
-            let (f, p) = if i == 0 {
-                (frontend.as_str(), svc.protocol.as_str())
-            } else {
-                ("", "")
-            };
+            let (f, p) = if i == 0 { (frontend.as_str(), svc.protocol.as_str()) } else { ("", "") };
             let backend = format!("{}:{}", b.address, b.port);
             let _ = writeln!(s, "{f:<22} {p:<5} {:>4}  {backend:<22} {}", b.id, b.state);
         }
@@ -168,6 +156,11 @@ fn count_entries(paths: &PinPaths, name: &'static str) -> Option<u64> {
                 crate::datapath::maps::open_pinned(paths, name).ok()?;
             m.keys().count()
         }
+        proxy_common::MAP_ENDPOINTS => {
+            let m: HashMap<MapData, u32, proxy_common::EndpointInfo> =
+                crate::datapath::maps::open_pinned(paths, name).ok()?;
+            m.keys().count()
+        }
         _ => return None,
     };
     Some(n as u64)
@@ -185,10 +178,7 @@ pub fn status(paths: &PinPaths) -> Status {
         })
         .collect();
     let mut attached: Vec<u32> = std::fs::read_dir(paths.links())
-        .map(|rd| {
-            rd.filter_map(|e| PinPaths::pod_link_ifindex(&e.ok()?.path()))
-                .collect()
-        })
+        .map(|rd| rd.filter_map(|e| PinPaths::pod_link_ifindex(&e.ok()?.path())).collect())
         .unwrap_or_default();
     attached.sort_unstable();
     let drops = read_drops(paths)
@@ -208,26 +198,15 @@ pub fn status(paths: &PinPaths) -> Status {
 pub fn status_table(st: &Status) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "bpffs root:      {}", st.bpffs_root);
-    let _ = writeln!(
-        s,
-        "pod program:     {}",
-        if st.program_pinned {
-            "pinned"
-        } else {
-            "not pinned"
-        }
-    );
+    let _ =
+        writeln!(s, "pod program:     {}", if st.program_pinned { "pinned" } else { "not pinned" });
     let _ = writeln!(
         s,
         "attached to:     {} interface(s) {:?}",
         st.attached_ifindexes.len(),
         st.attached_ifindexes
     );
-    let _ = writeln!(
-        s,
-        "{:<14} {:>10} {:>10} {:>6}",
-        "MAP", "ENTRIES", "CAPACITY", "FULL"
-    );
+    let _ = writeln!(s, "{:<14} {:>10} {:>10} {:>6}", "MAP", "ENTRIES", "CAPACITY", "FULL");
     for m in &st.maps {
         let entries = m.entries.map_or_else(|| "-".into(), |n| n.to_string());
         let cap = m.capacity.map_or_else(|| "-".into(), |n| n.to_string());
@@ -235,11 +214,7 @@ pub fn status_table(st: &Status) -> String {
             (Some(e), Some(c)) if c > 0 => format!("{:.1}%", e as f64 * 100.0 / f64::from(c)),
             _ => "-".into(),
         };
-        let name = if m.pinned {
-            m.name.to_string()
-        } else {
-            format!("{} (missing)", m.name)
-        };
+        let name = if m.pinned { m.name.to_string() } else { format!("{} (missing)", m.name) };
         let _ = writeln!(s, "{name:<14} {entries:>10} {cap:>10} {full:>6}");
     }
     let _ = writeln!(s, "drops:");

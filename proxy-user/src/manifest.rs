@@ -66,20 +66,14 @@ pub struct ObjectKey {
 
 impl ObjectKey {
     pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
-        Self {
-            namespace: namespace.into(),
-            name: name.into(),
-        }
+        Self { namespace: namespace.into(), name: name.into() }
     }
 
     /// The key of an object's metadata; a missing namespace is
     /// [`DEFAULT_NAMESPACE`].
     pub fn of(meta: &ObjectMeta) -> Self {
         Self::new(
-            meta.namespace
-                .as_deref()
-                .filter(|ns| !ns.is_empty())
-                .unwrap_or(DEFAULT_NAMESPACE),
+            meta.namespace.as_deref().filter(|ns| !ns.is_empty()).unwrap_or(DEFAULT_NAMESPACE),
             meta.name.as_deref().unwrap_or_default(),
         )
     }
@@ -144,10 +138,7 @@ pub struct LoadOutcome {
 /// Only when the directory itself cannot be listed; problems in files are in
 /// [`LoadOutcome::errors`].
 pub fn load_dir(dir: &Path) -> Result<LoadOutcome> {
-    let read_dir_error = |source| Error::ReadDir {
-        dir: dir.to_path_buf(),
-        source,
-    };
+    let read_dir_error = |source| Error::ReadDir { dir: dir.to_path_buf(), source };
     let mut paths = Vec::new();
     for entry in std::fs::read_dir(dir).map_err(read_dir_error)? {
         let entry = entry.map_err(read_dir_error)?;
@@ -181,11 +172,7 @@ pub fn load_dir(dir: &Path) -> Result<LoadOutcome> {
             }
         }
     }
-    Ok(LoadOutcome {
-        store: loader.store,
-        errors: loader.errors,
-        files: loader.files,
-    })
+    Ok(LoadOutcome { store: loader.store, errors: loader.errors, files: loader.files })
 }
 
 /// Watches `dir` and sends `()` on `tx` whenever something relevant changes
@@ -202,10 +189,7 @@ pub fn watch_dir(
 ) -> Result<notify::RecommendedWatcher> {
     use notify::Watcher as _;
 
-    let watch_error = |source| Error::Watch {
-        dir: dir.to_path_buf(),
-        source,
-    };
+    let watch_error = |source| Error::Watch { dir: dir.to_path_buf(), source };
     let root = dir.to_path_buf();
     let mut watcher =
         notify::recommended_watcher(move |res: notify::Result<notify::Event>| match res {
@@ -222,9 +206,7 @@ pub fn watch_dir(
             }
         })
         .map_err(watch_error)?;
-    watcher
-        .watch(dir, notify::RecursiveMode::NonRecursive)
-        .map_err(watch_error)?;
+    watcher.watch(dir, notify::RecursiveMode::NonRecursive).map_err(watch_error)?;
     Ok(watcher)
 }
 
@@ -242,9 +224,7 @@ fn is_relevant(root: &Path, event: &notify::Event) -> bool {
     }
     event.paths.iter().any(|path| {
         path == root
-            || path
-                .file_name()
-                .is_some_and(|name| is_manifest_name(name) || name == "..data")
+            || path.file_name().is_some_and(|name| is_manifest_name(name) || name == "..data")
     })
 }
 
@@ -310,12 +290,7 @@ impl Loader {
     fn error(&mut self, file: &Path, document: usize, field: Option<String>, message: String) {
         let message = one_line(message);
         tracing::debug!(file = %file.display(), document, ?field, %message, "manifest problem");
-        self.errors.push(ManifestError {
-            file: file.to_path_buf(),
-            document,
-            field,
-            message,
-        });
+        self.errors.push(ManifestError { file: file.to_path_buf(), document, field, message });
     }
 
     fn load_text(&mut self, file: &Path, text: &str) {
@@ -411,12 +386,7 @@ impl Loader {
                 return;
             }
             None => {
-                self.error(
-                    file,
-                    doc,
-                    field("apiVersion"),
-                    "missing apiVersion".to_owned(),
-                );
+                self.error(file, doc, field("apiVersion"), "missing apiVersion".to_owned());
                 return;
             }
         }
@@ -458,12 +428,7 @@ impl Loader {
                 }
             }
             None | Some(Value::Null) => {}
-            Some(_) => self.error(
-                file,
-                doc,
-                Some(items_path),
-                "items is not a list".to_owned(),
-            ),
+            Some(_) => self.error(file, doc, Some(items_path), "items is not a list".to_owned()),
         }
     }
 
@@ -471,26 +436,19 @@ impl Loader {
         let (kind, key) = match &object {
             Object::Service(s) => (Kind::Service, ObjectKey::of(&s.metadata)),
             Object::EndpointSlice(s) => (Kind::EndpointSlice, ObjectKey::of(&s.metadata)),
-            Object::Node(n) => (
-                Kind::Node,
-                ObjectKey::new("", n.metadata.name.as_deref().unwrap_or_default()),
-            ),
+            Object::Node(n) => {
+                (Kind::Node, ObjectKey::new("", n.metadata.name.as_deref().unwrap_or_default()))
+            }
         };
         let mut origin = format!("{} document {doc}", file.display());
         if !prefix.is_empty() {
             origin.push_str(&format!(" {prefix}"));
         }
         if let Some(earlier) = self.origins.insert((kind, key.clone()), origin) {
-            let shown = if kind == Kind::Node {
-                key.name.clone()
-            } else {
-                key.to_string()
-            };
+            let shown = if kind == Kind::Node { key.name.clone() } else { key.to_string() };
             let field = (!prefix.is_empty()).then(|| prefix.to_owned());
-            let message = format!(
-                "duplicate {} {shown}: replaces the one in {earlier}",
-                kind.name()
-            );
+            let message =
+                format!("duplicate {} {shown}: replaces the one in {earlier}", kind.name());
             self.error(file, doc, field, message);
         }
         match object {
@@ -547,15 +505,9 @@ fn prepare_service(service: &mut Service) -> Result<(), Vec<FieldError>> {
     prepare_namespaced_meta(&mut service.metadata, &mut errors);
     if let Some(spec) = &service.spec {
         if let Some(type_) = &spec.type_
-            && !matches!(
-                type_.as_str(),
-                "ClusterIP" | "NodePort" | "LoadBalancer" | "ExternalName"
-            )
+            && !matches!(type_.as_str(), "ClusterIP" | "NodePort" | "LoadBalancer" | "ExternalName")
         {
-            errors.push((
-                Some("spec.type".to_owned()),
-                format!("unknown service type {type_:?}"),
-            ));
+            errors.push((Some("spec.type".to_owned()), format!("unknown service type {type_:?}")));
         }
         if let Some(ip) = &spec.cluster_ip {
             check_cluster_ip(ip, "spec.clusterIP".to_owned(), &mut errors);
@@ -568,11 +520,7 @@ fn prepare_service(service: &mut Service) -> Result<(), Vec<FieldError>> {
             if let Some(node_port) = port.node_port
                 && node_port != 0
             {
-                check_port(
-                    node_port,
-                    || format!("spec.ports[{i}].nodePort"),
-                    &mut errors,
-                );
+                check_port(node_port, || format!("spec.ports[{i}].nodePort"), &mut errors);
             }
             check_protocol(
                 port.protocol.as_deref(),
@@ -581,11 +529,7 @@ fn prepare_service(service: &mut Service) -> Result<(), Vec<FieldError>> {
             );
         }
     }
-    if errors.is_empty() {
-        Ok(())
-    } else {
-        Err(errors)
-    }
+    if errors.is_empty() { Ok(()) } else { Err(errors) }
 }
 
 fn prepare_endpoint_slice(slice: &mut EndpointSlice) -> Result<(), Vec<FieldError>> {
@@ -617,17 +561,9 @@ fn prepare_endpoint_slice(slice: &mut EndpointSlice) -> Result<(), Vec<FieldErro
         if let Some(number) = port.port {
             check_port(number, || format!("ports[{i}].port"), &mut errors);
         }
-        check_protocol(
-            port.protocol.as_deref(),
-            || format!("ports[{i}].protocol"),
-            &mut errors,
-        );
+        check_protocol(port.protocol.as_deref(), || format!("ports[{i}].protocol"), &mut errors);
     }
-    if errors.is_empty() {
-        Ok(())
-    } else {
-        Err(errors)
-    }
+    if errors.is_empty() { Ok(()) } else { Err(errors) }
 }
 
 fn prepare_node(node: &mut Node) -> Result<(), Vec<FieldError>> {
@@ -641,11 +577,7 @@ fn prepare_node(node: &mut Node) -> Result<(), Vec<FieldError>> {
         status.volumes_in_use = None;
         status.runtime_handlers = None;
     }
-    if errors.is_empty() {
-        Ok(())
-    } else {
-        Err(errors)
-    }
+    if errors.is_empty() { Ok(()) } else { Err(errors) }
 }
 
 fn prepare_namespaced_meta(meta: &mut ObjectMeta, errors: &mut Vec<FieldError>) {
@@ -688,10 +620,7 @@ fn keep_annotation(key: &str) -> bool {
 
 fn check_cluster_ip(ip: &str, field: String, errors: &mut Vec<FieldError>) {
     if !(ip.is_empty() || ip == "None" || ip.parse::<IpAddr>().is_ok()) {
-        errors.push((
-            Some(field),
-            format!("{ip:?} is not an IP address, \"None\" or empty"),
-        ));
+        errors.push((Some(field), format!("{ip:?} is not an IP address, \"None\" or empty")));
     }
 }
 
@@ -823,14 +752,8 @@ status:
         // and the proxy's own annotations.
         assert!(service.metadata.managed_fields.is_none());
         let annotations = service.metadata.annotations.as_ref().expect("annotations");
-        assert_eq!(
-            annotations.keys().collect::<Vec<_>>(),
-            ["service.kubernetes.io/topology-mode"]
-        );
-        assert_eq!(
-            service.metadata.labels.as_ref().expect("labels")["app"],
-            "web"
-        );
+        assert_eq!(annotations.keys().collect::<Vec<_>>(), ["service.kubernetes.io/topology-mode"]);
+        assert_eq!(service.metadata.labels.as_ref().expect("labels")["app"], "web");
     }
 
     #[test]
@@ -869,12 +792,7 @@ status:
         dir.write("stream.json", &format!("{node}\n{node}"));
         let outcome = dir.load();
         assert_eq!(outcome.files, 2);
-        assert!(
-            outcome
-                .store
-                .services
-                .contains_key(&ObjectKey::new("prod", "api"))
-        );
+        assert!(outcome.store.services.contains_key(&ObjectKey::new("prod", "api")));
         assert!(outcome.store.nodes.contains_key("node-2"));
         // The stream defines node-2 twice: reported as a duplicate.
         let error = only_error(&outcome);
@@ -901,18 +819,8 @@ status:
         );
         dir.write("list.yaml", &list);
         let outcome = dir.load();
-        assert!(
-            outcome
-                .store
-                .services
-                .contains_key(&ObjectKey::new("shop", "web"))
-        );
-        assert!(
-            !outcome
-                .store
-                .services
-                .contains_key(&ObjectKey::new("default", "bad"))
-        );
+        assert!(outcome.store.services.contains_key(&ObjectKey::new("shop", "web")));
+        assert!(!outcome.store.services.contains_key(&ObjectKey::new("default", "bad")));
         assert_eq!(outcome.store.endpoint_slices.len(), 1);
         let error = only_error(&outcome);
         assert_eq!(error.document, 1);
@@ -950,10 +858,7 @@ status:
         let error = only_error(&outcome);
         assert_eq!(error.document, 1);
         assert_eq!(error.field.as_deref(), Some("spec.ports[0].port"));
-        assert!(
-            error.to_string().contains("field spec.ports[0].port"),
-            "{error}"
-        );
+        assert!(error.to_string().contains("field spec.ports[0].port"), "{error}");
     }
 
     #[test]
@@ -997,11 +902,7 @@ status:
                 "apiVersion: discovery.k8s.io/v1beta1\nkind: EndpointSlice\nmetadata: {name: e}\n",
                 "apiVersion",
             ),
-            (
-                "missing kind",
-                "apiVersion: v1\nmetadata: {name: e}\n",
-                "kind",
-            ),
+            ("missing kind", "apiVersion: v1\nmetadata: {name: e}\n", "kind"),
         ];
         for (name, text, field) in cases {
             let dir = TempDir::new("invalid");
@@ -1046,34 +947,20 @@ status:
         assert_eq!(outcome.errors.len(), 2, "{:#?}", outcome.errors);
         assert!(outcome.errors[0].file.ends_with("a-bad.yaml"));
         assert!(outcome.errors[1].file.ends_with("b-bad.json"));
-        assert!(
-            outcome
-                .store
-                .services
-                .contains_key(&ObjectKey::new("shop", "web"))
-        );
+        assert!(outcome.store.services.contains_key(&ObjectKey::new("shop", "web")));
     }
 
     #[test]
     fn duplicates_later_file_wins() {
         let dir = TempDir::new("dup");
         dir.write("10-first.yaml", SERVICE);
-        let second = dir.write(
-            "20-second.yaml",
-            &SERVICE.replace("10.96.0.10", "10.96.0.20"),
-        );
+        let second = dir.write("20-second.yaml", &SERVICE.replace("10.96.0.10", "10.96.0.20"));
         let outcome = dir.load();
         let service = &outcome.store.services[&ObjectKey::new("shop", "web")];
-        assert_eq!(
-            service.spec.as_ref().and_then(|s| s.cluster_ip.as_deref()),
-            Some("10.96.0.20")
-        );
+        assert_eq!(service.spec.as_ref().and_then(|s| s.cluster_ip.as_deref()), Some("10.96.0.20"));
         let error = only_error(&outcome);
         assert_eq!(error.file, second);
-        assert!(
-            error.message.contains("duplicate Service shop/web"),
-            "{error}"
-        );
+        assert!(error.message.contains("duplicate Service shop/web"), "{error}");
         assert!(error.message.contains("10-first.yaml"), "{error}");
     }
 
@@ -1107,15 +994,11 @@ status:
         let dir = TempDir::new("watch");
         let (tx, mut rx) = tokio::sync::mpsc::channel(1);
         let _watcher = watch_dir(&dir.0, tx).expect("watch");
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_time()
-            .build()
-            .expect("runtime");
+        let runtime =
+            tokio::runtime::Builder::new_current_thread().enable_time().build().expect("runtime");
         let wait = |rx: &mut tokio::sync::mpsc::Receiver<()>, ms| {
             runtime.block_on(async {
-                tokio::time::timeout(std::time::Duration::from_millis(ms), rx.recv())
-                    .await
-                    .is_ok()
+                tokio::time::timeout(std::time::Duration::from_millis(ms), rx.recv()).await.is_ok()
             })
         };
         let drain = |rx: &mut tokio::sync::mpsc::Receiver<()>| while rx.try_recv().is_ok() {};

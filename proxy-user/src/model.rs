@@ -168,11 +168,8 @@ pub fn desired_state(store: &Store, node_name: &str) -> (Desired, Vec<ModelWarni
             let endpoints = endpoints_for_port(&port, service_slices);
             let categorized = categorize_endpoints(&endpoints, &port, node_name, zone);
 
-            let frontend = FrontendKey {
-                addr: port.cluster_ip,
-                port: port.port,
-                proto: port.protocol,
-            };
+            let frontend =
+                FrontendKey { addr: port.cluster_ip, port: port.port, proto: port.protocol };
             let backends = backends(categorized.for_cluster_ip(&port));
             insert_frontend(&mut desired, frontend, &port, backends, &mut warnings);
             // Later: NodePort, externalIPs and LoadBalancer frontends here,
@@ -202,11 +199,7 @@ fn insert_frontend(
     }
     desired.insert(
         key,
-        Frontend {
-            service: port.service.clone(),
-            port_name: port.port_name.clone(),
-            backends,
-        },
+        Frontend { service: port.service.clone(), port_name: port.port_name.clone(), backends },
     );
 }
 
@@ -218,11 +211,7 @@ fn backends(endpoints: &[&EndpointInfo]) -> Vec<BackendSpec> {
         .map(|ep| BackendSpec {
             addr: ep.addr,
             port: ep.port,
-            state: if ep.ready {
-                BackendState::Active
-            } else {
-                BackendState::Terminating
-            },
+            state: if ep.ready { BackendState::Active } else { BackendState::Terminating },
         })
         .collect();
     backends.sort_unstable();
@@ -310,10 +299,7 @@ pub fn service_ports(
         .and_then(|s| s.load_balancer.as_ref())
         .and_then(|lb| lb.ingress.as_ref())
         .is_some_and(|ingress| ingress.iter().any(|i| i.ip.is_some()));
-    let external_ips = spec
-        .external_ips
-        .as_ref()
-        .is_some_and(|ips| !ips.is_empty());
+    let external_ips = spec.external_ips.as_ref().is_some_and(|ips| !ips.is_empty());
     let internal_policy_local = spec.internal_traffic_policy.as_deref() == Some("Local");
     let external_local_requested = spec.external_traffic_policy.as_deref() == Some("Local");
 
@@ -323,10 +309,7 @@ pub fn service_ports(
             warn(
                 warnings,
                 object(),
-                format!(
-                    "spec.ports[{i}].port {} is not a valid port; skipped",
-                    port.port
-                ),
+                format!("spec.ports[{i}].port {} is not a valid port; skipped", port.port),
             );
             continue;
         };
@@ -384,11 +367,7 @@ pub fn service_ports(
 
 /// `field[i]` for a list field, `field` for the singular `spec.clusterIP`.
 fn indexed(field: &str, i: usize, len: usize) -> String {
-    if field.ends_with('s') || len > 1 {
-        format!("{field}[{i}]")
-    } else {
-        field.to_owned()
-    }
+    if field.ends_with('s') || len > 1 { format!("{field}[{i}]") } else { field.to_owned() }
 }
 
 fn valid_port(port: i32) -> Option<u16> {
@@ -407,10 +386,7 @@ fn cluster_ipv4(
         Some(ips) if !ips.is_empty() => {
             ("spec.clusterIPs", ips.iter().map(String::as_str).collect())
         }
-        _ => (
-            "spec.clusterIP",
-            spec.cluster_ip.as_deref().into_iter().collect(),
-        ),
+        _ => ("spec.clusterIP", spec.cluster_ip.as_deref().into_iter().collect()),
     };
     // kube-proxy's ShouldSkipService: the primary cluster IP decides.
     match ips.first() {
@@ -427,10 +403,7 @@ fn cluster_ipv4(
             Err(_) => warn(
                 warnings,
                 format!("Service {key}"),
-                format!(
-                    "{} {ip:?} is not an IP address; ignored",
-                    indexed(field, i, ips.len())
-                ),
+                format!("{} {ip:?} is not an IP address; ignored", indexed(field, i, ips.len())),
             ),
         }
     }
@@ -485,9 +458,8 @@ pub fn slice_endpoints(
         if skipped_by_labels(labels) {
             continue;
         }
-        let Some(service) = labels
-            .and_then(|l| l.get(LABEL_SERVICE_NAME))
-            .filter(|s| !s.is_empty())
+        let Some(service) =
+            labels.and_then(|l| l.get(LABEL_SERVICE_NAME)).filter(|s| !s.is_empty())
         else {
             tracing::debug!(slice = %key, "ignored: no {LABEL_SERVICE_NAME} label");
             continue;
@@ -541,11 +513,7 @@ fn parse_slice(
     for (i, endpoint) in slice.endpoints.iter().enumerate() {
         // kube-proxy uses the first address only.
         let Some(address) = endpoint.addresses.first() else {
-            warn(
-                warnings,
-                object(),
-                format!("endpoints[{i}] has no address; skipped"),
-            );
+            warn(warnings, object(), format!("endpoints[{i}] has no address; skipped"));
             continue;
         };
         let Ok(addr) = address.parse::<Ipv4Addr>() else {
@@ -579,11 +547,7 @@ fn parse_slice(
                 .collect(),
         });
     }
-    SliceEndpoints {
-        slice: key.clone(),
-        ports,
-        endpoints,
-    }
+    SliceEndpoints { slice: key.clone(), ports, endpoints }
 }
 
 /// The endpoints of one service port over all its slices: a slice port
@@ -601,13 +565,7 @@ pub fn endpoints_for_port(port: &ServicePortInfo, slices: &[SliceEndpoints]) -> 
             for endpoint in &slice.endpoints {
                 let key = (endpoint.addr, *number);
                 if !merged.contains_key(&key) || !endpoint.terminating {
-                    merged.insert(
-                        key,
-                        EndpointInfo {
-                            port: *number,
-                            ..endpoint.clone()
-                        },
-                    );
+                    merged.insert(key, EndpointInfo { port: *number, ..endpoint.clone() });
                 }
             }
         }
@@ -638,22 +596,14 @@ pub struct Categorized<'a> {
 impl<'a> Categorized<'a> {
     /// The endpoints of traffic to the cluster IP (internal traffic policy).
     pub fn for_cluster_ip(&self, port: &ServicePortInfo) -> &[&'a EndpointInfo] {
-        let chosen = if port.internal_policy_local {
-            &self.local
-        } else {
-            &self.cluster
-        };
+        let chosen = if port.internal_policy_local { &self.local } else { &self.cluster };
         chosen.as_deref().unwrap_or_default()
     }
 
     /// The endpoints of traffic from outside (node ports, external IPs,
     /// load-balancer IPs: external traffic policy).
     pub fn for_external(&self, port: &ServicePortInfo) -> &[&'a EndpointInfo] {
-        let chosen = if port.external_policy_local {
-            &self.local
-        } else {
-            &self.cluster
-        };
+        let chosen = if port.external_policy_local { &self.local } else { &self.cluster };
         chosen.as_deref().unwrap_or_default()
     }
 }
@@ -743,11 +693,8 @@ pub fn categorize_endpoints<'a>(
         out.all_reachable = cluster.clone();
         return out;
     }
-    let mut all: Vec<&EndpointInfo> = cluster
-        .iter()
-        .chain(out.local.iter().flatten())
-        .copied()
-        .collect();
+    let mut all: Vec<&EndpointInfo> =
+        cluster.iter().chain(out.local.iter().flatten()).copied().collect();
     all.sort_by_key(|ep| (ep.addr, ep.port));
     all.dedup_by_key(|ep| (ep.addr, ep.port));
     out.all_reachable = all;
@@ -881,20 +828,11 @@ mod tests {
                     .backends
                     .iter()
                     .map(|b| {
-                        let mark = if b.state == BackendState::Terminating {
-                            "~"
-                        } else {
-                            ""
-                        };
+                        let mark = if b.state == BackendState::Terminating { "~" } else { "" };
                         format!("{}:{}{mark}", b.addr, b.port)
                     })
                     .collect();
-                format!(
-                    "{key} {} {} -> [{}]",
-                    fe.service,
-                    fe.port_name,
-                    backends.join(" ")
-                )
+                format!("{key} {} {} -> [{}]", fe.service, fe.port_name, backends.join(" "))
             })
             .collect()
     }
@@ -923,12 +861,7 @@ mod tests {
                 name: "multi-port service, named ports matched through slices",
                 objects: vec![
                     web(),
-                    slice(
-                        "web-a",
-                        "web",
-                        web_ports(),
-                        json!([ep("10.244.1.6"), ep("10.244.1.5")]),
-                    ),
+                    slice("web-a", "web", web_ports(), json!([ep("10.244.1.6"), ep("10.244.1.5")])),
                 ],
                 want: &[
                     "10.96.0.10:80/TCP ns/web http -> [10.244.1.5:8080 10.244.1.6:8080]",
@@ -955,10 +888,7 @@ mod tests {
             },
             Case {
                 name: "unnamed port",
-                objects: vec![
-                    one(),
-                    slice("one-a", "one", one_ports(), json!([ep("10.244.1.5")])),
-                ],
+                objects: vec![one(), slice("one-a", "one", one_ports(), json!([ep("10.244.1.5")]))],
                 want: &["10.96.0.20:80/TCP ns/one  -> [10.244.1.5:8080]"],
                 warnings: &[],
             },
@@ -967,12 +897,7 @@ mod tests {
                 objects: vec![
                     one(),
                     slice("one-a", "one", one_ports(), json!([ep("10.244.1.5")])),
-                    slice(
-                        "one-b",
-                        "one",
-                        one_ports(),
-                        json!([ep("10.244.2.5"), ep("10.244.2.6")]),
-                    ),
+                    slice("one-b", "one", one_ports(), json!([ep("10.244.2.5"), ep("10.244.2.6")])),
                 ],
                 want: &[
                     "10.96.0.20:80/TCP ns/one  -> [10.244.1.5:8080 10.244.2.5:8080 10.244.2.6:8080]",
@@ -995,12 +920,7 @@ mod tests {
                             ),
                         ]),
                     ),
-                    slice(
-                        "one-b",
-                        "one",
-                        one_ports(),
-                        json!([ep("10.244.1.5"), ep("10.244.1.7")]),
-                    ),
+                    slice("one-b", "one", one_ports(), json!([ep("10.244.1.5"), ep("10.244.1.7")])),
                 ],
                 want: &["10.96.0.20:80/TCP ns/one  -> [10.244.1.5:8080 10.244.1.7:8080]"],
                 warnings: &[],
@@ -1009,18 +929,8 @@ mod tests {
                 name: "same address with two backend ports is two backends",
                 objects: vec![
                     one(),
-                    slice(
-                        "one-a",
-                        "one",
-                        json!([{"port": 8080}]),
-                        json!([ep("10.244.1.5")]),
-                    ),
-                    slice(
-                        "one-b",
-                        "one",
-                        json!([{"port": 9090}]),
-                        json!([ep("10.244.1.5")]),
-                    ),
+                    slice("one-a", "one", json!([{"port": 8080}]), json!([ep("10.244.1.5")])),
+                    slice("one-b", "one", json!([{"port": 9090}]), json!([ep("10.244.1.5")])),
                 ],
                 want: &["10.96.0.20:80/TCP ns/one  -> [10.244.1.5:8080 10.244.1.5:9090]"],
                 warnings: &[],
@@ -1268,12 +1178,7 @@ mod tests {
             let (desired, warnings) = desired_state(&store, NODE);
             assert_eq!(render(&desired), case.want, "case: {}", case.name);
             let shown: Vec<String> = warnings.iter().map(ToString::to_string).collect();
-            assert_eq!(
-                shown.len(),
-                case.warnings.len(),
-                "case: {}: {shown:#?}",
-                case.name
-            );
+            assert_eq!(shown.len(), case.warnings.len(), "case: {}: {shown:#?}", case.name);
             for want in case.warnings {
                 assert!(
                     shown.iter().any(|w| w.contains(want)),
@@ -1391,15 +1296,8 @@ mod tests {
             all: None,
             only_remote: false,
         };
-        let local_ext = || Svc {
-            external_local: true,
-            node_port: 8080,
-            ..Svc::default()
-        };
-        let itp_local = || Svc {
-            internal_local: true,
-            ..Svc::default()
-        };
+        let local_ext = || Svc { external_local: true, node_port: 8080, ..Svc::default() };
+        let itp_local = || Svc { internal_local: true, ..Svc::default() };
         vec![
             case(
                 "hints: this zone's endpoints",
@@ -1430,11 +1328,7 @@ mod tests {
                 ..case(
                     "internalTrafficPolicy: Local, topology ignored for Local endpoints",
                     "zone-a",
-                    Svc {
-                        internal_local: true,
-                        node_port: 8080,
-                        ..Svc::default()
-                    },
+                    Svc { internal_local: true, node_port: 8080, ..Svc::default() },
                     &[
                         "10.1.2.3:80 R L zones=zone-a",
                         "10.1.2.4:80 R L zones=zone-b",
@@ -1629,11 +1523,7 @@ mod tests {
                 ..case(
                     "iTP: Local, eTP: Cluster, some endpoints local",
                     "",
-                    Svc {
-                        internal_local: true,
-                        node_port: 8080,
-                        ..Svc::default()
-                    },
+                    Svc { internal_local: true, node_port: 8080, ..Svc::default() },
                     &["10.0.0.0:80 R L", "10.0.0.1:80 R"],
                     Some(&["10.0.0.0:80", "10.0.0.1:80"]),
                     Some(&["10.0.0.0:80"]),
@@ -1658,11 +1548,7 @@ mod tests {
                 ..case(
                     "iTP: Local, eTP: Local, some endpoints local",
                     "",
-                    Svc {
-                        internal_local: true,
-                        external_local: true,
-                        node_port: 8080,
-                    },
+                    Svc { internal_local: true, external_local: true, node_port: 8080 },
                     &["10.0.0.0:80 R L", "10.0.0.1:80 R"],
                     None,
                     Some(&["10.0.0.0:80"]),
@@ -1673,11 +1559,7 @@ mod tests {
                 ..case(
                     "iTP: Local, eTP: Local, all endpoints remote",
                     "",
-                    Svc {
-                        internal_local: true,
-                        external_local: true,
-                        node_port: 8080,
-                    },
+                    Svc { internal_local: true, external_local: true, node_port: 8080 },
                     &["10.0.0.0:80 R", "10.0.0.1:80 R"],
                     None,
                     Some(&[]),
@@ -1688,11 +1570,7 @@ mod tests {
                 ..case(
                     "iTP: Local, eTP: Local, all endpoints remote and terminating",
                     "",
-                    Svc {
-                        internal_local: true,
-                        external_local: true,
-                        node_port: 8080,
-                    },
+                    Svc { internal_local: true, external_local: true, node_port: 8080 },
                     &["10.0.0.0:80 S T", "10.0.0.1:80 S T"],
                     None,
                     Some(&[]),
@@ -1704,12 +1582,7 @@ mod tests {
                     "iTP: Cluster, eTP: Local, with terminating endpoints",
                     "",
                     local_ext(),
-                    &[
-                        "10.0.0.0:80 R",
-                        "10.0.0.1:80 L",
-                        "10.0.0.2:80 S T L",
-                        "10.0.0.3:80 S T",
-                    ],
+                    &["10.0.0.0:80 R", "10.0.0.1:80 L", "10.0.0.2:80 S T L", "10.0.0.3:80 S T"],
                     Some(&["10.0.0.0:80"]),
                     Some(&["10.0.0.2:80"]),
                 )
@@ -1719,10 +1592,7 @@ mod tests {
                 ..case(
                     "externalTrafficPolicy ignored if not externally accessible",
                     "",
-                    Svc {
-                        external_local: true,
-                        ..Svc::default()
-                    },
+                    Svc { external_local: true, ..Svc::default() },
                     &["10.0.0.0:80 R", "10.0.0.1:80 R L"],
                     Some(&["10.0.0.0:80", "10.0.0.1:80"]),
                     None,
@@ -1740,10 +1610,8 @@ mod tests {
     }
 
     fn names(endpoints: &[&EndpointInfo]) -> Vec<String> {
-        let mut names: Vec<String> = endpoints
-            .iter()
-            .map(|ep| format!("{}:{}", ep.addr, ep.port))
-            .collect();
+        let mut names: Vec<String> =
+            endpoints.iter().map(|ep| format!("{}:{}", ep.addr, ep.port)).collect();
         names.sort();
         names
     }
@@ -1766,11 +1634,7 @@ mod tests {
                 case.cluster.map(sorted),
                 "{name}: cluster"
             );
-            assert_eq!(
-                got.local.as_deref().map(names),
-                case.local.map(sorted),
-                "{name}: local"
-            );
+            assert_eq!(got.local.as_deref().map(names), case.local.map(sorted), "{name}: local");
             let want_all = match (case.all, case.cluster, case.local) {
                 (Some(all), _, _) => sorted(all),
                 (None, Some(only), None) | (None, None, Some(only)) => sorted(only),

@@ -190,10 +190,7 @@ pub fn parse(f: &[u8]) -> Parsed {
     let mut l4_checksum_ok = None;
     let mut udp_checksum_zero = false;
     if !later && matches!(proto, TCP | UDP) {
-        ports = Some((
-            u16::from_be_bytes([l4[0], l4[1]]),
-            u16::from_be_bytes([l4[2], l4[3]]),
-        ));
+        ports = Some((u16::from_be_bytes([l4[0], l4[1]]), u16::from_be_bytes([l4[2], l4[3]])));
         udp_checksum_zero = proto == UDP && l4[6] == 0 && l4[7] == 0;
         if !fragmented && !udp_checksum_zero {
             l4_checksum_ok = Some(ones_sum(l4, pseudo_sum(src, dst, proto, l4.len())) == 0xffff);
@@ -221,17 +218,11 @@ mod tests {
     fn built_packets_verify() {
         let a = Ipv4Addr::new(10, 0, 0, 1);
         let b = Ipv4Addr::new(10, 0, 0, 2);
-        let p = parse(&frame(
-            &Ipv4Spec::new(a, b, TCP),
-            &tcp(a, 1, b, 2, 0x02, b"hi"),
-        ));
+        let p = parse(&frame(&Ipv4Spec::new(a, b, TCP), &tcp(a, 1, b, 2, 0x02, b"hi")));
         assert!(p.ip_checksum_ok);
         assert_eq!(p.l4_checksum_ok, Some(true));
         assert_eq!(p.ports, Some((1, 2)));
-        let u = parse(&frame(
-            &Ipv4Spec::new(a, b, UDP),
-            &udp(a, 1, b, 2, b"odd", true),
-        ));
+        let u = parse(&frame(&Ipv4Spec::new(a, b, UDP), &udp(a, 1, b, 2, b"odd", true)));
         assert_eq!(u.l4_checksum_ok, Some(true));
     }
 

@@ -123,11 +123,7 @@ pub fn run_with_timeout(cmd: &mut Command, timeout: Duration) -> anyhow::Result<
     };
     let stdout = String::from_utf8_lossy(&out_t.join().unwrap_or_default()).into_owned();
     let stderr = String::from_utf8_lossy(&err_t.join().unwrap_or_default()).into_owned();
-    Ok(CmdOutput {
-        status,
-        stdout,
-        stderr,
-    })
+    Ok(CmdOutput { status, stdout, stderr })
 }
 
 /// Like [`run_with_timeout`], but a non-zero exit is an error carrying stderr.
@@ -135,12 +131,7 @@ pub fn run_checked(cmd: &mut Command, timeout: Duration) -> anyhow::Result<Strin
     let desc = format!("{cmd:?}");
     let out = run_with_timeout(cmd, timeout)?;
     if !out.status.success() {
-        bail!(
-            "{desc} failed ({}): {}{}",
-            out.status,
-            out.stderr.trim(),
-            out.stdout.trim()
-        );
+        bail!("{desc} failed ({}): {}{}", out.status, out.stderr.trim(), out.stdout.trim());
     }
     Ok(out.stdout)
 }
@@ -179,10 +170,7 @@ impl Netns {
     /// Creates `sluice-t<pid>-<n>-<label>` with loopback up.
     pub fn new(label: &str) -> anyhow::Result<Netns> {
         let name = unique_name(label);
-        run_checked(
-            Command::new("ip").args(["netns", "add", &name]),
-            CMD_TIMEOUT,
-        )?;
+        run_checked(Command::new("ip").args(["netns", "add", &name]), CMD_TIMEOUT)?;
         let ns = Netns { name };
         ns.ip(&["link", "set", "lo", "up"])?;
         Ok(ns)
@@ -205,10 +193,7 @@ impl Netns {
 
     /// Runs `ip -n <name> ARGS...`, returning stdout; fails on non-zero exit.
     pub fn ip(&self, args: &[&str]) -> anyhow::Result<String> {
-        run_checked(
-            Command::new("ip").arg("-n").arg(&self.name).args(args),
-            CMD_TIMEOUT,
-        )
+        run_checked(Command::new("ip").arg("-n").arg(&self.name).args(args), CMD_TIMEOUT)
     }
 
     /// Same as [`Netns::ip`]: runs `ip -n <name> ARGS...`.
@@ -241,32 +226,27 @@ impl Netns {
     {
         let fd = self.open()?;
         let (tx, rx) = mpsc::sync_channel::<io::Result<()>>(1);
-        let handle = thread::Builder::new()
-            .name(thread_name.to_owned())
-            .spawn(move || {
-                let entered = nix::sched::setns(fd.as_fd(), CloneFlags::CLONE_NEWNET);
-                drop(fd);
-                match entered {
-                    Ok(()) => {
-                        let _ = tx.send(Ok(()));
-                        Some(f())
-                    }
-                    Err(e) => {
-                        let _ = tx.send(Err(e.into()));
-                        None
-                    }
+        let handle = thread::Builder::new().name(thread_name.to_owned()).spawn(move || {
+            let entered = nix::sched::setns(fd.as_fd(), CloneFlags::CLONE_NEWNET);
+            drop(fd);
+            match entered {
+                Ok(()) => {
+                    let _ = tx.send(Ok(()));
+                    Some(f())
                 }
-            })?;
+                Err(e) => {
+                    let _ = tx.send(Err(e.into()));
+                    None
+                }
+            }
+        })?;
         match rx.recv_timeout(CMD_TIMEOUT) {
             Ok(Ok(())) => Ok(NsJoinHandle(handle)),
             Ok(Err(e)) => {
                 let _ = handle.join();
                 Err(e)
             }
-            Err(_) => Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                "netns thread did not start",
-            )),
+            Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "netns thread did not start")),
         }
     }
 
@@ -338,9 +318,7 @@ impl<T> NsJoinHandle<T> {
     pub fn join(self) -> thread::Result<T> {
         // `None` only when setns failed, which `spawn` reported instead of
         // handing out a handle.
-        self.0
-            .join()
-            .map(|v| v.expect("setns failure is reported by spawn"))
+        self.0.join().map(|v| v.expect("setns failure is reported by spawn"))
     }
 
     pub fn is_finished(&self) -> bool {
@@ -350,10 +328,7 @@ impl<T> NsJoinHandle<T> {
 
 impl Drop for Netns {
     fn drop(&mut self) {
-        let r = run_checked(
-            Command::new("ip").args(["netns", "del", &self.name]),
-            CMD_TIMEOUT,
-        );
+        let r = run_checked(Command::new("ip").args(["netns", "del", &self.name]), CMD_TIMEOUT);
         if let Err(e) = r {
             eprintln!("testbed: deleting netns {}: {e:#}", self.name);
         }
@@ -430,26 +405,12 @@ impl BpffsMount {
 
     fn mount_at(path: PathBuf) -> anyhow::Result<BpffsMount> {
         fs::create_dir_all(&path)?;
-        nix::mount::mount(
-            Some("bpf"),
-            &path,
-            Some("bpf"),
-            MsFlags::empty(),
-            None::<&str>,
-        )
-        .with_context(|| format!("mount -t bpf bpf {}", path.display()))?;
+        nix::mount::mount(Some("bpf"), &path, Some("bpf"), MsFlags::empty(), None::<&str>)
+            .with_context(|| format!("mount -t bpf bpf {}", path.display()))?;
         // Do not propagate into (or back from) other mount namespaces.
-        let _ = nix::mount::mount(
-            None::<&str>,
-            &path,
-            None::<&str>,
-            MsFlags::MS_PRIVATE,
-            None::<&str>,
-        );
-        Ok(BpffsMount {
-            path,
-            owned_parent: None,
-        })
+        let _ =
+            nix::mount::mount(None::<&str>, &path, None::<&str>, MsFlags::MS_PRIVATE, None::<&str>);
+        Ok(BpffsMount { path, owned_parent: None })
     }
 
     /// The mount point; pass it (or a directory below it) as `--bpffs-root`.
@@ -530,11 +491,7 @@ pub fn sweep_stale() {
     };
     let names = |dir: &Path| -> Vec<String> {
         fs::read_dir(dir)
-            .map(|rd| {
-                rd.flatten()
-                    .filter_map(|e| e.file_name().into_string().ok())
-                    .collect()
-            })
+            .map(|rd| rd.flatten().filter_map(|e| e.file_name().into_string().ok()).collect())
             .unwrap_or_default()
     };
     for n in names(Path::new("/var/run/netns")) {
@@ -612,12 +569,7 @@ impl Node {
         ] {
             netns.sysctl(k, v)?;
         }
-        let node = Node {
-            name: name.to_owned(),
-            index,
-            netns,
-            next_host: AtomicUsize::new(11),
-        };
+        let node = Node { name: name.to_owned(), index, netns, next_host: AtomicUsize::new(11) };
         let addr = format!("{}/32", node.address());
         node.netns.ip(&["addr", "add", &addr, "dev", "lo"])?;
         Ok(node)
@@ -655,10 +607,9 @@ impl Node {
         let netns = Netns::new(name)?;
         let host_if = host_veth_name(netns.name());
         let node = &self.netns;
-        for (k, v) in [
-            ("net.ipv4.conf.all.rp_filter", "0"),
-            ("net.ipv4.conf.default.rp_filter", "0"),
-        ] {
+        for (k, v) in
+            [("net.ipv4.conf.all.rp_filter", "0"), ("net.ipv4.conf.default.rp_filter", "0")]
+        {
             netns.sysctl(k, v)?;
         }
         node.ip(&[
@@ -682,44 +633,11 @@ impl Node {
         netns.ip(&["link", "set", "eth0", "up"])?;
         netns.ip(&["route", "add", &gw, "dev", "eth0", "scope", "link"])?;
         netns.ip(&["route", "add", "default", "via", &gw, "dev", "eth0"])?;
-        netns.ip(&[
-            "neigh",
-            "add",
-            &gw,
-            "lladdr",
-            &host_mac,
-            "dev",
-            "eth0",
-            "nud",
-            "permanent",
-        ])?;
+        netns.ip(&["neigh", "add", &gw, "lladdr", &host_mac, "dev", "eth0", "nud", "permanent"])?;
         node.ip(&["link", "set", &host_if, "up"])?;
-        node.ip(&[
-            "route",
-            "add",
-            &format!("{ip_s}/32"),
-            "dev",
-            &host_if,
-            "scope",
-            "link",
-        ])?;
-        node.ip(&[
-            "neigh",
-            "add",
-            &ip_s,
-            "lladdr",
-            &pod_mac,
-            "dev",
-            &host_if,
-            "nud",
-            "permanent",
-        ])?;
-        Ok(Pod {
-            name: name.to_owned(),
-            ip,
-            host_if,
-            netns,
-        })
+        node.ip(&["route", "add", &format!("{ip_s}/32"), "dev", &host_if, "scope", "link"])?;
+        node.ip(&["neigh", "add", &ip_s, "lladdr", &pod_mac, "dev", &host_if, "nud", "permanent"])?;
+        Ok(Pod { name: name.to_owned(), ip, host_if, netns })
     }
 }
 
@@ -902,16 +820,15 @@ pub fn tcp_request(
     addr: SocketAddrV4,
     timeout: Duration,
 ) -> io::Result<String> {
-    ns.as_ref()
-        .exec(timeout * 3 + Duration::from_secs(1), move || {
-            let mut s = TcpStream::connect_timeout(&SocketAddr::V4(addr), timeout)?;
-            s.set_read_timeout(Some(timeout))?;
-            s.set_write_timeout(Some(timeout))?;
-            let mut buf = Vec::new();
-            s.read_to_end(&mut buf)?;
-            let text = String::from_utf8_lossy(&buf);
-            Ok(text.lines().next().unwrap_or("").trim().to_owned())
-        })?
+    ns.as_ref().exec(timeout * 3 + Duration::from_secs(1), move || {
+        let mut s = TcpStream::connect_timeout(&SocketAddr::V4(addr), timeout)?;
+        s.set_read_timeout(Some(timeout))?;
+        s.set_write_timeout(Some(timeout))?;
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf)?;
+        let text = String::from_utf8_lossy(&buf);
+        Ok(text.lines().next().unwrap_or("").trim().to_owned())
+    })?
 }
 
 /// Sends one datagram from inside `ns` to `addr` (from a connected socket, so
@@ -921,17 +838,16 @@ pub fn udp_request(
     addr: SocketAddrV4,
     timeout: Duration,
 ) -> io::Result<String> {
-    ns.as_ref()
-        .exec(timeout * 2 + Duration::from_secs(1), move || {
-            let s = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))?;
-            s.set_read_timeout(Some(timeout))?;
-            s.set_write_timeout(Some(timeout))?;
-            s.connect(addr)?;
-            s.send(b"hello\n")?;
-            let mut buf = [0u8; 2048];
-            let n = s.recv(&mut buf)?;
-            Ok(String::from_utf8_lossy(&buf[..n]).trim().to_owned())
-        })?
+    ns.as_ref().exec(timeout * 2 + Duration::from_secs(1), move || {
+        let s = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))?;
+        s.set_read_timeout(Some(timeout))?;
+        s.set_write_timeout(Some(timeout))?;
+        s.connect(addr)?;
+        s.send(b"hello\n")?;
+        let mut buf = [0u8; 2048];
+        let n = s.recv(&mut buf)?;
+        Ok(String::from_utf8_lossy(&buf[..n]).trim().to_owned())
+    })?
 }
 
 // ---------------------------------------------------------------------------
@@ -965,12 +881,7 @@ pub struct ServicePort {
 
 impl ServicePort {
     pub fn new(name: &str, protocol: Protocol, port: u16, target_port: u16) -> ServicePort {
-        ServicePort {
-            name: name.to_owned(),
-            protocol,
-            port,
-            target_port,
-        }
+        ServicePort { name: name.to_owned(), protocol, port, target_port }
     }
 }
 
@@ -986,12 +897,7 @@ pub struct Backend {
 
 impl Backend {
     pub fn ready(name: &str, ip: Ipv4Addr) -> Backend {
-        Backend {
-            name: name.to_owned(),
-            ip,
-            ready: true,
-            node_name: None,
-        }
+        Backend { name: name.to_owned(), ip, ready: true, node_name: None }
     }
 
     pub fn of_pod(pod: &Pod, node: &Node) -> Backend {
@@ -1120,11 +1026,7 @@ impl ManifestDir {
         let tmp = self.path.join(format!(".{file}.tmp"));
         let dst = self.path.join(file);
         {
-            let mut f = OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .open(&tmp)?;
+            let mut f = OpenOptions::new().write(true).create(true).truncate(true).open(&tmp)?;
             f.write_all(contents.as_bytes())?;
             f.sync_all()?;
         }
@@ -1142,10 +1044,7 @@ impl ManifestDir {
 
     /// Writes (or atomically replaces) `svc-<namespace>-<name>.yaml`.
     pub fn write_service(&self, svc: &ClusterIpService) -> anyhow::Result<()> {
-        self.write_file(
-            &Self::service_file(&svc.namespace, &svc.name),
-            &svc.to_yaml(),
-        )
+        self.write_file(&Self::service_file(&svc.namespace, &svc.name), &svc.to_yaml())
     }
 
     /// Deletes the Service and its EndpointSlice.
@@ -1227,11 +1126,7 @@ pub fn find_service(
 /// Runs `BIN services --bpffs-root ROOT -o json` and parses its output.
 pub fn sluice_services(bin: &Path, bpffs_root: &Path) -> anyhow::Result<Vec<ServiceInfo>> {
     let out = run_checked(
-        Command::new(bin)
-            .arg("services")
-            .arg("--bpffs-root")
-            .arg(bpffs_root)
-            .args(["-o", "json"]),
+        Command::new(bin).arg("services").arg("--bpffs-root").arg(bpffs_root).args(["-o", "json"]),
         CMD_TIMEOUT,
     )?;
     serde_json::from_str(&out)
@@ -1241,11 +1136,7 @@ pub fn sluice_services(bin: &Path, bpffs_root: &Path) -> anyhow::Result<Vec<Serv
 /// Runs `BIN services --bpffs-root ROOT -o table` and returns its output.
 pub fn sluice_services_table(bin: &Path, bpffs_root: &Path) -> anyhow::Result<String> {
     run_checked(
-        Command::new(bin)
-            .arg("services")
-            .arg("--bpffs-root")
-            .arg(bpffs_root)
-            .args(["-o", "table"]),
+        Command::new(bin).arg("services").arg("--bpffs-root").arg(bpffs_root).args(["-o", "table"]),
         CMD_TIMEOUT,
     )
 }
@@ -1305,11 +1196,8 @@ impl AgentConfig {
 
     /// The agent's argument list (without the binary).
     pub fn args(&self) -> Vec<std::ffi::OsString> {
-        let mut a: Vec<std::ffi::OsString> = vec![
-            "agent".into(),
-            "--manifests".into(),
-            self.manifests.clone().into(),
-        ];
+        let mut a: Vec<std::ffi::OsString> =
+            vec!["agent".into(), "--manifests".into(), self.manifests.clone().into()];
         a.extend(["--node-name".into(), self.node_name.clone().into()]);
         a.extend(["--bpffs-root".into(), self.bpffs_root.clone().into()]);
         if let Some(c) = &self.cgroup_root {
@@ -1341,10 +1229,7 @@ impl Agent {
         let log =
             File::create(&cfg.log).with_context(|| format!("creating {}", cfg.log.display()))?;
         let mut cmd = ns.as_ref().command(&cfg.bin)?;
-        cmd.args(cfg.args())
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log);
+        cmd.args(cfg.args()).stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log);
         if std::env::var_os("RUST_LOG").is_none() {
             cmd.env("RUST_LOG", &cfg.rust_log);
         }
@@ -1358,13 +1243,8 @@ impl Agent {
                 Ok(())
             });
         }
-        let child = cmd
-            .spawn()
-            .with_context(|| format!("spawning {}", cfg.bin.display()))?;
-        Ok(Agent {
-            cfg,
-            child: Some(child),
-        })
+        let child = cmd.spawn().with_context(|| format!("spawning {}", cfg.bin.display()))?;
+        Ok(Agent { cfg, child: Some(child) })
     }
 
     pub fn config(&self) -> &AgentConfig {
@@ -1409,10 +1289,7 @@ impl Agent {
         let mut last;
         loop {
             if let Some(status) = self.try_wait()? {
-                bail!(
-                    "agent exited ({status}) while waiting; log:\n{}",
-                    self.log()
-                );
+                bail!("agent exited ({status}) while waiting; log:\n{}", self.log());
             }
             match self.services() {
                 Ok(s) if pred(&s) => return Ok(s),
@@ -1445,9 +1322,7 @@ impl Agent {
                     == backends
             })
         })?;
-        Ok(find_service(&s, address, port, protocol)
-            .cloned()
-            .expect("checked by predicate"))
+        Ok(find_service(&s, address, port, protocol).cloned().expect("checked by predicate"))
     }
 
     /// Waits until the frontend `address:port/protocol` is gone.
@@ -1458,17 +1333,13 @@ impl Agent {
         port: u16,
         protocol: Protocol,
     ) -> anyhow::Result<()> {
-        self.wait_services(timeout, |s| {
-            find_service(s, address, port, protocol).is_none()
-        })
-        .map(drop)
+        self.wait_services(timeout, |s| find_service(s, address, port, protocol).is_none())
+            .map(drop)
     }
 
     /// SIGTERM, then SIGKILL after 3 s; returns the exit status.
     pub fn stop(&mut self) -> anyhow::Result<ExitStatus> {
-        let Some(mut child) = self.child.take() else {
-            bail!("agent already stopped")
-        };
+        let Some(mut child) = self.child.take() else { bail!("agent already stopped") };
         if let Some(status) = child.try_wait()? {
             return Ok(status);
         }

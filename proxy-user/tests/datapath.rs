@@ -93,13 +93,7 @@ impl Harness {
         let datapath = Datapath::load(&paths).expect("load programs");
         let prog = SchedClassifier::from_pin(paths.prog(PROG_POD_INGRESS)).expect("pinned program");
         let (reconciler, _) = Reconciler::restore(PinnedMaps::open(&paths).unwrap()).unwrap();
-        Self {
-            prog,
-            reconciler,
-            paths,
-            _datapath: datapath,
-            _fs: fs,
-        }
+        Self { prog, reconciler, paths, _datapath: datapath, _fs: fs }
     }
 
     /// Programs one frontend per (port, proto) with the given backends.
@@ -108,16 +102,9 @@ impl Harness {
             .iter()
             .map(|(port, proto, target, backends)| {
                 (
-                    FrontendKey {
-                        addr: VIP,
-                        port: *port,
-                        proto: *proto,
-                    },
+                    FrontendKey { addr: VIP, port: *port, proto: *proto },
                     Frontend {
-                        service: ObjectKey {
-                            namespace: "default".into(),
-                            name: "svc".into(),
-                        },
+                        service: ObjectKey { namespace: "default".into(), name: "svc".into() },
                         port_name: String::new(),
                         backends: backends
                             .iter()
@@ -149,12 +136,7 @@ impl Harness {
     }
 
     fn drops(&self, reason: DropReason) -> u64 {
-        read_drops(&self.paths)
-            .unwrap()
-            .into_iter()
-            .find(|(r, _)| *r == reason)
-            .unwrap()
-            .1
+        read_drops(&self.paths).unwrap().into_iter().find(|(r, _)| *r == reason).unwrap().1
     }
 
     fn ct_entries(&self) -> usize {
@@ -238,11 +220,7 @@ fn non_service_traffic_is_untouched() {
     arp.extend_from_slice(&[0x08, 0x06]);
     arp.extend_from_slice(&[0; 28]);
     assert_eq!(h.run(&arp), (TC_ACT_UNSPEC, arp.clone()));
-    assert_eq!(
-        h.ct_entries(),
-        0,
-        "no conntrack for traffic that was not translated"
-    );
+    assert_eq!(h.ct_entries(), 0, "no conntrack for traffic that was not translated");
 }
 
 fn dnat_target(h: &Harness, sport: u16) -> Ipv4Addr {
@@ -267,20 +245,13 @@ fn established_flow_sticks_until_its_backend_is_removed() {
     let changed = [first, others[0], backend_ip(4), backend_ip(5)];
     h.program(&[(80, Protocol::Tcp, 8080, &changed)]);
     for _ in 0..30 {
-        assert_eq!(
-            dnat_target(&h, 41000),
-            first,
-            "flow moved while its backend exists"
-        );
+        assert_eq!(dnat_target(&h, 41000), first, "flow moved while its backend exists");
     }
     // Now remove the flow's own backend.
     let without = [others[0], backend_ip(4)];
     h.program(&[(80, Protocol::Tcp, 8080, &without)]);
     let moved = dnat_target(&h, 41000);
-    assert!(
-        without.contains(&moved),
-        "flow went to {moved}, not an existing backend"
-    );
+    assert!(without.contains(&moved), "flow went to {moved}, not an existing backend");
     for _ in 0..10 {
         assert_eq!(dnat_target(&h, 41000), moved, "re-balanced flow must stick");
     }
@@ -293,21 +264,13 @@ fn removed_backend_is_not_chosen_for_new_flows() {
         return;
     }
     let mut h = Harness::new();
-    h.program(&[(
-        80,
-        Protocol::Tcp,
-        8080,
-        &[backend_ip(1), backend_ip(2), backend_ip(3)],
-    )]);
+    h.program(&[(80, Protocol::Tcp, 8080, &[backend_ip(1), backend_ip(2), backend_ip(3)])]);
     h.program(&[(80, Protocol::Tcp, 8080, &[backend_ip(1), backend_ip(3)])]);
     let mut seen = std::collections::BTreeMap::new();
     for sport in 42000..42200 {
         *seen.entry(dnat_target(&h, sport)).or_insert(0) += 1;
     }
-    assert!(
-        !seen.contains_key(&backend_ip(2)),
-        "removed backend chosen: {seen:?}"
-    );
+    assert!(!seen.contains_key(&backend_ip(2)), "removed backend chosen: {seen:?}");
     assert_eq!(seen.len(), 2, "both remaining backends chosen: {seen:?}");
 }
 
@@ -387,11 +350,7 @@ fn fragments_follow_their_first_fragment() {
     whole.extend_from_slice(&out2[14 + 20..]);
     assert_eq!(whole[8..], payload[..], "payload untouched");
     let whole_frame = pktgen::frame(&Ipv4Spec::new(CLIENT, backend_ip(1), UDP), &whole);
-    assert_eq!(
-        pktgen::parse(&whole_frame).l4_checksum_ok,
-        Some(true),
-        "reassembled UDP checksum"
-    );
+    assert_eq!(pktgen::parse(&whole_frame).l4_checksum_ok, Some(true), "reassembled UDP checksum");
     // An unattributable later fragment passes untouched.
     ip.id = 0x4343;
     let orphan = pktgen::frame(&ip, part2);
@@ -421,11 +380,7 @@ fn icmp_error_from_backend_is_translated() {
     assert_eq!(p.l4_checksum_ok, Some(true), "ICMP checksum");
     let inner = &out[14 + 20 + 8..];
     assert_eq!(&inner[16..20], &VIP.octets(), "quoted destination");
-    assert_eq!(
-        u16::from_be_bytes([inner[22], inner[23]]),
-        53,
-        "quoted destination port"
-    );
+    assert_eq!(u16::from_be_bytes([inner[22], inner[23]]), 53, "quoted destination port");
     assert_eq!(pktgen::checksum(&inner[..20]), 0, "quoted IP checksum");
 }
 

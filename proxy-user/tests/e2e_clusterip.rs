@@ -50,21 +50,9 @@ fn testbed_routes_pod_to_pod() {
         let _sa = EchoServer::start(&a, "pod-a", 8080, 5353).unwrap();
         let sb = EchoServer::start(&b, "pod-b", 8080, 5353).unwrap();
 
-        assert_eq!(
-            node.netns().read_sysctl("net.ipv4.ip_forward").unwrap(),
-            "1"
-        );
-        assert_eq!(
-            node.netns()
-                .read_sysctl("net.ipv4.conf.all.rp_filter")
-                .unwrap(),
-            "0"
-        );
-        assert!(
-            a.host_if().starts_with("sl") && a.host_if().len() == 14,
-            "{}",
-            a.host_if()
-        );
+        assert_eq!(node.netns().read_sysctl("net.ipv4.ip_forward").unwrap(), "1");
+        assert_eq!(node.netns().read_sysctl("net.ipv4.conf.all.rp_filter").unwrap(), "0");
+        assert!(a.host_if().starts_with("sl") && a.host_if().len() == 14, "{}", a.host_if());
         assert_ne!(a.host_if(), b.host_if());
         assert_eq!(a.ip(), Ipv4Addr::new(10, 244, 0, 11));
 
@@ -79,11 +67,7 @@ fn testbed_routes_pod_to_pod() {
             let got = tcp_request(&a, SocketAddrV4::new(b.ip(), 8080), IO_TIMEOUT).unwrap();
             assert_eq!(got, "pod-b");
         }
-        assert!(
-            sb.tcp_hits() >= 51,
-            "pod-b saw {} connections",
-            sb.tcp_hits()
-        );
+        assert!(sb.tcp_hits() >= 51, "pod-b saw {} connections", sb.tcp_hits());
 
         // ICMP, when `ping` is installed, from a command that only switched
         // the network namespace.
@@ -96,22 +80,14 @@ fn testbed_routes_pod_to_pod() {
             .output()
         {
             Ok(ping) => {
-                assert!(
-                    ping.status.success(),
-                    "ping: {}",
-                    String::from_utf8_lossy(&ping.stdout)
-                );
+                assert!(ping.status.success(), "ping: {}", String::from_utf8_lossy(&ping.stdout));
             }
             Err(e) => eprintln!("not checking ICMP: running ping: {e}"),
         }
 
         // The test's bpffs is visible from a process in the node namespace.
         let stat = sluice::testbed::run_checked(
-            node.netns()
-                .command("stat")
-                .unwrap()
-                .args(["-f", "-c", "%T"])
-                .arg(bpffs.path()),
+            node.netns().command("stat").unwrap().args(["-f", "-c", "%T"]).arg(bpffs.path()),
             Duration::from_secs(5),
         )
         .unwrap();
@@ -147,12 +123,7 @@ fn testbed_cleans_up_on_panic() {
         let dir = TestDir::new("panic").unwrap();
         let bpffs = BpffsMount::new_in(&dir).unwrap();
         let ns = Netns::new("panic").unwrap();
-        tx.send((
-            ns.name().to_owned(),
-            bpffs.path().to_owned(),
-            dir.path().to_owned(),
-        ))
-        .unwrap();
+        tx.send((ns.name().to_owned(), bpffs.path().to_owned(), dir.path().to_owned())).unwrap();
         panic!("deliberate");
     });
     assert!(r.is_err());
@@ -207,12 +178,8 @@ fn clusterip_balances_follows_updates_and_deletion() {
 
     let cfg = AgentConfig::new(sluice_bin(), &node, &manifests, &bpffs, Some(&cgroup), &dir);
     let mut agent = Agent::start(&node, cfg).unwrap();
-    agent
-        .wait_backends(WAIT, VIP, TCP_PORT, Protocol::Tcp, 3)
-        .unwrap();
-    agent
-        .wait_backends(WAIT, VIP, UDP_PORT, Protocol::Udp, 3)
-        .unwrap();
+    agent.wait_backends(WAIT, VIP, TCP_PORT, Protocol::Tcp, 3).unwrap();
+    agent.wait_backends(WAIT, VIP, UDP_PORT, Protocol::Udp, 3).unwrap();
 
     // The pod program is attached within about a second of the interface
     // being seen; retry the first connection for a while.
@@ -240,11 +207,7 @@ fn clusterip_balances_follows_updates_and_deletion() {
         let c = counts.get(n).copied().unwrap_or(0);
         assert!(c >= 45, "{n} got {c} of 300 connections: {counts:?}");
     }
-    assert_eq!(
-        counts.values().sum::<usize>(),
-        300,
-        "unexpected answers: {counts:?}"
-    );
+    assert_eq!(counts.values().sum::<usize>(), 300, "unexpected answers: {counts:?}");
 
     // UDP request/response through the VIP (the answer must come from the VIP:
     // the client's socket is connected to it).
@@ -255,18 +218,9 @@ fn clusterip_balances_follows_updates_and_deletion() {
     }
 
     // Remove backend-c; once the maps show two backends, it gets nothing new.
-    manifests
-        .write_service(&echo_service(all[..2].to_vec()))
-        .unwrap();
-    let svc = agent
-        .wait_backends(WAIT, VIP, TCP_PORT, Protocol::Tcp, 2)
-        .unwrap();
-    assert!(
-        svc.backends
-            .iter()
-            .all(|b| b.address != pods[2].ip().to_string()),
-        "{svc:?}"
-    );
+    manifests.write_service(&echo_service(all[..2].to_vec())).unwrap();
+    let svc = agent.wait_backends(WAIT, VIP, TCP_PORT, Protocol::Tcp, 2).unwrap();
+    assert!(svc.backends.iter().all(|b| b.address != pods[2].ip().to_string()), "{svc:?}");
     let counts = tally((0..100).map(|i| {
         tcp_request(&client, tcp_vip, IO_TIMEOUT)
             .unwrap_or_else(|e| panic!("connection {i} after removal: {e}"))
@@ -284,11 +238,7 @@ fn clusterip_balances_follows_updates_and_deletion() {
     assert!(started.elapsed() < IO_TIMEOUT * 4);
 
     let status = agent.stop().unwrap();
-    assert!(
-        status.success(),
-        "agent exit status {status}; log:\n{}",
-        agent.log()
-    );
+    assert!(status.success(), "agent exit status {status}; log:\n{}", agent.log());
 }
 
 /// The agent guard against a stand-in binary (a shell script speaking the
@@ -332,27 +282,17 @@ esac
     let cfg = AgentConfig::new(&bin, &node, &manifests, &bpffs, None, &dir);
     assert!(cfg.bpffs_root.starts_with(bpffs.path()));
     let mut agent = Agent::start(&node, cfg).unwrap();
-    let svc = agent
-        .wait_backends(WAIT, VIP, TCP_PORT, Protocol::Tcp, 1)
-        .unwrap();
+    let svc = agent.wait_backends(WAIT, VIP, TCP_PORT, Protocol::Tcp, 1).unwrap();
     assert_eq!(svc.backends[0].address, "10.244.0.11");
-    assert!(
-        agent.config().bpffs_root.is_dir(),
-        "the agent sees the test's bpffs"
-    );
+    assert!(agent.config().bpffs_root.is_dir(), "the agent sees the test's bpffs");
 
     let inode = sluice::testbed::run_checked(
-        std::process::Command::new("stat")
-            .args(["-L", "-c", "%i"])
-            .arg(node.netns().path()),
+        std::process::Command::new("stat").args(["-L", "-c", "%i"]).arg(node.netns().path()),
         Duration::from_secs(5),
     )
     .unwrap();
     let log = agent.log();
-    assert!(
-        log.contains(&format!("netns net:[{}]", inode.trim())),
-        "log: {log}"
-    );
+    assert!(log.contains(&format!("netns net:[{}]", inode.trim())), "log: {log}");
 
     let status = agent.stop().unwrap();
     assert!(status.success(), "{status}");
@@ -371,61 +311,33 @@ fn testbed_manifests_load_into_the_model() {
     let backends: Vec<_> = ["backend-a", "backend-b", "backend-c"]
         .iter()
         .zip(ips)
-        .map(|(n, ip)| Backend {
-            node_name: Some("node-a".to_owned()),
-            ..Backend::ready(n, ip)
-        })
+        .map(|(n, ip)| Backend { node_name: Some("node-a".to_owned()), ..Backend::ready(n, ip) })
         .collect();
-    manifests
-        .write_service(&echo_service(backends.clone()))
-        .unwrap();
-    manifests
-        .write_node_object("node-a", "10.244.0.0/24", Ipv4Addr::new(198, 18, 0, 1))
-        .unwrap();
+    manifests.write_service(&echo_service(backends.clone())).unwrap();
+    manifests.write_node_object("node-a", "10.244.0.0/24", Ipv4Addr::new(198, 18, 0, 1)).unwrap();
 
     let load = || {
         let out = sluice::manifest::load_dir(manifests.path()).unwrap();
         assert!(out.errors.is_empty(), "{:?}", out.errors);
-        assert!(
-            out.store.nodes.contains_key("node-a"),
-            "{:?}",
-            out.store.nodes
-        );
+        assert!(out.store.nodes.contains_key("node-a"), "{:?}", out.store.nodes);
         let (desired, warnings) = model::desired_state(&out.store, "node-a");
         assert!(warnings.is_empty(), "{warnings:?}");
         desired
     };
-    let key = |port, proto| FrontendKey {
-        addr: VIP,
-        port,
-        proto,
-    };
+    let key = |port, proto| FrontendKey { addr: VIP, port, proto };
     let desired = load();
     assert_eq!(desired.len(), 2, "{desired:?}");
-    for (port, proto, target) in [
-        (TCP_PORT, model::Protocol::Tcp, TCP_TARGET),
-        (UDP_PORT, model::Protocol::Udp, UDP_TARGET),
-    ] {
+    for (port, proto, target) in
+        [(TCP_PORT, model::Protocol::Tcp, TCP_TARGET), (UDP_PORT, model::Protocol::Udp, UDP_TARGET)]
+    {
         let f = &desired[&key(port, proto)];
-        let got: Vec<_> = f
-            .backends
-            .iter()
-            .map(|b| (b.addr, b.port, b.state))
-            .collect();
-        let want: Vec<_> = ips
-            .iter()
-            .map(|ip| (*ip, target, BackendState::Active))
-            .collect();
+        let got: Vec<_> = f.backends.iter().map(|b| (b.addr, b.port, b.state)).collect();
+        let want: Vec<_> = ips.iter().map(|ip| (*ip, target, BackendState::Active)).collect();
         assert_eq!(got, want);
     }
 
-    manifests
-        .write_service(&echo_service(backends[..2].to_vec()))
-        .unwrap();
-    assert_eq!(
-        load()[&key(TCP_PORT, model::Protocol::Tcp)].backends.len(),
-        2
-    );
+    manifests.write_service(&echo_service(backends[..2].to_vec())).unwrap();
+    assert_eq!(load()[&key(TCP_PORT, model::Protocol::Tcp)].backends.len(), 2);
     manifests.remove_service("default", "echo").unwrap();
     assert!(load().is_empty());
 }

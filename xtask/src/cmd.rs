@@ -82,9 +82,7 @@ pub fn wait_foreground(step: &str, cmd: &mut Command) -> Result<ExitStatus> {
     // Ignore only after spawn: an ignored disposition would be inherited
     // across exec and the child could not be interrupted.
     let _guard = IgnoreSigint::new();
-    child
-        .wait()
-        .with_context(|| format!("{step}: waiting for the child"))
+    child.wait().with_context(|| format!("{step}: waiting for the child"))
 }
 
 /// Whether the child ended because of Ctrl-C (killed by SIGINT, or exited 130).
@@ -138,10 +136,7 @@ mod tests {
     #[test]
     fn failure_names_the_step_and_the_status() {
         let err = run("setup step `false`", &mut Command::new("false")).unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "setup step `false` failed: exit status: 1; see output above"
-        );
+        assert_eq!(err.to_string(), "setup step `false` failed: exit status: 1; see output above");
     }
 
     #[test]

@@ -17,12 +17,7 @@ use clap::{Parser, Subcommand};
 use crate::cmd::say;
 
 #[derive(Parser)]
-#[command(
-    name = "xtask",
-    bin_name = "cargo xtask",
-    about = "sluice's developer tasks",
-    version
-)]
+#[command(name = "xtask", bin_name = "cargo xtask", about = "sluice's developer tasks", version)]
 struct Cli {
     #[command(subcommand)]
     task: Task,
@@ -98,10 +93,7 @@ fn run(task: Task) -> Result<()> {
         }
         Task::FmtCheck => {
             say("cargo fmt --all --check");
-            cmd::run(
-                "`cargo fmt --check`",
-                cmd::cargo().args(["fmt", "--all", "--check"]),
-            )
+            cmd::run("`cargo fmt --check`", cmd::cargo().args(["fmt", "--all", "--check"]))
         }
         Task::Lint => {
             setup::setup()?;
@@ -119,10 +111,7 @@ fn run(task: Task) -> Result<()> {
 /// proxy-user's build.rs).
 fn build() -> Result<()> {
     say("build: cargo build --release (default members; the eBPF crate via proxy-user's build.rs)");
-    cmd::run(
-        "`cargo build --release`",
-        cmd::cargo().args(["build", "--release"]),
-    )
+    cmd::run("`cargo build --release`", cmd::cargo().args(["build", "--release"]))
 }
 
 fn test(cargo_args: &[String]) -> Result<()> {
@@ -149,10 +138,7 @@ fn demo(demo_args: &[String]) -> Result<()> {
         cargo_run.arg("--").args(demo_args);
     }
     let mut command = in_private_mount_ns(cargo_run);
-    say(format!(
-        "demo: {} (Ctrl-C stops it)",
-        cmd::display(&command)
-    ));
+    say(format!("demo: {} (Ctrl-C stops it)", cmd::display(&command)));
     let status = cmd::wait_foreground("the demo", &mut command)?;
     if cmd::interrupted(status) {
         say("demo: stopped (Ctrl-C)");
@@ -219,18 +205,13 @@ mod tests {
             test_args(&["xtask", "test", "--", "e2e", "--", "--nocapture"]),
             ["e2e", "--", "--nocapture"]
         );
-        assert_eq!(
-            test_args(&["xtask", "test", "e2e", "--nocapture"]),
-            ["e2e", "--nocapture"]
-        );
+        assert_eq!(test_args(&["xtask", "test", "e2e", "--nocapture"]), ["e2e", "--nocapture"]);
     }
 
     #[test]
     fn bench_takes_quick_and_a_target() {
         let Task::Bench { quick, target } =
-            Cli::try_parse_from(["xtask", "bench", "--quick", "lb"])
-                .unwrap()
-                .task
+            Cli::try_parse_from(["xtask", "bench", "--quick", "lb"]).unwrap().task
         else {
             panic!("not the bench task");
         };

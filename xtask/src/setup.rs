@@ -12,14 +12,8 @@ use crate::cmd::{self, say};
 
 /// Debian packages: Debian's rustc with a prebuilt `core` for the BPF targets,
 /// the LLVM that bpf-linker links against, and the tools the tests use.
-const APT_PACKAGES: &[&str] = &[
-    "rustc-web",
-    "cargo-web",
-    "libstd-rust-web-dev-bpf",
-    "llvm-22-dev",
-    "iproute2",
-    "bpftool",
-];
+const APT_PACKAGES: &[&str] =
+    &["rustc-web", "cargo-web", "libstd-rust-web-dev-bpf", "llvm-22-dev", "iproute2", "bpftool"];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
@@ -35,16 +29,10 @@ pub fn setup() -> Result<()> {
 }
 
 fn apt_packages() -> Result<()> {
-    let missing: Vec<&str> = APT_PACKAGES
-        .iter()
-        .copied()
-        .filter(|pkg| !dpkg_installed(pkg))
-        .collect();
+    let missing: Vec<&str> =
+        APT_PACKAGES.iter().copied().filter(|pkg| !dpkg_installed(pkg)).collect();
     if missing.is_empty() {
-        say(format!(
-            "setup: apt packages present ({})",
-            APT_PACKAGES.join(", ")
-        ));
+        say(format!("setup: apt packages present ({})", APT_PACKAGES.join(", ")));
         return Ok(());
     }
     let list = missing.join(" ");
@@ -57,9 +45,7 @@ fn apt_packages() -> Result<()> {
     say("setup: apt-get update");
     cmd::run(
         "setup step `apt-get update`",
-        Command::new("apt-get")
-            .arg("update")
-            .env("DEBIAN_FRONTEND", "noninteractive"),
+        Command::new("apt-get").arg("update").env("DEBIAN_FRONTEND", "noninteractive"),
     )?;
     say(format!("setup: apt-get install {list}"));
     cmd::run(
@@ -126,9 +112,7 @@ fn cargo_home() -> PathBuf {
 
 fn bpf_linker_version() -> Option<String> {
     let out = cmd::probe(Command::new(bpf_linker_path()).arg("--version"))?;
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
 }
 
 fn warn_if_not_on_path() -> Result<()> {
@@ -154,9 +138,7 @@ fn rustup_system_toolchain() -> Result<()> {
         .lines()
         .any(|line| line.split_whitespace().next() == Some(SYSTEM_TOOLCHAIN));
     if listed {
-        say(format!(
-            "setup: rustup toolchain `{SYSTEM_TOOLCHAIN}` present"
-        ));
+        say(format!("setup: rustup toolchain `{SYSTEM_TOOLCHAIN}` present"));
         return Ok(());
     }
     let step = format!("rustup toolchain link {SYSTEM_TOOLCHAIN} /usr");

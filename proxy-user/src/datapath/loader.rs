@@ -26,9 +26,10 @@ use aya::{
     util::KernelVersion,
 };
 use proxy_common::{
-    BACKENDS_MAX, Backend, CT_MAX, CtEntry, CtKey, DropReason, FRAGS_MAX, FragKey, FragPorts,
-    MAP_BACKENDS, MAP_CT, MAP_DROPS, MAP_FRAGS, MAP_REVNAT, MAP_SERVICES, PROG_POD_INGRESS,
-    REVNAT_MAX, RevNat, SERVICES_MAX, ServiceKey, ServiceValue,
+    BACKENDS_MAX, Backend, CT_MAX, CtEntry, CtKey, DropReason, ENDPOINTS_MAX, EndpointInfo,
+    FRAGS_MAX, FragKey, FragPorts, MAP_BACKENDS, MAP_CT, MAP_DROPS, MAP_ENDPOINTS, MAP_FRAGS,
+    MAP_REVNAT, MAP_SERVICES, PROG_POD_INGRESS, REVNAT_MAX, RevNat, SERVICES_MAX, ServiceKey,
+    ServiceValue,
 };
 use tracing::{debug, info, warn};
 
@@ -37,45 +38,18 @@ use super::{Error, PinPaths, Result};
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
 /// What each pinned map must look like: (name, key size, value size, max entries).
-pub const MAP_LAYOUTS: [(&str, usize, usize, u32); 6] = [
-    (
-        MAP_SERVICES,
-        size_of::<ServiceKey>(),
-        size_of::<ServiceValue>(),
-        SERVICES_MAX,
-    ),
-    (
-        MAP_BACKENDS,
-        size_of::<u32>(),
-        size_of::<Backend>(),
-        BACKENDS_MAX,
-    ),
-    (
-        MAP_REVNAT,
-        size_of::<u16>(),
-        size_of::<RevNat>(),
-        REVNAT_MAX,
-    ),
+pub const MAP_LAYOUTS: [(&str, usize, usize, u32); 7] = [
+    (MAP_SERVICES, size_of::<ServiceKey>(), size_of::<ServiceValue>(), SERVICES_MAX),
+    (MAP_BACKENDS, size_of::<u32>(), size_of::<Backend>(), BACKENDS_MAX),
+    (MAP_REVNAT, size_of::<u16>(), size_of::<RevNat>(), REVNAT_MAX),
     (MAP_CT, size_of::<CtKey>(), size_of::<CtEntry>(), CT_MAX),
-    (
-        MAP_FRAGS,
-        size_of::<FragKey>(),
-        size_of::<FragPorts>(),
-        FRAGS_MAX,
-    ),
-    (
-        MAP_DROPS,
-        size_of::<u32>(),
-        size_of::<u64>(),
-        DropReason::COUNT,
-    ),
+    (MAP_FRAGS, size_of::<FragKey>(), size_of::<FragPorts>(), FRAGS_MAX),
+    (MAP_DROPS, size_of::<u32>(), size_of::<u64>(), DropReason::COUNT),
+    (MAP_ENDPOINTS, size_of::<u32>(), size_of::<EndpointInfo>(), ENDPOINTS_MAX),
 ];
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
-    move |source| Error::Io {
-        path: path.to_path_buf(),
-        source,
-    }
+    move |source| Error::Io { path: path.to_path_buf(), source }
 }
 
 /// Whether `path` is on a bpffs.
@@ -92,17 +66,8 @@ pub fn ensure_bpffs(root: &Path) -> Result<()> {
         return Ok(());
     }
     warn!(path = %root.display(), "bpffs root is not on a bpffs: mounting one there");
-    nix::mount::mount(
-        Some("bpf"),
-        root,
-        Some("bpf"),
-        nix::mount::MsFlags::empty(),
-        None::<&str>,
-    )
-    .map_err(|source| Error::NotBpffs {
-        path: root.to_path_buf(),
-        source,
-    })
+    nix::mount::mount(Some("bpf"), root, Some("bpf"), nix::mount::MsFlags::empty(), None::<&str>)
+        .map_err(|source| Error::NotBpffs { path: root.to_path_buf(), source })
 }
 
 /// Checks the kernel has what the agent needs; a one-line reason if not.
@@ -139,12 +104,7 @@ fn check_pinned_maps(paths: &PinPaths) -> Result<()> {
         ];
         for (what, found, expected) in checks {
             if found != expected {
-                return Err(Error::IncompatibleMap {
-                    path,
-                    what,
-                    found,
-                    expected,
-                });
+                return Err(Error::IncompatibleMap { path, what, found, expected });
             }
         }
     }
@@ -169,31 +129,18 @@ impl Datapath {
             .default_map_pin_directory(paths.maps())
             .load(crate::ebpf::OBJECT)
             .map_err(|e| Error::Load(Box::new(e)))?;
-        let mut dp = Self {
-            ebpf,
-            paths: paths.clone(),
-            attached: BTreeSet::new(),
-        };
+        let mut dp = Self { ebpf, paths: paths.clone(), attached: BTreeSet::new() };
         let prog = dp.pod_program()?;
-        prog.load().map_err(|e| Error::Program {
-            name: PROG_POD_INGRESS,
-            source: Box::new(e),
-        })?;
+        prog.load().map_err(|e| Error::Program { name: PROG_POD_INGRESS, source: Box::new(e) })?;
         let pin = paths.prog(PROG_POD_INGRESS);
         match fs::remove_file(&pin) {
             Ok(()) => debug!(path = %pin.display(), "replacing pinned program"),
             Err(e) if e.kind() == ErrorKind::NotFound => {}
             Err(e) => {
-                return Err(Error::Io {
-                    path: pin,
-                    source: e,
-                });
+                return Err(Error::Io { path: pin, source: e });
             }
         }
-        prog.pin(&pin).map_err(|source| Error::Pin {
-            path: pin.clone(),
-            source,
-        })?;
+        prog.pin(&pin).map_err(|source| Error::Pin { path: pin.clone(), source })?;
         info!(root = %paths.root.display(), "programs loaded, maps and programs pinned");
         Ok(dp)
     }
@@ -203,10 +150,7 @@ impl Datapath {
             .program_mut(PROG_POD_INGRESS)
             .ok_or(Error::ProgramMissing(PROG_POD_INGRESS))?
             .try_into()
-            .map_err(|e| Error::Program {
-                name: PROG_POD_INGRESS,
-                source: Box::new(e),
-            })
+            .map_err(|e| Error::Program { name: PROG_POD_INGRESS, source: Box::new(e) })
     }
 
     /// Interfaces the pod program is attached to by this agent.
@@ -219,18 +163,12 @@ impl Datapath {
     /// by an earlier agent is updated in place, atomically.
     pub fn attach_pod_device(&mut self, ifname: &str, ifindex: u32) -> Result<()> {
         let pin = self.paths.pod_link(ifindex);
-        let attach_err = |source| Error::Attach {
-            ifname: ifname.to_string(),
-            source: Box::new(source),
-        };
+        let attach_err =
+            |source| Error::Attach { ifname: ifname.to_string(), source: Box::new(source) };
         match PinnedLink::from_pin(&pin) {
             Ok(old) => {
-                let link = SchedClassifierLink::try_from(FdLink::from(old)).map_err(|source| {
-                    Error::Link {
-                        path: pin.clone(),
-                        source,
-                    }
-                })?;
+                let link = SchedClassifierLink::try_from(FdLink::from(old))
+                    .map_err(|source| Error::Link { path: pin.clone(), source })?;
                 let prog = self.pod_program()?;
                 match prog.attach_to_link(link) {
                     Ok(id) => {
@@ -262,14 +200,9 @@ impl Datapath {
             )
             .map_err(attach_err)?;
         let link = prog.take_link(id).map_err(attach_err)?;
-        let fd_link = FdLink::try_from(link).map_err(|source| Error::Link {
-            path: pin.clone(),
-            source,
-        })?;
-        fd_link.pin(&pin).map_err(|source| Error::Pin {
-            path: pin.clone(),
-            source,
-        })?;
+        let fd_link =
+            FdLink::try_from(link).map_err(|source| Error::Link { path: pin.clone(), source })?;
+        fd_link.pin(&pin).map_err(|source| Error::Pin { path: pin.clone(), source })?;
         self.attached.insert(ifindex);
         info!(ifname, ifindex, "pod program attached");
         Ok(())

@@ -39,11 +39,7 @@ where
     T: TryFrom<Map, Error = MapError>,
 {
     let path = paths.map(name);
-    let wrap = |source| Error::OpenMap {
-        name,
-        path: path.clone(),
-        source: Box::new(source),
-    };
+    let wrap = |source| Error::OpenMap { name, path: path.clone(), source: Box::new(source) };
     let data = MapData::from_pin(&path).map_err(wrap)?;
     let map = Map::from_map_data(data).map_err(wrap)?;
     T::try_from(map).map_err(wrap)
@@ -82,13 +78,11 @@ pub fn read_drops(paths: &PinPaths) -> Result<Vec<(DropReason, u64)>> {
     DropReason::ALL
         .iter()
         .map(|&reason| {
-            let per_cpu = drops
-                .get(&(reason as u32), 0)
-                .map_err(|source| Error::MapOp {
-                    name: MAP_DROPS,
-                    op: "lookup",
-                    source: Box::new(source),
-                })?;
+            let per_cpu = drops.get(&(reason as u32), 0).map_err(|source| Error::MapOp {
+                name: MAP_DROPS,
+                op: "lookup",
+                source: Box::new(source),
+            })?;
             Ok((reason, per_cpu.iter().sum()))
         })
         .collect()
@@ -98,13 +92,11 @@ fn collect<K: aya::Pod, V: aya::Pod>(
     name: &'static str,
     map: &HashMap<MapData, K, V>,
 ) -> Result<Vec<(K, V)>> {
-    map.iter()
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|source| Error::MapOp {
-            name,
-            op: "iterate",
-            source: Box::new(source),
-        })
+    map.iter().collect::<Result<Vec<_>, _>>().map_err(|source| Error::MapOp {
+        name,
+        op: "iterate",
+        source: Box::new(source),
+    })
 }
 
 fn write_err(name: &'static str, op: &'static str, capacity: u32, source: MapError) -> Error {
@@ -113,11 +105,7 @@ fn write_err(name: &'static str, op: &'static str, capacity: u32, source: MapErr
     {
         return Error::MapFull { name, capacity };
     }
-    Error::MapOp {
-        name,
-        op,
-        source: Box::new(source),
-    }
+    Error::MapOp { name, op, source: Box::new(source) }
 }
 
 /// Deleting what is already gone is success (idempotent writes).
@@ -125,11 +113,7 @@ fn delete_ok(res: Result<(), MapError>, name: &'static str) -> Result<()> {
     match res {
         Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
         Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(()),
-        Err(source) => Err(Error::MapOp {
-            name,
-            op: "delete",
-            source: Box::new(source),
-        }),
+        Err(source) => Err(Error::MapOp { name, op: "delete", source: Box::new(source) }),
     }
 }
 
@@ -182,14 +166,8 @@ impl LbMaps for PinnedMaps {
 pub enum Op {
     PutBackend(u32),
     DeleteBackend(u32),
-    PutService {
-        slot: u16,
-        count: u16,
-        backend_id: u32,
-    },
-    DeleteService {
-        slot: u16,
-    },
+    PutService { slot: u16, count: u16, backend_id: u32 },
+    DeleteService { slot: u16 },
     PutRevNat(u16),
     DeleteRevNat(u16),
 }
@@ -229,10 +207,7 @@ impl LbMaps for FakeMaps {
             && !self.backends.contains_key(&id)
             && self.backends.len() >= cap
         {
-            return Err(Error::MapFull {
-                name: MAP_BACKENDS,
-                capacity: cap as u32,
-            });
+            return Err(Error::MapFull { name: MAP_BACKENDS, capacity: cap as u32 });
         }
         self.backends.insert(id, *backend);
         self.log.push(Op::PutBackend(id));
@@ -250,10 +225,7 @@ impl LbMaps for FakeMaps {
             && !self.services.contains_key(&skey(key))
             && self.services.len() >= cap
         {
-            return Err(Error::MapFull {
-                name: MAP_SERVICES,
-                capacity: cap as u32,
-            });
+            return Err(Error::MapFull { name: MAP_SERVICES, capacity: cap as u32 });
         }
         self.services.insert(skey(key), (*key, *value));
         self.log.push(Op::PutService {
@@ -266,9 +238,7 @@ impl LbMaps for FakeMaps {
 
     fn delete_service(&mut self, key: &ServiceKey) -> Result<()> {
         self.services.remove(&skey(key));
-        self.log.push(Op::DeleteService {
-            slot: key.backend_slot,
-        });
+        self.log.push(Op::DeleteService { slot: key.backend_slot });
         Ok(())
     }
 

@@ -57,11 +57,7 @@ impl PinPaths {
     /// Parses an interface index back out of a pod link pin's file name.
     #[must_use]
     pub fn pod_link_ifindex(path: &Path) -> Option<u32> {
-        path.file_name()?
-            .to_str()?
-            .strip_prefix("pod-ingress-")?
-            .parse()
-            .ok()
+        path.file_name()?.to_str()?.strip_prefix("pod-ingress-")?.parse().ok()
     }
 }
 
@@ -69,10 +65,7 @@ impl PinPaths {
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, source: std::io::Error },
     #[error("{path} is not on a bpffs and mounting one there failed: {source}")]
     NotBpffs { path: PathBuf, source: nix::Error },
     #[error(
@@ -82,46 +75,21 @@ pub enum Error {
     #[error("the eBPF object has no program {0}")]
     ProgramMissing(&'static str),
     #[error("program {name}: {source}")]
-    Program {
-        name: &'static str,
-        source: Box<aya::programs::ProgramError>,
-    },
+    Program { name: &'static str, source: Box<aya::programs::ProgramError> },
     #[error("pinning {path}: {source}")]
-    Pin {
-        path: PathBuf,
-        source: aya::pin::PinError,
-    },
+    Pin { path: PathBuf, source: aya::pin::PinError },
     #[error("attaching to interface {ifname} (tcx or clsact needed): {source}")]
-    Attach {
-        ifname: String,
-        source: Box<aya::programs::ProgramError>,
-    },
+    Attach { ifname: String, source: Box<aya::programs::ProgramError> },
     #[error("link pin {path}: {source}")]
-    Link {
-        path: PathBuf,
-        source: aya::programs::links::LinkError,
-    },
+    Link { path: PathBuf, source: aya::programs::links::LinkError },
     #[error(
         "pinned map {path} has {what} {found}, this build expects {expected}: it was made by an incompatible version; remove it (traffic through sluice is interrupted) or use another --bpffs-root"
     )]
-    IncompatibleMap {
-        path: PathBuf,
-        what: &'static str,
-        found: u32,
-        expected: u32,
-    },
+    IncompatibleMap { path: PathBuf, what: &'static str, found: u32, expected: u32 },
     #[error("map {name} at {path}: {source} (is the agent's state pinned there? see --bpffs-root)")]
-    OpenMap {
-        name: &'static str,
-        path: PathBuf,
-        source: Box<aya::maps::MapError>,
-    },
+    OpenMap { name: &'static str, path: PathBuf, source: Box<aya::maps::MapError> },
     #[error("map {name}: {op} failed: {source}")]
-    MapOp {
-        name: &'static str,
-        op: &'static str,
-        source: Box<aya::maps::MapError>,
-    },
+    MapOp { name: &'static str, op: &'static str, source: Box<aya::maps::MapError> },
     #[error("map {name} is full ({capacity} entries); raise its size")]
     MapFull { name: &'static str, capacity: u32 },
     #[error("out of {0} ids")]

@@ -81,11 +81,7 @@ fn state_to_map(state: BackendState) -> u8 {
 }
 
 fn state_from_map(state: u8) -> BackendState {
-    if state == BACKEND_STATE_ACTIVE {
-        BackendState::Active
-    } else {
-        BackendState::Terminating
-    }
+    if state == BACKEND_STATE_ACTIVE { BackendState::Active } else { BackendState::Terminating }
 }
 
 fn service_key(fk: &FrontendKey, slot: u16) -> ServiceKey {
@@ -110,11 +106,7 @@ impl<M: LbMaps> Reconciler<M> {
                 stray_keys.push(*key);
                 continue;
             };
-            let fk = FrontendKey {
-                addr: key.addr(),
-                port: key.port(),
-                proto,
-            };
+            let fk = FrontendKey { addr: key.addr(), port: key.port(), proto };
             if key.backend_slot == 0 {
                 if value.rev_nat_index == 0 || by_rev_nat.contains_key(&value.rev_nat_index) {
                     stray_keys.push(*key);
@@ -155,17 +147,11 @@ impl<M: LbMaps> Reconciler<M> {
         }
         let mut stray_backends = Vec::new();
         for (id, b) in &backends {
-            match by_rev_nat
-                .get(&b.rev_nat_index)
-                .and_then(|fk| applied.get_mut(fk))
-            {
+            match by_rev_nat.get(&b.rev_nat_index).and_then(|fk| applied.get_mut(fk)) {
                 Some(a) if *id != 0 => {
                     a.backends.insert(
                         (b.addr(), b.port()),
-                        AppliedBackend {
-                            id: *id,
-                            state: state_from_map(b.state),
-                        },
+                        AppliedBackend { id: *id, state: state_from_map(b.state) },
                     );
                     outcome.backends += 1;
                 }
@@ -194,24 +180,13 @@ impl<M: LbMaps> Reconciler<M> {
         outcome.pruned = stray_keys.len() + stray_backends.len() + stray_rev_nats.len();
         outcome.frontends = applied.len();
 
-        let used_backend_ids: BTreeSet<u32> = applied
-            .values()
-            .flat_map(|a| a.backends.values().map(|b| b.id))
-            .collect();
+        let used_backend_ids: BTreeSet<u32> =
+            applied.values().flat_map(|a| a.backends.values().map(|b| b.id)).collect();
         let used_rev_nats: BTreeSet<u16> = applied.values().map(|a| a.rev_nat_index).collect();
-        let next_backend_id = used_backend_ids
-            .last()
-            .map_or(1, |m| m.wrapping_add(1).max(1));
+        let next_backend_id = used_backend_ids.last().map_or(1, |m| m.wrapping_add(1).max(1));
         let next_rev_nat = used_rev_nats.last().map_or(1, |m| m.wrapping_add(1).max(1));
         Ok((
-            Self {
-                maps,
-                applied,
-                used_backend_ids,
-                used_rev_nats,
-                next_backend_id,
-                next_rev_nat,
-            },
+            Self { maps, applied, used_backend_ids, used_rev_nats, next_backend_id, next_rev_nat },
             outcome,
         ))
     }
@@ -231,12 +206,8 @@ impl<M: LbMaps> Reconciler<M> {
     /// and retried by the next call; the others are written regardless.
     pub fn sync(&mut self, desired: &Desired) -> SyncOutcome {
         let mut outcome = SyncOutcome::default();
-        let gone: Vec<FrontendKey> = self
-            .applied
-            .keys()
-            .filter(|k| !desired.contains_key(k))
-            .copied()
-            .collect();
+        let gone: Vec<FrontendKey> =
+            self.applied.keys().filter(|k| !desired.contains_key(k)).copied().collect();
         // Removals first: they free ids and map room for the additions.
         for fk in gone {
             match self.remove_frontend(&fk) {
@@ -280,13 +251,7 @@ impl<M: LbMaps> Reconciler<M> {
     fn apply_frontend(&mut self, fk: &FrontendKey, frontend: &Frontend) -> Result<bool> {
         if !self.applied.contains_key(fk) {
             let rev_nat_index = self.alloc_rev_nat()?;
-            self.applied.insert(
-                *fk,
-                Applied {
-                    rev_nat_index,
-                    ..Applied::default()
-                },
-            );
+            self.applied.insert(*fk, Applied { rev_nat_index, ..Applied::default() });
         }
         let before = self.applied[fk].clone();
         let rev = before.rev_nat_index;
@@ -301,13 +266,9 @@ impl<M: LbMaps> Reconciler<M> {
                 Some(ab) => {
                     let value = Backend::new(b.addr, b.port, proto, state_to_map(b.state), rev);
                     self.maps.put_backend(ab.id, &value)?;
-                    self.entry(fk).backends.insert(
-                        (b.addr, b.port),
-                        AppliedBackend {
-                            id: ab.id,
-                            state: b.state,
-                        },
-                    );
+                    self.entry(fk)
+                        .backends
+                        .insert((b.addr, b.port), AppliedBackend { id: ab.id, state: b.state });
                     ab.id
                 }
                 None => {
@@ -336,8 +297,7 @@ impl<M: LbMaps> Reconciler<M> {
         for (i, id) in active_ids.iter().enumerate() {
             if self.applied[fk].slots.get(i) != Some(id) {
                 let slot = u16::try_from(i + 1).expect("count fits u16");
-                self.maps
-                    .put_service(&service_key(fk, slot), &ServiceValue::slot(*id, rev))?;
+                self.maps.put_service(&service_key(fk, slot), &ServiceValue::slot(*id, rev))?;
                 let a = self.entry(fk);
                 if a.slots.len() <= i {
                     a.slots.resize(i + 1, 0);
@@ -354,8 +314,7 @@ impl<M: LbMaps> Reconciler<M> {
 
         // 4. The master entry, now that everything it points at exists.
         if self.applied[fk].count != Some(count) {
-            self.maps
-                .put_service(&service_key(fk, 0), &ServiceValue::master(count, rev))?;
+            self.maps.put_service(&service_key(fk, 0), &ServiceValue::master(count, rev))?;
             self.entry(fk).count = Some(count);
         }
 
@@ -395,11 +354,8 @@ impl<M: LbMaps> Reconciler<M> {
             self.maps.delete_service(&service_key(fk, slot))?;
             self.entry(fk).slots.pop();
         }
-        let ids: Vec<((Ipv4Addr, u16), u32)> = self.applied[fk]
-            .backends
-            .iter()
-            .map(|(k, b)| (*k, b.id))
-            .collect();
+        let ids: Vec<((Ipv4Addr, u16), u32)> =
+            self.applied[fk].backends.iter().map(|(k, b)| (*k, b.id)).collect();
         for (k, id) in ids {
             self.maps.delete_backend(id)?;
             self.entry(fk).backends.remove(&k);

@@ -11,27 +11,16 @@ use crate::{
 };
 
 fn fk(port: u16) -> FrontendKey {
-    FrontendKey {
-        addr: Ipv4Addr::new(10, 96, 0, 10),
-        port,
-        proto: Protocol::Tcp,
-    }
+    FrontendKey { addr: Ipv4Addr::new(10, 96, 0, 10), port, proto: Protocol::Tcp }
 }
 
 fn backend(last: u8, state: BackendState) -> BackendSpec {
-    BackendSpec {
-        addr: Ipv4Addr::new(10, 244, 0, last),
-        port: 8080,
-        state,
-    }
+    BackendSpec { addr: Ipv4Addr::new(10, 244, 0, last), port: 8080, state }
 }
 
 fn frontend(backends: &[BackendSpec]) -> Frontend {
     Frontend {
-        service: ObjectKey {
-            namespace: "default".into(),
-            name: "echo".into(),
-        },
+        service: ObjectKey { namespace: "default".into(), name: "echo".into() },
         port_name: "http".into(),
         backends: backends.to_vec(),
     }
@@ -42,10 +31,7 @@ fn desired(entries: &[(FrontendKey, Frontend)]) -> Desired {
 }
 
 fn active(lasts: &[u8]) -> Vec<BackendSpec> {
-    lasts
-        .iter()
-        .map(|l| backend(*l, BackendState::Active))
-        .collect()
+    lasts.iter().map(|l| backend(*l, BackendState::Active)).collect()
 }
 
 /// Checks the kernel-visible invariant: every slot 1..=count of every master
@@ -55,19 +41,13 @@ fn assert_consistent(maps: &FakeMaps) {
         if key.backend_slot != 0 {
             continue;
         }
-        assert!(
-            maps.rev_nats.contains_key(&value.rev_nat_index),
-            "rev nat of master missing"
-        );
+        assert!(maps.rev_nats.contains_key(&value.rev_nat_index), "rev nat of master missing");
         for slot in 1..=value.count {
             let (_, sv) = maps
                 .services
                 .get(&(key.addr, key.dport, key.proto, slot))
                 .unwrap_or_else(|| panic!("slot {slot} of {} missing", value.count));
-            let b = maps
-                .backends
-                .get(&sv.backend_id)
-                .expect("slot points at a backend");
+            let b = maps.backends.get(&sv.backend_id).expect("slot points at a backend");
             assert_eq!(b.rev_nat_index, value.rev_nat_index);
         }
     }
@@ -85,22 +65,10 @@ fn new_service_is_written_backends_slots_revnat_then_master() {
         &vec![
             Op::PutBackend(1),
             Op::PutBackend(2),
-            Op::PutService {
-                slot: 1,
-                count: 0,
-                backend_id: 1
-            },
-            Op::PutService {
-                slot: 2,
-                count: 0,
-                backend_id: 2
-            },
+            Op::PutService { slot: 1, count: 0, backend_id: 1 },
+            Op::PutService { slot: 2, count: 0, backend_id: 2 },
             Op::PutRevNat(1),
-            Op::PutService {
-                slot: 0,
-                count: 2,
-                backend_id: 0
-            },
+            Op::PutService { slot: 0, count: 2, backend_id: 0 },
         ]
     );
     assert_consistent(r.maps());
@@ -114,12 +82,7 @@ fn second_sync_with_same_state_writes_nothing() {
     let before = r.maps().log.len();
     let out = r.sync(&d);
     assert_eq!(out.changed, 0);
-    assert_eq!(
-        r.maps().log.len(),
-        before,
-        "idempotent sync wrote: {:?}",
-        &r.maps().log[before..]
-    );
+    assert_eq!(r.maps().log.len(), before, "idempotent sync wrote: {:?}", &r.maps().log[before..]);
 }
 
 #[test]
@@ -134,16 +97,8 @@ fn removing_a_backend_shrinks_count_before_deleting_slot_and_backend() {
     assert_eq!(
         log,
         vec![
-            Op::PutService {
-                slot: 2,
-                count: 0,
-                backend_id: 3
-            },
-            Op::PutService {
-                slot: 0,
-                count: 2,
-                backend_id: 0
-            },
+            Op::PutService { slot: 2, count: 0, backend_id: 3 },
+            Op::PutService { slot: 0, count: 2, backend_id: 0 },
             Op::DeleteService { slot: 3 },
             Op::DeleteBackend(2),
         ]
@@ -170,12 +125,7 @@ fn deleted_service_loses_master_first_then_everything() {
 fn service_without_endpoints_has_master_with_zero_count() {
     let (mut r, _) = Reconciler::restore(FakeMaps::default()).unwrap();
     r.sync(&desired(&[(fk(80), frontend(&[]))]));
-    let masters: Vec<_> = r
-        .maps()
-        .services
-        .values()
-        .filter(|(k, _)| k.backend_slot == 0)
-        .collect();
+    let masters: Vec<_> = r.maps().services.values().filter(|(k, _)| k.backend_slot == 0).collect();
     assert_eq!(masters.len(), 1);
     assert_eq!(masters[0].1.count, 0);
 }
@@ -184,19 +134,12 @@ fn service_without_endpoints_has_master_with_zero_count() {
 fn terminating_backend_is_kept_but_not_in_a_slot() {
     let (mut r, _) = Reconciler::restore(FakeMaps::default()).unwrap();
     r.sync(&desired(&[(fk(80), frontend(&active(&[1, 2])))]));
-    let b = vec![
-        backend(1, BackendState::Active),
-        backend(2, BackendState::Terminating),
-    ];
+    let b = vec![backend(1, BackendState::Active), backend(2, BackendState::Terminating)];
     r.sync(&desired(&[(fk(80), frontend(&b))]));
     let maps = r.maps();
     assert_eq!(maps.backends.len(), 2);
     assert_eq!(maps.backends[&2].state, BACKEND_STATE_TERMINATING);
-    let master = maps
-        .services
-        .values()
-        .find(|(k, _)| k.backend_slot == 0)
-        .unwrap();
+    let master = maps.services.values().find(|(k, _)| k.backend_slot == 0).unwrap();
     assert_eq!(master.1.count, 1);
     assert_consistent(maps);
 }
@@ -204,29 +147,15 @@ fn terminating_backend_is_kept_but_not_in_a_slot() {
 #[test]
 fn restore_keeps_ids_and_next_sync_is_a_no_op() {
     let (mut r, _) = Reconciler::restore(FakeMaps::default()).unwrap();
-    let d = desired(&[
-        (fk(80), frontend(&active(&[1, 2, 3]))),
-        (fk(81), frontend(&active(&[4]))),
-    ]);
+    let d = desired(&[(fk(80), frontend(&active(&[1, 2, 3]))), (fk(81), frontend(&active(&[4])))]);
     r.sync(&d);
     let mut maps = std::mem::take(&mut r.maps);
     maps.log.clear();
     let (mut r2, restored) = Reconciler::restore(maps).unwrap();
-    assert_eq!(
-        restored,
-        RestoreOutcome {
-            frontends: 2,
-            backends: 4,
-            pruned: 0
-        }
-    );
+    assert_eq!(restored, RestoreOutcome { frontends: 2, backends: 4, pruned: 0 });
     let out = r2.sync(&d);
     assert_eq!(out.changed, 0);
-    assert!(
-        r2.maps().log.is_empty(),
-        "restored state rewrote: {:?}",
-        r2.maps().log
-    );
+    assert!(r2.maps().log.is_empty(), "restored state rewrote: {:?}", r2.maps().log);
     // New ids do not collide with restored ones.
     r2.sync(&desired(&[(fk(80), frontend(&active(&[1, 2, 3, 9])))]));
     assert!(r2.maps().log.contains(&Op::PutBackend(5)));
@@ -237,12 +166,9 @@ fn restore_prunes_half_built_service() {
     // A crash after backends and slots were written but before the master
     // entry: nobody owns them.
     let mut maps = FakeMaps::default();
-    maps.put_backend(7, &Backend::new(Ipv4Addr::new(10, 244, 0, 7), 80, 6, 0, 3))
-        .unwrap();
-    maps.put_service(&service_key(&fk(80), 1), &ServiceValue::slot(7, 3))
-        .unwrap();
-    maps.put_rev_nat(3, &RevNat::new(Ipv4Addr::new(10, 96, 0, 10), 80))
-        .unwrap();
+    maps.put_backend(7, &Backend::new(Ipv4Addr::new(10, 244, 0, 7), 80, 6, 0, 3)).unwrap();
+    maps.put_service(&service_key(&fk(80), 1), &ServiceValue::slot(7, 3)).unwrap();
+    maps.put_rev_nat(3, &RevNat::new(Ipv4Addr::new(10, 96, 0, 10), 80)).unwrap();
     let (r, restored) = Reconciler::restore(maps).unwrap();
     assert_eq!(restored.frontends, 0);
     assert_eq!(restored.pruned, 3);
@@ -252,19 +178,12 @@ fn restore_prunes_half_built_service() {
 
 #[test]
 fn full_map_fails_the_frontend_without_a_visible_half_service_and_retries() {
-    let maps = FakeMaps {
-        service_capacity: Some(3),
-        ..FakeMaps::default()
-    };
+    let maps = FakeMaps { service_capacity: Some(3), ..FakeMaps::default() };
     let (mut r, _) = Reconciler::restore(maps).unwrap();
     let d = desired(&[(fk(80), frontend(&active(&[1, 2, 3])))]);
     let out = r.sync(&d);
     assert_eq!(out.errors.len(), 1);
-    assert!(
-        matches!(out.errors[0].1, Error::MapFull { .. }),
-        "{:?}",
-        out.errors[0].1
-    );
+    assert!(matches!(out.errors[0].1, Error::MapFull { .. }), "{:?}", out.errors[0].1);
     // Slots were written but no master: the kernel sees no service at all.
     assert!(r.maps().services.values().all(|(k, _)| k.backend_slot != 0));
     // Room appears: the retry completes without leaking or duplicating.
@@ -279,16 +198,10 @@ fn full_map_fails_the_frontend_without_a_visible_half_service_and_retries() {
 #[test]
 fn per_frontend_backend_ids_are_independent() {
     let (mut r, _) = Reconciler::restore(FakeMaps::default()).unwrap();
-    r.sync(&desired(&[
-        (fk(80), frontend(&active(&[1, 2]))),
-        (fk(81), frontend(&active(&[1, 2]))),
-    ]));
+    r.sync(&desired(&[(fk(80), frontend(&active(&[1, 2]))), (fk(81), frontend(&active(&[1, 2])))]));
     assert_eq!(r.maps().backends.len(), 4);
     // Removing backend 1 from port 80 keeps it for port 81.
-    r.sync(&desired(&[
-        (fk(80), frontend(&active(&[2]))),
-        (fk(81), frontend(&active(&[1, 2]))),
-    ]));
+    r.sync(&desired(&[(fk(80), frontend(&active(&[2]))), (fk(81), frontend(&active(&[1, 2])))]));
     assert_eq!(r.maps().backends.len(), 3);
     assert_consistent(r.maps());
 }
