@@ -363,3 +363,15 @@ mod tests {
         assert_eq!(core::mem::align_of::<CtEntry>(), 8);
     }
 }
+
+/// Layout of the pins under the agent's bpffs root (`--bpffs-root`,
+/// `bpffsRoot` in the CNI config). The CNI plugin relies on it.
+pub mod pins {
+    /// `<root>/maps/<MAP_NAME>`: every map.
+    pub const MAPS_DIR: &str = "maps";
+    /// `<root>/progs/<PROG_NAME>`: the programs.
+    pub const PROGS_DIR: &str = "progs";
+    /// `<root>/links/<POD_LINK_PREFIX><ifindex>`: one tcx link per pod interface.
+    pub const LINKS_DIR: &str = "links";
+    pub const POD_LINK_PREFIX: &str = "pod-ingress-";
+}

@@ -25,7 +25,7 @@
 //! let a = node.add_pod("backend-a")?;
 //! let client = node.add_pod("client")?;
 //! let _srv = EchoServer::start(&a, "backend-a", 8080, 5353)?;
-//! let answer = tcp_request(&client, (a.ip(), 8080).into(), Duration::from_secs(1))?;
+//! let answer = tcp_request(&client, std::net::SocketAddrV4::new(a.ip(), 8080), Duration::from_secs(1))?;
 //! assert_eq!(answer, "backend-a");
 //! # Ok(()) }
 //! ```

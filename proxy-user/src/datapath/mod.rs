@@ -23,7 +23,7 @@ impl PinPaths {
     /// Directory of the pinned maps, one file per map name.
     #[must_use]
     pub fn maps(&self) -> PathBuf {
-        self.root.join("maps")
+        self.root.join(proxy_common::pins::MAPS_DIR)
     }
 
     #[must_use]
@@ -34,7 +34,7 @@ impl PinPaths {
     /// Directory of the pinned programs.
     #[must_use]
     pub fn progs(&self) -> PathBuf {
-        self.root.join("progs")
+        self.root.join(proxy_common::pins::PROGS_DIR)
     }
 
     #[must_use]
@@ -45,19 +45,19 @@ impl PinPaths {
     /// Directory of the pinned tc links, one per attached interface.
     #[must_use]
     pub fn links(&self) -> PathBuf {
-        self.root.join("links")
+        self.root.join(proxy_common::pins::LINKS_DIR)
     }
 
     /// The pin of the pod program's link on interface `ifindex`.
     #[must_use]
     pub fn pod_link(&self, ifindex: u32) -> PathBuf {
-        self.links().join(format!("pod-ingress-{ifindex}"))
+        self.links().join(format!("{}{ifindex}", proxy_common::pins::POD_LINK_PREFIX))
     }
 
     /// Parses an interface index back out of a pod link pin's file name.
     #[must_use]
     pub fn pod_link_ifindex(path: &Path) -> Option<u32> {
-        path.file_name()?.to_str()?.strip_prefix("pod-ingress-")?.parse().ok()
+        path.file_name()?.to_str()?.strip_prefix(proxy_common::pins::POD_LINK_PREFIX)?.parse().ok()
     }
 }
 
