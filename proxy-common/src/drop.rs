@@ -9,7 +9,8 @@ pub enum DropReason {
     InvalidIpHeader = 1,
     /// A packet too short for the headers it announces.
     Truncated = 2,
-    /// The service has no usable backend.
+    /// The service has no usable backend: rejected (ICMP port unreachable
+    /// back to the client).
     NoBackend = 3,
     /// A backend slot or backend entry the service points at is missing
     /// (the control plane is mid-update, or the maps are inconsistent).
@@ -22,6 +23,9 @@ pub enum DropReason {
     /// An ICMP error about a translated flow whose frontend is gone, so it
     /// cannot be translated back.
     IcmpErrorUntranslatable = 7,
+    /// A packet to a service address on a port/protocol that no service
+    /// serves: rejected like a service without endpoints.
+    NoServicePort = 8,
 }
 
 impl DropReason {
@@ -29,7 +33,7 @@ impl DropReason {
     pub const COUNT: u32 = 16;
 
     /// Every reason, in value order.
-    pub const ALL: [DropReason; 7] = [
+    pub const ALL: [DropReason; 8] = [
         DropReason::InvalidIpHeader,
         DropReason::Truncated,
         DropReason::NoBackend,
@@ -37,6 +41,7 @@ impl DropReason {
         DropReason::CtCreateFailed,
         DropReason::NatFailed,
         DropReason::IcmpErrorUntranslatable,
+        DropReason::NoServicePort,
     ];
 
     /// A stable snake_case name for metrics and the CLI.
@@ -50,8 +55,9 @@ impl DropReason {
             DropReason::CtCreateFailed => "ct_create_failed",
             DropReason::NatFailed => "nat_failed",
             DropReason::IcmpErrorUntranslatable => "icmp_error_untranslatable",
+            DropReason::NoServicePort => "no_service_port",
         }
     }
 }
 
-const _: () = assert!((DropReason::IcmpErrorUntranslatable as u32) < DropReason::COUNT);
+const _: () = assert!((DropReason::NoServicePort as u32) < DropReason::COUNT);

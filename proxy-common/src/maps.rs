@@ -19,10 +19,13 @@ pub const MAP_DROPS: &str = "SL_DROPS";
 /// Local pods, keyed by their IPv4 address (`u32`, network order). Owned by
 /// the CNI plugin: ADD inserts, DEL removes.
 pub const MAP_ENDPOINTS: &str = "SL_ENDPOINTS";
+/// Every frontend address (`u32`, network order) -> number of frontends on
+/// it. Traffic to such an address on a port no service serves is rejected.
+pub const MAP_VIPS: &str = "SL_VIPS";
 
 /// All pinned map names, for the CLI and for checks.
-pub const ALL_MAPS: [&str; 7] =
-    [MAP_SERVICES, MAP_BACKENDS, MAP_REVNAT, MAP_CT, MAP_FRAGS, MAP_DROPS, MAP_ENDPOINTS];
+pub const ALL_MAPS: [&str; 8] =
+    [MAP_SERVICES, MAP_BACKENDS, MAP_REVNAT, MAP_VIPS, MAP_CT, MAP_FRAGS, MAP_DROPS, MAP_ENDPOINTS];
 
 /// Name of the tc program for traffic leaving pods (host side veth ingress).
 pub const PROG_POD_INGRESS: &str = "sl_pod_ingress";
@@ -34,6 +37,7 @@ pub const REVNAT_MAX: u32 = 65_536;
 pub const CT_MAX: u32 = 262_144;
 pub const FRAGS_MAX: u32 = 8_192;
 pub const ENDPOINTS_MAX: u32 = 65_536;
+pub const VIPS_MAX: u32 = 65_536;
 
 /// Key of `SL_SERVICES`.
 #[repr(C)]

@@ -5,13 +5,24 @@ use proxy_common::DropReason;
 
 use crate::maps::SL_DROPS;
 
+/// What a handler decided for a packet it does not drop.
+pub enum Action {
+    /// Continue to the next program on the device (or the stack).
+    Pass,
+    /// The packet was replaced by an answer (a reject) and redirected: the
+    /// original is counted as dropped for `reason`, the verdict returned.
+    Answered(DropReason, i32),
+}
+
 /// Turns a handler's result into a tc verdict, counting drops by reason.
-/// `Ok` continues to the next program on the device (or passes the packet
-/// to the stack if there is none).
 #[inline(always)]
-pub fn verdict(res: Result<(), DropReason>) -> i32 {
+pub fn verdict(res: Result<Action, DropReason>) -> i32 {
     match res {
-        Ok(()) => TC_ACT_UNSPEC,
+        Ok(Action::Pass) => TC_ACT_UNSPEC,
+        Ok(Action::Answered(reason, verdict)) => {
+            count(reason);
+            verdict
+        }
         Err(reason) => {
             count(reason);
             TC_ACT_SHOT as i32

@@ -7,57 +7,75 @@ use proxy_common::{
 };
 
 use crate::{
-    ct, frag, icmp,
-    maps::{SL_BACKENDS, SL_REVNAT, SL_SERVICES},
+    ct,
+    drop::Action,
+    frag, icmp,
+    maps::{SL_BACKENDS, SL_REVNAT, SL_SERVICES, SL_VIPS},
     nat::{self, Side},
     parse::{self, Ipv4},
+    reject,
 };
 
 /// Everything a pod sends passes here (tc ingress on the host-side veth).
 #[inline(always)]
-pub fn handle_pod_egress(ctx: &TcContext) -> Result<(), DropReason> {
+pub fn handle_pod_egress(ctx: &TcContext) -> Result<Action, DropReason> {
     let Some(ip) = parse::ipv4(ctx)? else {
-        return Ok(());
+        return Ok(Action::Pass);
     };
     match ip.proto {
         proto::TCP | proto::UDP => {}
-        proto::ICMP => return icmp::handle_error_from_backend(ctx, &ip),
-        _ => return Ok(()),
+        proto::ICMP => return icmp::handle_error_from_backend(ctx, &ip).map(|()| Action::Pass),
+        _ => return Ok(Action::Pass),
     }
     let Some((sport, dport)) = frag::ports(ctx, &ip)? else {
-        return Ok(());
+        return Ok(Action::Pass);
     };
 
     // A reply from a backend of a translated flow: restore the frontend.
     let rkey = ct::key(ip.saddr, ip.daddr, sport, dport, ip.proto, CT_DIR_REPLY);
     if let Some(entry) = ct::lookup(&rkey) {
         // SAFETY: RevNat is plain data, copied out at once.
-        return match unsafe { SL_REVNAT.get(entry.rev_nat_index) }.copied() {
-            Some(rn) => nat::rewrite(ctx, &ip, Side::Source, (ip.saddr, sport), (rn.addr, rn.port)),
-            // The service is gone: nothing to restore.
-            None => Ok(()),
-        };
+        if let Some(rn) = unsafe { SL_REVNAT.get(entry.rev_nat_index) }.copied() {
+            nat::rewrite(ctx, &ip, Side::Source, (ip.saddr, sport), (rn.addr, rn.port))?;
+        }
+        // Else the service is gone: nothing to restore.
+        return Ok(Action::Pass);
     }
 
     // A request to a service frontend: pick (or keep) a backend, DNAT.
     let skey = service_key(ip.daddr, dport, ip.proto, 0);
     // SAFETY: ServiceValue is plain data, copied out at once.
     let Some(svc) = (unsafe { SL_SERVICES.get(skey) }).copied() else {
-        return Ok(());
+        // A service address, but no service on this port: reject, as
+        // kube-proxy does for cluster IPs.
+        if SL_VIPS.get_ptr(ip.daddr).is_some() {
+            return reject(ctx, &ip, DropReason::NoServicePort);
+        }
+        return Ok(Action::Pass);
     };
-    let backend = backend_for_flow(&ip, sport, dport, &svc)?;
-    nat::rewrite(ctx, &ip, Side::Destination, (ip.daddr, dport), (backend.addr, backend.port))
+    let Some(backend) = backend_for_flow(&ip, sport, dport, &svc)? else {
+        // No usable endpoint: reject at once, never a silent timeout.
+        return reject(ctx, &ip, DropReason::NoBackend);
+    };
+    nat::rewrite(ctx, &ip, Side::Destination, (ip.daddr, dport), (backend.addr, backend.port))?;
+    Ok(Action::Pass)
 }
 
-/// The backend of an established flow if it still exists, else a new pick
-/// recorded in conntrack.
+#[inline(always)]
+fn reject(ctx: &TcContext, ip: &Ipv4, reason: DropReason) -> Result<Action, DropReason> {
+    reject::port_unreachable(ctx, ip, reason).map(|verdict| Action::Answered(reason, verdict))
+}
+
+/// The backend of an established flow if it still exists (also when it is
+/// terminating), else a new pick recorded in conntrack; `None` when the
+/// service has no backend for a new flow.
 #[inline(always)]
 fn backend_for_flow(
     ip: &Ipv4,
     sport: u16,
     dport: u16,
     svc: &ServiceValue,
-) -> Result<Backend, DropReason> {
+) -> Result<Option<Backend>, DropReason> {
     let fkey = ct::key(ip.saddr, ip.daddr, sport, dport, ip.proto, CT_DIR_SERVICE);
     if let Some(entry) = ct::lookup(&fkey)
         && entry.rev_nat_index == svc.rev_nat_index
@@ -65,9 +83,11 @@ fn backend_for_flow(
         && let Some(b) = unsafe { SL_BACKENDS.get(entry.backend_id) }.copied()
     {
         // Established flows keep their backend, also a terminating one.
-        return Ok(b);
+        return Ok(Some(b));
     }
-    let (backend_id, backend) = select_backend(ip, dport, svc)?;
+    let Some((backend_id, backend)) = select_backend(ip, dport, svc)? else {
+        return Ok(None);
+    };
     ct::create(
         (ip.saddr, sport),
         (ip.daddr, dport),
@@ -76,15 +96,19 @@ fn backend_for_flow(
         backend_id,
         svc.rev_nat_index,
     )?;
-    Ok(backend)
+    Ok(Some(backend))
 }
 
 /// Picks a backend slot uniformly at random.
 #[inline(always)]
-fn select_backend(ip: &Ipv4, dport: u16, svc: &ServiceValue) -> Result<(u32, Backend), DropReason> {
+fn select_backend(
+    ip: &Ipv4,
+    dport: u16,
+    svc: &ServiceValue,
+) -> Result<Option<(u32, Backend)>, DropReason> {
     let count = u32::from(svc.count);
     if count == 0 {
-        return Err(DropReason::NoBackend);
+        return Ok(None);
     }
     // SAFETY: a plain helper call.
     let slot = unsafe { bpf_get_prandom_u32() } % count + 1;
@@ -95,7 +119,7 @@ fn select_backend(ip: &Ipv4, dport: u16, svc: &ServiceValue) -> Result<(u32, Bac
     };
     // SAFETY: plain data, copied out at once.
     match unsafe { SL_BACKENDS.get(slot.backend_id) }.copied() {
-        Some(b) => Ok((slot.backend_id, b)),
+        Some(b) => Ok(Some((slot.backend_id, b))),
         None => Err(DropReason::BackendMissing),
     }
 }

@@ -16,6 +16,7 @@ mod lb;
 mod maps;
 mod nat;
 mod parse;
+mod reject;
 
 use aya_ebpf::{macros::classifier, programs::TcContext};
 

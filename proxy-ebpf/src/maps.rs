@@ -34,3 +34,7 @@ pub static SL_DROPS: PerCpuArray<u64> = PerCpuArray::pinned(DropReason::COUNT, 0
 #[map]
 pub static SL_ENDPOINTS: HashMap<u32, EndpointInfo> =
     HashMap::pinned(proxy_common::ENDPOINTS_MAX, 0);
+
+/// Frontend addresses -> number of frontends on them.
+#[map]
+pub static SL_VIPS: HashMap<u32, u32> = HashMap::pinned(proxy_common::VIPS_MAX, 0);

@@ -26,6 +26,7 @@ use sluice::{
 
 const TC_ACT_UNSPEC: u32 = u32::MAX; // -1: continue
 const TC_ACT_SHOT: u32 = 2;
+const TC_ACT_REDIRECT: u32 = 7;
 
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
 const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 244, 0, 10);
@@ -196,7 +197,7 @@ fn reply_from_backend_is_reverse_nated() {
     assert_eq!(p.l4_checksum_ok, Some(true));
 }
 
-// Expect: traffic that is neither to a frontend nor a reply passes byte for byte.
+// Expect: traffic that is neither to a service address nor a reply passes byte for byte.
 #[test]
 fn non_service_traffic_is_untouched() {
     if !is_root() {
@@ -206,8 +207,7 @@ fn non_service_traffic_is_untouched() {
     h.program(&[(80, Protocol::Tcp, 8080, &[backend_ip(1)])]);
     for frame in [
         tcp_frame(CLIENT, 40002, backend_ip(2), 80, 0x02), // pod to pod
-        tcp_frame(CLIENT, 40002, VIP, 81, 0x02),           // VIP, other port
-        udp_frame(CLIENT, 40002, VIP, 80, true),           // VIP, other protocol
+        udp_frame(CLIENT, 40002, Ipv4Addr::new(10, 96, 0, 11), 80, true), // another address
         // backend -> client without a translated flow
         tcp_frame(backend_ip(1), 8080, CLIENT, 40009, 0x12),
     ] {
@@ -384,23 +384,66 @@ fn icmp_error_from_backend_is_translated() {
     assert_eq!(pktgen::checksum(&inner[..20]), 0, "quoted IP checksum");
 }
 
-// Expect: a frontend without backends drops (counted as no_backend); a
-// broken IP header is dropped and counted.
+/// Checks that `out` is an ICMP port unreachable from the VIP to the client
+/// quoting `original` (its IP header and first 8 bytes of payload).
+fn assert_port_unreachable(out: &[u8], original: &[u8]) {
+    let p = pktgen::parse(out);
+    assert_eq!((p.src, p.dst, p.proto), (VIP, CLIENT, pktgen::ICMP), "an ICMP error to the client");
+    assert!(p.ip_checksum_ok, "IP checksum");
+    assert_eq!(p.l4_checksum_ok, Some(true), "ICMP checksum");
+    let icmp = &out[14 + 20..];
+    assert_eq!((icmp[0], icmp[1]), (3, 3), "destination/port unreachable");
+    assert_eq!(&icmp[8..8 + 28], &original[14..14 + 28], "quotes the original");
+    assert_eq!(&out[0..6], &original[6..12], "back to the sender's MAC");
+}
+
+// Expect: a service without endpoints rejects a TCP SYN and a UDP datagram
+// at once with ICMP port unreachable (redirected back to the pod), counted
+// as no_backend; a broken IP header is dropped and counted.
 #[test]
-fn drops_are_counted_by_reason() {
+fn service_without_endpoints_rejects_with_icmp() {
     if !is_root() {
         return;
     }
     let mut h = Harness::new();
-    h.program(&[(80, Protocol::Tcp, 8080, &[])]);
+    h.program(&[(80, Protocol::Tcp, 8080, &[]), (53, Protocol::Udp, 5353, &[])]);
     let before = h.drops(DropReason::NoBackend);
-    let (verdict, _) = h.run(&tcp_frame(CLIENT, 47000, VIP, 80, 0x02));
-    assert_eq!(verdict, TC_ACT_SHOT);
-    assert_eq!(h.drops(DropReason::NoBackend), before + 1);
+    let syn = tcp_frame(CLIENT, 47000, VIP, 80, 0x02);
+    let (verdict, out) = h.run(&syn);
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    assert_port_unreachable(&out, &syn);
+    let dgram = udp_frame(CLIENT, 47000, VIP, 53, true);
+    let (verdict, out) = h.run(&dgram);
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    assert_port_unreachable(&out, &dgram);
+    assert_eq!(h.drops(DropReason::NoBackend), before + 2);
 
     let mut bad = tcp_frame(CLIENT, 47001, VIP, 80, 0x02);
     bad[14] = 0x44; // IHL 4
     let before = h.drops(DropReason::InvalidIpHeader);
     assert_eq!(h.run(&bad).0, TC_ACT_SHOT);
     assert_eq!(h.drops(DropReason::InvalidIpHeader), before + 1);
+}
+
+// Expect: a service address on a port or protocol no service serves is
+// rejected the same way, counted as no_service_port; once the last service
+// on the address goes, the address is ordinary traffic again.
+#[test]
+fn unserved_port_on_a_service_address_is_rejected() {
+    if !is_root() {
+        return;
+    }
+    let mut h = Harness::new();
+    h.program(&[(80, Protocol::Tcp, 8080, &[backend_ip(1)])]);
+    let before = h.drops(DropReason::NoServicePort);
+    for frame in [tcp_frame(CLIENT, 48000, VIP, 81, 0x02), udp_frame(CLIENT, 48000, VIP, 80, true)]
+    {
+        let (verdict, out) = h.run(&frame);
+        assert_eq!(verdict, TC_ACT_REDIRECT);
+        assert_port_unreachable(&out, &frame);
+    }
+    assert_eq!(h.drops(DropReason::NoServicePort), before + 2);
+    h.program(&[]);
+    let frame = tcp_frame(CLIENT, 48001, VIP, 81, 0x02);
+    assert_eq!(h.run(&frame), (TC_ACT_UNSPEC, frame.clone()));
 }

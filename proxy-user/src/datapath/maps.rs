@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 
 use aya::maps::{HashMap, Map, MapData, MapError, PerCpuArray};
 use proxy_common::{
-    Backend, DropReason, MAP_BACKENDS, MAP_DROPS, MAP_REVNAT, MAP_SERVICES, RevNat, ServiceKey,
-    ServiceValue,
+    Backend, DropReason, MAP_BACKENDS, MAP_DROPS, MAP_REVNAT, MAP_SERVICES, MAP_VIPS, RevNat,
+    ServiceKey, ServiceValue,
 };
 
 use super::{Error, PinPaths, Result};
@@ -23,6 +23,10 @@ pub trait LbMaps {
     fn delete_service(&mut self, key: &ServiceKey) -> Result<()>;
     fn put_rev_nat(&mut self, index: u16, rev_nat: &RevNat) -> Result<()>;
     fn delete_rev_nat(&mut self, index: u16) -> Result<()>;
+    fn vips(&self) -> Result<Vec<(u32, u32)>>;
+    /// Records that `count` frontends use address `addr` (raw, network order).
+    fn put_vip(&mut self, addr: u32, count: u32) -> Result<()>;
+    fn delete_vip(&mut self, addr: u32) -> Result<()>;
 }
 
 /// The pinned kernel maps under a bpffs root.
@@ -30,7 +34,8 @@ pub struct PinnedMaps {
     services: HashMap<MapData, ServiceKey, ServiceValue>,
     backends: HashMap<MapData, u32, Backend>,
     rev_nats: HashMap<MapData, u16, RevNat>,
-    capacities: [u32; 3],
+    vips: HashMap<MapData, u32, u32>,
+    capacities: [u32; 4],
 }
 
 /// Opens a pinned map as the typed map `T`.
@@ -63,10 +68,12 @@ impl PinnedMaps {
             services: open_pinned(paths, MAP_SERVICES)?,
             backends: open_pinned(paths, MAP_BACKENDS)?,
             rev_nats: open_pinned(paths, MAP_REVNAT)?,
+            vips: open_pinned(paths, MAP_VIPS)?,
             capacities: [
                 capacity(paths, MAP_SERVICES)?,
                 capacity(paths, MAP_BACKENDS)?,
                 capacity(paths, MAP_REVNAT)?,
+                capacity(paths, MAP_VIPS)?,
             ],
         })
     }
@@ -159,6 +166,20 @@ impl LbMaps for PinnedMaps {
     fn delete_rev_nat(&mut self, index: u16) -> Result<()> {
         delete_ok(self.rev_nats.remove(&index), MAP_REVNAT)
     }
+
+    fn vips(&self) -> Result<Vec<(u32, u32)>> {
+        collect(MAP_VIPS, &self.vips)
+    }
+
+    fn put_vip(&mut self, addr: u32, count: u32) -> Result<()> {
+        self.vips
+            .insert(addr, count, 0)
+            .map_err(|e| write_err(MAP_VIPS, "update", self.capacities[3], e))
+    }
+
+    fn delete_vip(&mut self, addr: u32) -> Result<()> {
+        delete_ok(self.vips.remove(&addr), MAP_VIPS)
+    }
 }
 
 /// One write the reconciler made, for ordering checks in tests.
@@ -170,6 +191,8 @@ pub enum Op {
     DeleteService { slot: u16 },
     PutRevNat(u16),
     DeleteRevNat(u16),
+    PutVip(u32),
+    DeleteVip,
 }
 
 /// In-memory maps with a log of writes and optional capacities, for tests.
@@ -178,6 +201,7 @@ pub struct FakeMaps {
     pub services: BTreeMap<(u32, u16, u8, u16), (ServiceKey, ServiceValue)>,
     pub backends: BTreeMap<u32, Backend>,
     pub rev_nats: BTreeMap<u16, RevNat>,
+    pub vips: BTreeMap<u32, u32>,
     pub log: Vec<Op>,
     /// When set, inserting a new key beyond this many entries fails as a
     /// full kernel map does.
@@ -251,6 +275,22 @@ impl LbMaps for FakeMaps {
     fn delete_rev_nat(&mut self, index: u16) -> Result<()> {
         self.rev_nats.remove(&index);
         self.log.push(Op::DeleteRevNat(index));
+        Ok(())
+    }
+
+    fn vips(&self) -> Result<Vec<(u32, u32)>> {
+        Ok(self.vips.iter().map(|(k, v)| (*k, *v)).collect())
+    }
+
+    fn put_vip(&mut self, addr: u32, count: u32) -> Result<()> {
+        self.vips.insert(addr, count);
+        self.log.push(Op::PutVip(count));
+        Ok(())
+    }
+
+    fn delete_vip(&mut self, addr: u32) -> Result<()> {
+        self.vips.remove(&addr);
+        self.log.push(Op::DeleteVip);
         Ok(())
     }
 }

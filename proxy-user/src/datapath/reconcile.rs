@@ -71,6 +71,8 @@ pub struct Reconciler<M> {
     used_rev_nats: BTreeSet<u16>,
     next_backend_id: u32,
     next_rev_nat: u16,
+    /// Number of frontends (with a master entry) per address, as in `SL_VIPS`.
+    vips: BTreeMap<Ipv4Addr, u32>,
 }
 
 fn state_to_map(state: BackendState) -> u8 {
@@ -95,6 +97,7 @@ impl<M: LbMaps> Reconciler<M> {
         let services = maps.services()?;
         let backends = maps.backends()?;
         let rev_nats = maps.rev_nats()?;
+        let pinned_vips = maps.vips()?;
         let mut outcome = RestoreOutcome::default();
 
         let mut applied: BTreeMap<FrontendKey, Applied> = BTreeMap::new();
@@ -180,13 +183,44 @@ impl<M: LbMaps> Reconciler<M> {
         outcome.pruned = stray_keys.len() + stray_backends.len() + stray_rev_nats.len();
         outcome.frontends = applied.len();
 
+        // Frontend addresses: recount from the restored masters and fix
+        // what differs.
+        let mut vips: BTreeMap<Ipv4Addr, u32> = BTreeMap::new();
+        for fk in applied.keys() {
+            *vips.entry(fk.addr).or_default() += 1;
+        }
+        for (raw, count) in &pinned_vips {
+            let addr = proxy_common::addr_from_map(*raw);
+            match vips.get(&addr) {
+                Some(n) if n == count => {}
+                Some(n) => maps.put_vip(*raw, *n)?,
+                None => {
+                    maps.delete_vip(*raw)?;
+                    outcome.pruned += 1;
+                }
+            }
+        }
+        for (addr, n) in &vips {
+            if !pinned_vips.iter().any(|(raw, _)| proxy_common::addr_from_map(*raw) == *addr) {
+                maps.put_vip(proxy_common::addr_to_map(*addr), *n)?;
+            }
+        }
+
         let used_backend_ids: BTreeSet<u32> =
             applied.values().flat_map(|a| a.backends.values().map(|b| b.id)).collect();
         let used_rev_nats: BTreeSet<u16> = applied.values().map(|a| a.rev_nat_index).collect();
         let next_backend_id = used_backend_ids.last().map_or(1, |m| m.wrapping_add(1).max(1));
         let next_rev_nat = used_rev_nats.last().map_or(1, |m| m.wrapping_add(1).max(1));
         Ok((
-            Self { maps, applied, used_backend_ids, used_rev_nats, next_backend_id, next_rev_nat },
+            Self {
+                maps,
+                applied,
+                used_backend_ids,
+                used_rev_nats,
+                next_backend_id,
+                next_rev_nat,
+                vips,
+            },
             outcome,
         ))
     }
@@ -312,7 +346,13 @@ impl<M: LbMaps> Reconciler<M> {
             self.entry(fk).rev_nat_written = true;
         }
 
-        // 4. The master entry, now that everything it points at exists.
+        // 4. The master entry, now that everything it points at exists; a
+        // new frontend first registers its address.
+        if self.applied[fk].count.is_none() {
+            let n = self.vips.get(&fk.addr).copied().unwrap_or(0) + 1;
+            self.maps.put_vip(proxy_common::addr_to_map(fk.addr), n)?;
+            self.vips.insert(fk.addr, n);
+        }
         if self.applied[fk].count != Some(count) {
             self.maps.put_service(&service_key(fk, 0), &ServiceValue::master(count, rev))?;
             self.entry(fk).count = Some(count);
@@ -348,6 +388,15 @@ impl<M: LbMaps> Reconciler<M> {
         if self.applied[fk].count.is_some() {
             self.maps.delete_service(&service_key(fk, 0))?;
             self.entry(fk).count = None;
+            let n = self.vips.get(&fk.addr).copied().unwrap_or(1).saturating_sub(1);
+            let raw = proxy_common::addr_to_map(fk.addr);
+            if n == 0 {
+                self.maps.delete_vip(raw)?;
+                self.vips.remove(&fk.addr);
+            } else {
+                self.maps.put_vip(raw, n)?;
+                self.vips.insert(fk.addr, n);
+            }
         }
         while let Some(&_id) = self.applied[fk].slots.last() {
             let slot = u16::try_from(self.applied[fk].slots.len()).expect("slots fit u16");

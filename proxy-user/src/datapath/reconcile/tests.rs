@@ -68,6 +68,7 @@ fn new_service_is_written_backends_slots_revnat_then_master() {
             Op::PutService { slot: 1, count: 0, backend_id: 1 },
             Op::PutService { slot: 2, count: 0, backend_id: 2 },
             Op::PutRevNat(1),
+            Op::PutVip(1),
             Op::PutService { slot: 0, count: 2, backend_id: 0 },
         ]
     );
@@ -204,4 +205,30 @@ fn per_frontend_backend_ids_are_independent() {
     r.sync(&desired(&[(fk(80), frontend(&active(&[2]))), (fk(81), frontend(&active(&[1, 2])))]));
     assert_eq!(r.maps().backends.len(), 3);
     assert_consistent(r.maps());
+}
+
+#[test]
+fn frontend_addresses_are_counted_and_released() {
+    let (mut r, _) = Reconciler::restore(FakeMaps::default()).unwrap();
+    let vip = proxy_common::addr_to_map(fk(80).addr);
+    r.sync(&desired(&[(fk(80), frontend(&active(&[1]))), (fk(81), frontend(&[]))]));
+    assert_eq!(r.maps().vips.get(&vip), Some(&2));
+    r.sync(&desired(&[(fk(81), frontend(&[]))]));
+    assert_eq!(r.maps().vips.get(&vip), Some(&1), "one frontend left on the address");
+    r.sync(&Desired::new());
+    assert!(r.maps().vips.is_empty(), "address released with its last frontend");
+}
+
+#[test]
+fn restore_recounts_frontend_addresses() {
+    let (mut r, _) = Reconciler::restore(FakeMaps::default()).unwrap();
+    r.sync(&desired(&[(fk(80), frontend(&active(&[1]))), (fk(81), frontend(&active(&[2])))]));
+    let mut maps = std::mem::take(&mut r.maps);
+    let vip = proxy_common::addr_to_map(fk(80).addr);
+    maps.vips.insert(vip, 7); // wrong count
+    maps.vips.insert(proxy_common::addr_to_map(Ipv4Addr::new(10, 96, 9, 9)), 1); // orphan
+    let (r2, restored) = Reconciler::restore(maps).unwrap();
+    assert_eq!(restored.pruned, 1);
+    assert_eq!(r2.maps().vips.len(), 1);
+    assert_eq!(r2.maps().vips.get(&vip), Some(&2));
 }
