@@ -22,6 +22,10 @@ pub const MAP_ENDPOINTS: &str = "SL_ENDPOINTS";
 /// Every frontend address (`u32`, network order) -> number of frontends on
 /// it. Traffic to such an address on a port no service serves is rejected.
 pub const MAP_VIPS: &str = "SL_VIPS";
+/// Per-service counters, keyed by reverse-NAT index (`u32`).
+pub const MAP_SVC_STATS: &str = "SL_SVC_STATS";
+/// Per-backend counters, keyed by backend id (`u32`).
+pub const MAP_BE_STATS: &str = "SL_BE_STATS";
 
 /// All pinned map names, for the CLI and for checks.
 pub const ALL_MAPS: [&str; 8] =
@@ -38,6 +42,9 @@ pub const CT_MAX: u32 = 262_144;
 pub const FRAGS_MAX: u32 = 8_192;
 pub const ENDPOINTS_MAX: u32 = 65_536;
 pub const VIPS_MAX: u32 = 65_536;
+
+/// Map flag: allocate entries on insert instead of up front.
+pub const BPF_F_NO_PREALLOC: u32 = 1;
 
 /// Key of `SL_SERVICES`.
 #[repr(C)]
@@ -158,6 +165,22 @@ pub struct FragPorts {
     pub dport: u16,
 }
 
+/// Value of `SL_SVC_STATS` and `SL_BE_STATS`: traffic through a frontend
+/// or to a backend. The control plane creates the entry (zeroed) with the
+/// frontend or backend and deletes it with it; the kernel adds atomically.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct TrafficStats {
+    /// Client -> backend packets and bytes (after translation).
+    pub fwd_packets: u64,
+    pub fwd_bytes: u64,
+    /// Backend -> client packets and bytes (reverse-translated).
+    pub rev_packets: u64,
+    pub rev_bytes: u64,
+    /// New flows (backend selections).
+    pub new_flows: u64,
+}
+
 /// Value of `SL_ENDPOINTS`: how to reach a pod on this node.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -175,6 +198,7 @@ pub struct EndpointInfo {
 
 const _: () = {
     assert!(core::mem::size_of::<EndpointInfo>() == 24);
+    assert!(core::mem::size_of::<TrafficStats>() == 40);
     assert!(core::mem::size_of::<ServiceKey>() == 12);
     assert!(core::mem::size_of::<ServiceValue>() == 12);
     assert!(core::mem::size_of::<Backend>() == 12);
@@ -203,6 +227,7 @@ mod user {
     unsafe impl aya::Pod for FragKey {}
     unsafe impl aya::Pod for FragPorts {}
     unsafe impl aya::Pod for EndpointInfo {}
+    unsafe impl aya::Pod for super::TrafficStats {}
 
     /// An address as stored in maps (network byte order).
     #[must_use]

@@ -14,6 +14,7 @@ use crate::{
     nat::{self, Side},
     parse::{self, Ipv4},
     reject,
+    stats::{self, Direction},
 };
 
 /// Everything a pod sends passes here (tc ingress on the host-side veth).
@@ -37,6 +38,13 @@ pub fn handle_pod_egress(ctx: &TcContext) -> Result<Action, DropReason> {
         // SAFETY: RevNat is plain data, copied out at once.
         if let Some(rn) = unsafe { SL_REVNAT.get(entry.rev_nat_index) }.copied() {
             nat::rewrite(ctx, &ip, Side::Source, (ip.saddr, sport), (rn.addr, rn.port))?;
+            stats::account(
+                entry.rev_nat_index,
+                entry.backend_id,
+                Direction::Reverse,
+                ctx.len(),
+                false,
+            );
         }
         // Else the service is gone: nothing to restore.
         return Ok(Action::Pass);
@@ -53,17 +61,27 @@ pub fn handle_pod_egress(ctx: &TcContext) -> Result<Action, DropReason> {
         }
         return Ok(Action::Pass);
     };
-    let Some(backend) = backend_for_flow(&ip, sport, dport, &svc)? else {
+    let Some(flow) = backend_for_flow(&ip, sport, dport, &svc)? else {
         // No usable endpoint: reject at once, never a silent timeout.
         return reject(ctx, &ip, DropReason::NoBackend);
     };
+    let backend = flow.backend;
     nat::rewrite(ctx, &ip, Side::Destination, (ip.daddr, dport), (backend.addr, backend.port))?;
+    stats::account(svc.rev_nat_index, flow.backend_id, Direction::Forward, ctx.len(), flow.new);
     Ok(Action::Pass)
 }
 
 #[inline(always)]
 fn reject(ctx: &TcContext, ip: &Ipv4, reason: DropReason) -> Result<Action, DropReason> {
     reject::port_unreachable(ctx, ip, reason).map(|verdict| Action::Answered(reason, verdict))
+}
+
+/// The backend a packet goes to.
+struct Flow {
+    backend_id: u32,
+    backend: Backend,
+    /// Whether this packet started (or re-balanced) the flow.
+    new: bool,
 }
 
 /// The backend of an established flow if it still exists (also when it is
@@ -75,7 +93,7 @@ fn backend_for_flow(
     sport: u16,
     dport: u16,
     svc: &ServiceValue,
-) -> Result<Option<Backend>, DropReason> {
+) -> Result<Option<Flow>, DropReason> {
     let fkey = ct::key(ip.saddr, ip.daddr, sport, dport, ip.proto, CT_DIR_SERVICE);
     if let Some(entry) = ct::lookup(&fkey)
         && entry.rev_nat_index == svc.rev_nat_index
@@ -83,7 +101,7 @@ fn backend_for_flow(
         && let Some(b) = unsafe { SL_BACKENDS.get(entry.backend_id) }.copied()
     {
         // Established flows keep their backend, also a terminating one.
-        return Ok(Some(b));
+        return Ok(Some(Flow { backend_id: entry.backend_id, backend: b, new: false }));
     }
     let Some((backend_id, backend)) = select_backend(ip, dport, svc)? else {
         return Ok(None);
@@ -96,7 +114,7 @@ fn backend_for_flow(
         backend_id,
         svc.rev_nat_index,
     )?;
-    Ok(Some(backend))
+    Ok(Some(Flow { backend_id, backend, new: true }))
 }
 
 /// Picks a backend slot uniformly at random.

@@ -17,6 +17,7 @@ mod maps;
 mod nat;
 mod parse;
 mod reject;
+mod stats;
 
 use aya_ebpf::{macros::classifier, programs::TcContext};
 

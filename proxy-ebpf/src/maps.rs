@@ -3,11 +3,11 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{HashMap, LruHashMap, PerCpuArray},
+    maps::{HashMap, LruHashMap, PerCpuArray, PerCpuHashMap},
 };
 use proxy_common::{
     Backend, CtEntry, CtKey, DropReason, EndpointInfo, FragKey, FragPorts, RevNat, ServiceKey,
-    ServiceValue,
+    ServiceValue, TrafficStats,
 };
 
 #[map]
@@ -38,3 +38,15 @@ pub static SL_ENDPOINTS: HashMap<u32, EndpointInfo> =
 /// Frontend addresses -> number of frontends on them.
 #[map]
 pub static SL_VIPS: HashMap<u32, u32> = HashMap::pinned(proxy_common::VIPS_MAX, 0);
+
+/// Per-service counters by reverse-NAT index (entries made by the control
+/// plane). Per CPU, so the packet path adds without atomics; not
+/// preallocated, so memory follows the number of services, not the maximum.
+#[map]
+pub static SL_SVC_STATS: PerCpuHashMap<u32, TrafficStats> =
+    PerCpuHashMap::pinned(proxy_common::REVNAT_MAX, proxy_common::BPF_F_NO_PREALLOC);
+
+/// Per-backend counters by backend id (entries made by the control plane).
+#[map]
+pub static SL_BE_STATS: PerCpuHashMap<u32, TrafficStats> =
+    PerCpuHashMap::pinned(proxy_common::BACKENDS_MAX, proxy_common::BPF_F_NO_PREALLOC);

@@ -9,10 +9,38 @@ use serde::Serialize;
 use crate::{
     datapath::{
         PinPaths, Result,
-        maps::{LbMaps, PinnedMaps, capacity, read_drops},
+        maps::{LbMaps, PinnedMaps, StatsMap, capacity, read_drops, read_stats},
     },
     model::Protocol,
 };
+
+/// Traffic counters of a frontend or backend (summed over CPUs).
+#[derive(Debug, Serialize, PartialEq, Eq, Default, Clone, Copy)]
+pub struct StatsView {
+    /// Client -> backend.
+    pub fwd_packets: u64,
+    pub fwd_bytes: u64,
+    /// Backend -> client.
+    pub rev_packets: u64,
+    pub rev_bytes: u64,
+    pub new_flows: u64,
+}
+
+impl From<proxy_common::TrafficStats> for StatsView {
+    fn from(s: proxy_common::TrafficStats) -> Self {
+        Self {
+            fwd_packets: s.fwd_packets,
+            fwd_bytes: s.fwd_bytes,
+            rev_packets: s.rev_packets,
+            rev_bytes: s.rev_bytes,
+            new_flows: s.new_flows,
+        }
+    }
+}
+
+fn stats_of(paths: &PinPaths, which: StatsMap, key: u32) -> Option<StatsView> {
+    read_stats(paths, which, key).ok().flatten().map(StatsView::from)
+}
 
 #[derive(Debug, Serialize, PartialEq, Eq)]
 pub struct BackendView {
@@ -24,6 +52,8 @@ pub struct BackendView {
     /// Its slot (1..=count) when active and in the service's slot table.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub slot: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stats: Option<StatsView>,
 }
 
 #[derive(Debug, Serialize, PartialEq, Eq)]
@@ -34,6 +64,8 @@ pub struct ServiceView {
     pub rev_nat_index: u16,
     /// Number of backend slots (active backends) in the master entry.
     pub count: u16,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stats: Option<StatsView>,
     pub backends: Vec<BackendView>,
 }
 
@@ -68,6 +100,7 @@ pub fn services(paths: &PinPaths) -> Result<Vec<ServiceView>> {
                 port: b.port(),
                 state: if b.state == BACKEND_STATE_ACTIVE { "active" } else { "terminating" },
                 slot: slot_of(*id),
+                stats: stats_of(paths, StatsMap::Backend, *id),
             })
             .collect();
         bs.sort_by_key(|b| (b.address, b.port));
@@ -78,6 +111,7 @@ pub fn services(paths: &PinPaths) -> Result<Vec<ServiceView>> {
                 .map_or_else(|| k.proto.to_string(), |p| p.to_string()),
             rev_nat_index: v.rev_nat_index,
             count: v.count,
+            stats: stats_of(paths, StatsMap::Service, u32::from(v.rev_nat_index)),
             backends: bs,
         });
     }
@@ -85,24 +119,51 @@ pub fn services(paths: &PinPaths) -> Result<Vec<ServiceView>> {
     Ok(out)
 }
 
-/// `sluice services -o table`.
+/// `sluice services -o table`: one line per backend, with its counters
+/// (flows, packets and bytes both ways); the frontend's totals on its first line.
 #[must_use]
 pub fn services_table(services: &[ServiceView]) -> String {
     let mut s = String::new();
-    let _ = writeln!(s, "{:<22} {:<5} {:>4}  {:<22} STATE", "FRONTEND", "PROTO", "ID", "BACKEND");
+    let _ = writeln!(
+        s,
+        "{:<21} {:<5} {:>9} {:>4}  {:<21} {:<11} {:>7} {:>9} {:>11}",
+        "FRONTEND", "PROTO", "FLOWS", "ID", "BACKEND", "STATE", "FLOWS", "PACKETS", "BYTES"
+    );
+    let counters = |st: Option<StatsView>| {
+        st.map_or_else(
+            || ("-".to_owned(), "-".to_owned(), "-".to_owned()),
+            |st| {
+                (
+                    st.new_flows.to_string(),
+                    (st.fwd_packets + st.rev_packets).to_string(),
+                    (st.fwd_bytes + st.rev_bytes).to_string(),
+                )
+            },
+        )
+    };
     for svc in services {
         let frontend = format!("{}:{}", svc.address, svc.port);
+        let flows = counters(svc.stats).0;
         if svc.backends.is_empty() {
             let _ = writeln!(
                 s,
-                "{frontend:<22} {:<5} {:>4}  {:<22} -",
-                svc.protocol, "-", "(no endpoints)"
+                "{frontend:<21} {:<5} {flows:>9} {:>4}  {:<21} {:<11}",
+                svc.protocol, "-", "(no endpoints)", "rejected"
             );
         }
         for (i, b) in svc.backends.iter().enumerate() {
-            let (f, p) = if i == 0 { (frontend.as_str(), svc.protocol.as_str()) } else { ("", "") };
+            let (f, p, fl) = if i == 0 {
+                (frontend.as_str(), svc.protocol.as_str(), flows.as_str())
+            } else {
+                ("", "", "")
+            };
             let backend = format!("{}:{}", b.address, b.port);
-            let _ = writeln!(s, "{f:<22} {p:<5} {:>4}  {backend:<22} {}", b.id, b.state);
+            let (bf, bp, bb) = counters(b.stats);
+            let _ = writeln!(
+                s,
+                "{f:<21} {p:<5} {fl:>9} {:>4}  {backend:<21} {:<11} {bf:>7} {bp:>9} {bb:>11}",
+                b.id, b.state
+            );
         }
     }
     s
@@ -153,6 +214,11 @@ fn count_entries(paths: &PinPaths, name: &'static str) -> Option<u64> {
         }
         proxy_common::MAP_FRAGS => {
             let m: HashMap<MapData, proxy_common::FragKey, proxy_common::FragPorts> =
+                crate::datapath::maps::open_pinned(paths, name).ok()?;
+            m.keys().count()
+        }
+        proxy_common::MAP_SVC_STATS | proxy_common::MAP_BE_STATS => {
+            let m: aya::maps::PerCpuHashMap<MapData, u32, proxy_common::TrafficStats> =
                 crate::datapath::maps::open_pinned(paths, name).ok()?;
             m.keys().count()
         }

@@ -447,3 +447,28 @@ fn unserved_port_on_a_service_address_is_rejected() {
     let frame = tcp_frame(CLIENT, 48001, VIP, 81, 0x02);
     assert_eq!(h.run(&frame), (TC_ACT_UNSPEC, frame.clone()));
 }
+
+// Expect: per-service and per-backend counters see each translated packet
+// in its direction, with its length, and each new flow once.
+#[test]
+fn counters_follow_flows_packets_and_bytes() {
+    use sluice::datapath::maps::{StatsMap, read_stats};
+    if !is_root() {
+        return;
+    }
+    let mut h = Harness::new();
+    h.program(&[(80, Protocol::Tcp, 8080, &[backend_ip(1)])]);
+    let syn = tcp_frame(CLIENT, 49000, VIP, 80, 0x02);
+    h.run(&syn);
+    h.run(&tcp_frame(CLIENT, 49000, VIP, 80, 0x10));
+    h.run(&tcp_frame(backend_ip(1), 8080, CLIENT, 49000, 0x12));
+    h.run(&tcp_frame(CLIENT, 49001, VIP, 80, 0x02));
+    // Not translated: not counted.
+    h.run(&tcp_frame(CLIENT, 49002, backend_ip(1), 8080, 0x02));
+    let svc = read_stats(&h.paths, StatsMap::Service, 1).unwrap().expect("service counters");
+    assert_eq!((svc.fwd_packets, svc.rev_packets, svc.new_flows), (3, 1, 2), "{svc:?}");
+    assert_eq!(svc.fwd_bytes, 3 * syn.len() as u64);
+    assert_eq!(svc.rev_bytes, syn.len() as u64);
+    let be = read_stats(&h.paths, StatsMap::Backend, 1).unwrap().expect("backend counters");
+    assert_eq!(be, svc, "the only backend saw everything");
+}

@@ -27,9 +27,9 @@ use aya::{
 };
 use proxy_common::{
     BACKENDS_MAX, Backend, CT_MAX, CtEntry, CtKey, DropReason, ENDPOINTS_MAX, EndpointInfo,
-    FRAGS_MAX, FragKey, FragPorts, MAP_BACKENDS, MAP_CT, MAP_DROPS, MAP_ENDPOINTS, MAP_FRAGS,
-    MAP_REVNAT, MAP_SERVICES, MAP_VIPS, PROG_POD_INGRESS, REVNAT_MAX, RevNat, SERVICES_MAX,
-    ServiceKey, ServiceValue, VIPS_MAX,
+    FRAGS_MAX, FragKey, FragPorts, MAP_BACKENDS, MAP_BE_STATS, MAP_CT, MAP_DROPS, MAP_ENDPOINTS,
+    MAP_FRAGS, MAP_REVNAT, MAP_SERVICES, MAP_SVC_STATS, MAP_VIPS, PROG_POD_INGRESS, REVNAT_MAX,
+    RevNat, SERVICES_MAX, ServiceKey, ServiceValue, TrafficStats, VIPS_MAX,
 };
 use tracing::{debug, info, warn};
 
@@ -38,7 +38,7 @@ use super::{Error, PinPaths, Result};
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
 /// What each pinned map must look like: (name, key size, value size, max entries).
-pub const MAP_LAYOUTS: [(&str, usize, usize, u32); 8] = [
+pub const MAP_LAYOUTS: [(&str, usize, usize, u32); 10] = [
     (MAP_SERVICES, size_of::<ServiceKey>(), size_of::<ServiceValue>(), SERVICES_MAX),
     (MAP_BACKENDS, size_of::<u32>(), size_of::<Backend>(), BACKENDS_MAX),
     (MAP_REVNAT, size_of::<u16>(), size_of::<RevNat>(), REVNAT_MAX),
@@ -47,6 +47,8 @@ pub const MAP_LAYOUTS: [(&str, usize, usize, u32); 8] = [
     (MAP_DROPS, size_of::<u32>(), size_of::<u64>(), DropReason::COUNT),
     (MAP_ENDPOINTS, size_of::<u32>(), size_of::<EndpointInfo>(), ENDPOINTS_MAX),
     (MAP_VIPS, size_of::<u32>(), size_of::<u32>(), VIPS_MAX),
+    (MAP_SVC_STATS, size_of::<u32>(), size_of::<TrafficStats>(), REVNAT_MAX),
+    (MAP_BE_STATS, size_of::<u32>(), size_of::<TrafficStats>(), BACKENDS_MAX),
 ];
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {

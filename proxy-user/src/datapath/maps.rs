@@ -4,10 +4,10 @@
 
 use std::collections::BTreeMap;
 
-use aya::maps::{HashMap, Map, MapData, MapError, PerCpuArray};
+use aya::maps::{HashMap, Map, MapData, MapError, PerCpuArray, PerCpuHashMap, PerCpuValues};
 use proxy_common::{
-    Backend, DropReason, MAP_BACKENDS, MAP_DROPS, MAP_REVNAT, MAP_SERVICES, MAP_VIPS, RevNat,
-    ServiceKey, ServiceValue,
+    Backend, DropReason, MAP_BACKENDS, MAP_BE_STATS, MAP_DROPS, MAP_REVNAT, MAP_SERVICES,
+    MAP_SVC_STATS, MAP_VIPS, RevNat, ServiceKey, ServiceValue, TrafficStats,
 };
 
 use super::{Error, PinPaths, Result};
@@ -27,6 +27,30 @@ pub trait LbMaps {
     /// Records that `count` frontends use address `addr` (raw, network order).
     fn put_vip(&mut self, addr: u32, count: u32) -> Result<()>;
     fn delete_vip(&mut self, addr: u32) -> Result<()>;
+    /// Keys of a counter map.
+    fn stats_keys(&self, which: StatsMap) -> Result<Vec<u32>>;
+    /// Creates (or resets) a zeroed counter entry.
+    fn put_stats(&mut self, which: StatsMap, key: u32) -> Result<()>;
+    fn delete_stats(&mut self, which: StatsMap, key: u32) -> Result<()>;
+}
+
+/// The two counter maps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum StatsMap {
+    /// `SL_SVC_STATS`, keyed by reverse-NAT index.
+    Service,
+    /// `SL_BE_STATS`, keyed by backend id.
+    Backend,
+}
+
+impl StatsMap {
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            StatsMap::Service => MAP_SVC_STATS,
+            StatsMap::Backend => MAP_BE_STATS,
+        }
+    }
 }
 
 /// The pinned kernel maps under a bpffs root.
@@ -35,7 +59,10 @@ pub struct PinnedMaps {
     backends: HashMap<MapData, u32, Backend>,
     rev_nats: HashMap<MapData, u16, RevNat>,
     vips: HashMap<MapData, u32, u32>,
+    svc_stats: PerCpuHashMap<MapData, u32, TrafficStats>,
+    be_stats: PerCpuHashMap<MapData, u32, TrafficStats>,
     capacities: [u32; 4],
+    nr_cpus: usize,
 }
 
 /// Opens a pinned map as the typed map `T`.
@@ -69,6 +96,10 @@ impl PinnedMaps {
             backends: open_pinned(paths, MAP_BACKENDS)?,
             rev_nats: open_pinned(paths, MAP_REVNAT)?,
             vips: open_pinned(paths, MAP_VIPS)?,
+            svc_stats: open_pinned(paths, MAP_SVC_STATS)?,
+            be_stats: open_pinned(paths, MAP_BE_STATS)?,
+            nr_cpus: aya::util::nr_cpus()
+                .map_err(|(what, source)| Error::Io { path: what.into(), source })?,
             capacities: [
                 capacity(paths, MAP_SERVICES)?,
                 capacity(paths, MAP_BACKENDS)?,
@@ -180,6 +211,61 @@ impl LbMaps for PinnedMaps {
     fn delete_vip(&mut self, addr: u32) -> Result<()> {
         delete_ok(self.vips.remove(&addr), MAP_VIPS)
     }
+
+    fn stats_keys(&self, which: StatsMap) -> Result<Vec<u32>> {
+        let map = match which {
+            StatsMap::Service => &self.svc_stats,
+            StatsMap::Backend => &self.be_stats,
+        };
+        map.keys().collect::<Result<Vec<_>, _>>().map_err(|source| Error::MapOp {
+            name: which.name(),
+            op: "iterate",
+            source: Box::new(source),
+        })
+    }
+
+    fn put_stats(&mut self, which: StatsMap, key: u32) -> Result<()> {
+        let (map, capacity) = match which {
+            StatsMap::Service => (&mut self.svc_stats, self.capacities[2]),
+            StatsMap::Backend => (&mut self.be_stats, self.capacities[1]),
+        };
+        let zeros =
+            PerCpuValues::try_from(vec![TrafficStats::default(); self.nr_cpus]).map_err(|e| {
+                Error::MapOp {
+                    name: which.name(),
+                    op: "update",
+                    source: Box::new(MapError::IoError(e)),
+                }
+            })?;
+        map.insert(key, zeros, 0).map_err(|e| write_err(which.name(), "update", capacity, e))
+    }
+
+    fn delete_stats(&mut self, which: StatsMap, key: u32) -> Result<()> {
+        let map = match which {
+            StatsMap::Service => &mut self.svc_stats,
+            StatsMap::Backend => &mut self.be_stats,
+        };
+        delete_ok(map.remove(&key), which.name())
+    }
+}
+
+/// Counters of one entry, summed over CPUs; `None` when there is no entry.
+pub fn read_stats(paths: &PinPaths, which: StatsMap, key: u32) -> Result<Option<TrafficStats>> {
+    let map: PerCpuHashMap<MapData, u32, TrafficStats> = open_pinned(paths, which.name())?;
+    match map.get(&key, 0) {
+        Ok(values) => Ok(Some(values.iter().fold(TrafficStats::default(), |mut acc, v| {
+            acc.fwd_packets += v.fwd_packets;
+            acc.fwd_bytes += v.fwd_bytes;
+            acc.rev_packets += v.rev_packets;
+            acc.rev_bytes += v.rev_bytes;
+            acc.new_flows += v.new_flows;
+            acc
+        }))),
+        Err(MapError::KeyNotFound) => Ok(None),
+        Err(source) => {
+            Err(Error::MapOp { name: which.name(), op: "lookup", source: Box::new(source) })
+        }
+    }
 }
 
 /// One write the reconciler made, for ordering checks in tests.
@@ -193,6 +279,8 @@ pub enum Op {
     DeleteRevNat(u16),
     PutVip(u32),
     DeleteVip,
+    PutStats(StatsMap, u32),
+    DeleteStats(StatsMap, u32),
 }
 
 /// In-memory maps with a log of writes and optional capacities, for tests.
@@ -202,6 +290,7 @@ pub struct FakeMaps {
     pub backends: BTreeMap<u32, Backend>,
     pub rev_nats: BTreeMap<u16, RevNat>,
     pub vips: BTreeMap<u32, u32>,
+    pub stats: BTreeMap<(StatsMap, u32), ()>,
     pub log: Vec<Op>,
     /// When set, inserting a new key beyond this many entries fails as a
     /// full kernel map does.
@@ -291,6 +380,22 @@ impl LbMaps for FakeMaps {
     fn delete_vip(&mut self, addr: u32) -> Result<()> {
         self.vips.remove(&addr);
         self.log.push(Op::DeleteVip);
+        Ok(())
+    }
+
+    fn stats_keys(&self, which: StatsMap) -> Result<Vec<u32>> {
+        Ok(self.stats.keys().filter(|(w, _)| *w == which).map(|(_, k)| *k).collect())
+    }
+
+    fn put_stats(&mut self, which: StatsMap, key: u32) -> Result<()> {
+        self.stats.insert((which, key), ());
+        self.log.push(Op::PutStats(which, key));
+        Ok(())
+    }
+
+    fn delete_stats(&mut self, which: StatsMap, key: u32) -> Result<()> {
+        self.stats.remove(&(which, key));
+        self.log.push(Op::DeleteStats(which, key));
         Ok(())
     }
 }

@@ -23,7 +23,10 @@ use proxy_common::{
     BACKEND_STATE_ACTIVE, BACKEND_STATE_TERMINATING, Backend, RevNat, ServiceKey, ServiceValue,
 };
 
-use super::{Error, Result, maps::LbMaps};
+use super::{
+    Error, Result,
+    maps::{LbMaps, StatsMap},
+};
 use crate::model::{BackendState, Desired, Frontend, FrontendKey, Protocol};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -183,6 +186,23 @@ impl<M: LbMaps> Reconciler<M> {
         outcome.pruned = stray_keys.len() + stray_backends.len() + stray_rev_nats.len();
         outcome.frontends = applied.len();
 
+        // Counters: keep those of restored frontends and backends (they go
+        // on counting across restarts), create missing ones, drop the rest.
+        let live_svc: BTreeSet<u32> =
+            applied.values().map(|a| u32::from(a.rev_nat_index)).collect();
+        let live_be: BTreeSet<u32> =
+            applied.values().flat_map(|a| a.backends.values().map(|b| b.id)).collect();
+        for (which, live) in [(StatsMap::Service, &live_svc), (StatsMap::Backend, &live_be)] {
+            let present: BTreeSet<u32> = maps.stats_keys(which)?.into_iter().collect();
+            for key in present.difference(live) {
+                maps.delete_stats(which, *key)?;
+                outcome.pruned += 1;
+            }
+            for key in live.difference(&present) {
+                maps.put_stats(which, *key)?;
+            }
+        }
+
         // Frontend addresses: recount from the restored masters and fix
         // what differs.
         let mut vips: BTreeMap<Ipv4Addr, u32> = BTreeMap::new();
@@ -308,7 +328,13 @@ impl<M: LbMaps> Reconciler<M> {
                 None => {
                     let id = self.alloc_backend_id()?;
                     let value = Backend::new(b.addr, b.port, proto, state_to_map(b.state), rev);
-                    if let Err(e) = self.maps.put_backend(id, &value) {
+                    // Counters first, so the kernel counts from the first packet.
+                    let written = self
+                        .maps
+                        .put_stats(StatsMap::Backend, id)
+                        .and_then(|()| self.maps.put_backend(id, &value));
+                    if let Err(e) = written {
+                        let _ = self.maps.delete_stats(StatsMap::Backend, id);
                         self.used_backend_ids.remove(&id);
                         return Err(e);
                     }
@@ -349,6 +375,7 @@ impl<M: LbMaps> Reconciler<M> {
         // 4. The master entry, now that everything it points at exists; a
         // new frontend first registers its address.
         if self.applied[fk].count.is_none() {
+            self.maps.put_stats(StatsMap::Service, u32::from(rev))?;
             let n = self.vips.get(&fk.addr).copied().unwrap_or(0) + 1;
             self.maps.put_vip(proxy_common::addr_to_map(fk.addr), n)?;
             self.vips.insert(fk.addr, n);
@@ -376,6 +403,7 @@ impl<M: LbMaps> Reconciler<M> {
             .collect();
         for (k, id) in unwanted {
             self.maps.delete_backend(id)?;
+            self.maps.delete_stats(StatsMap::Backend, id)?;
             self.entry(fk).backends.remove(&k);
             self.used_backend_ids.remove(&id);
         }
@@ -407,6 +435,7 @@ impl<M: LbMaps> Reconciler<M> {
             self.applied[fk].backends.iter().map(|(k, b)| (*k, b.id)).collect();
         for (k, id) in ids {
             self.maps.delete_backend(id)?;
+            self.maps.delete_stats(StatsMap::Backend, id)?;
             self.entry(fk).backends.remove(&k);
             self.used_backend_ids.remove(&id);
         }
@@ -414,6 +443,7 @@ impl<M: LbMaps> Reconciler<M> {
         if self.applied[fk].rev_nat_written {
             self.maps.delete_rev_nat(rev)?;
         }
+        self.maps.delete_stats(StatsMap::Service, u32::from(rev))?;
         self.applied.remove(fk);
         self.used_rev_nats.remove(&rev);
         Ok(())

@@ -5,7 +5,7 @@ use std::net::Ipv4Addr;
 
 use super::*;
 use crate::{
-    datapath::maps::{FakeMaps, Op},
+    datapath::maps::{FakeMaps, Op, StatsMap},
     manifest::ObjectKey,
     model::BackendSpec,
 };
@@ -24,6 +24,11 @@ fn frontend(backends: &[BackendSpec]) -> Frontend {
         port_name: "http".into(),
         backends: backends.to_vec(),
     }
+}
+
+/// The writes that change what the kernel does (counter entries left out).
+fn lb_ops(log: &[Op]) -> Vec<Op> {
+    log.iter().filter(|op| !matches!(op, Op::PutStats(..) | Op::DeleteStats(..))).cloned().collect()
 }
 
 fn desired(entries: &[(FrontendKey, Frontend)]) -> Desired {
@@ -59,10 +64,10 @@ fn new_service_is_written_backends_slots_revnat_then_master() {
     let out = r.sync(&desired(&[(fk(80), frontend(&active(&[1, 2])))]));
     assert!(out.errors.is_empty());
     assert_eq!(out.changed, 1);
-    let log = &r.maps().log;
+    let log = lb_ops(&r.maps().log);
     assert_eq!(
         log,
-        &vec![
+        vec![
             Op::PutBackend(1),
             Op::PutBackend(2),
             Op::PutService { slot: 1, count: 0, backend_id: 1 },
@@ -92,7 +97,7 @@ fn removing_a_backend_shrinks_count_before_deleting_slot_and_backend() {
     r.sync(&desired(&[(fk(80), frontend(&active(&[1, 2, 3])))]));
     let start = r.maps().log.len();
     r.sync(&desired(&[(fk(80), frontend(&active(&[1, 3])))]));
-    let log = r.maps().log[start..].to_vec();
+    let log = lb_ops(&r.maps().log[start..]);
     // Slot 2 now points at backend 3 (id 3), the master shrinks to 2, then
     // slot 3 and backend 2 (id 2) go.
     assert_eq!(
@@ -114,7 +119,7 @@ fn deleted_service_loses_master_first_then_everything() {
     let start = r.maps().log.len();
     let out = r.sync(&Desired::new());
     assert_eq!(out.removed, 1);
-    let log = r.maps().log[start..].to_vec();
+    let log = lb_ops(&r.maps().log[start..]);
     assert_eq!(log[0], Op::DeleteService { slot: 0 });
     assert_eq!(log.last(), Some(&Op::DeleteRevNat(1)));
     assert!(r.maps().services.is_empty());
@@ -231,4 +236,38 @@ fn restore_recounts_frontend_addresses() {
     assert_eq!(restored.pruned, 1);
     assert_eq!(r2.maps().vips.len(), 1);
     assert_eq!(r2.maps().vips.get(&vip), Some(&2));
+}
+
+#[test]
+fn counters_live_and_die_with_their_frontend_and_backends() {
+    let (mut r, _) = Reconciler::restore(FakeMaps::default()).unwrap();
+    r.sync(&desired(&[(fk(80), frontend(&active(&[1, 2])))]));
+    let log = &r.maps().log;
+    let pos = |op: &Op| log.iter().position(|o| o == op).unwrap();
+    // Created before the entries the kernel would count them for.
+    assert!(pos(&Op::PutStats(StatsMap::Backend, 1)) < pos(&Op::PutBackend(1)));
+    assert!(
+        pos(&Op::PutStats(StatsMap::Service, 1))
+            < pos(&Op::PutService { slot: 0, count: 2, backend_id: 0 })
+    );
+    assert_eq!(r.maps().stats.len(), 3);
+    r.sync(&desired(&[(fk(80), frontend(&active(&[1])))]));
+    assert!(!r.maps().stats.contains_key(&(StatsMap::Backend, 2)), "removed backend's counters");
+    r.sync(&Desired::new());
+    assert!(r.maps().stats.is_empty(), "{:?}", r.maps().stats);
+}
+
+#[test]
+fn restore_keeps_live_counters_and_prunes_orphans() {
+    let (mut r, _) = Reconciler::restore(FakeMaps::default()).unwrap();
+    r.sync(&desired(&[(fk(80), frontend(&active(&[1])))]));
+    let mut maps = std::mem::take(&mut r.maps);
+    maps.stats.insert((StatsMap::Backend, 99), ());
+    maps.stats.remove(&(StatsMap::Service, 1));
+    maps.log.clear();
+    let (r2, restored) = Reconciler::restore(maps).unwrap();
+    assert_eq!(restored.pruned, 1);
+    assert!(r2.maps().stats.contains_key(&(StatsMap::Service, 1)), "missing one recreated");
+    assert!(r2.maps().stats.contains_key(&(StatsMap::Backend, 1)), "live one kept");
+    assert!(!r2.maps().log.contains(&Op::PutStats(StatsMap::Backend, 1)), "not reset");
 }
