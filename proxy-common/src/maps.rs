@@ -26,6 +26,8 @@ pub const MAP_VIPS: &str = "SL_VIPS";
 pub const MAP_SVC_STATS: &str = "SL_SVC_STATS";
 /// Per-backend counters, keyed by backend id (`u32`).
 pub const MAP_BE_STATS: &str = "SL_BE_STATS";
+/// Session affinity (`sessionAffinity: ClientIP`): client -> backend.
+pub const MAP_AFFINITY: &str = "SL_AFFINITY";
 
 /// All pinned map names, for the CLI and for checks.
 pub const ALL_MAPS: [&str; 8] =
@@ -42,6 +44,7 @@ pub const CT_MAX: u32 = 262_144;
 pub const FRAGS_MAX: u32 = 8_192;
 pub const ENDPOINTS_MAX: u32 = 65_536;
 pub const VIPS_MAX: u32 = 65_536;
+pub const AFFINITY_MAX: u32 = 262_144;
 
 /// Map flag: allocate entries on insert instead of up front.
 pub const BPF_F_NO_PREALLOC: u32 = 1;
@@ -63,11 +66,16 @@ pub struct ServiceKey {
     pub _pad: [u8; 2],
 }
 
+/// `ServiceValue::flags`: the service has `sessionAffinity: ClientIP`; its
+/// master entry's `backend_id` holds the timeout in seconds.
+pub const SVC_FLAG_AFFINITY: u16 = 1;
+
 /// Value of `SL_SERVICES`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct ServiceValue {
-    /// In a backend slot: the backend id. In the master entry: 0.
+    /// In a backend slot: the backend id. In the master entry: the session
+    /// affinity timeout in seconds with `SVC_FLAG_AFFINITY`, else 0.
     pub backend_id: u32,
     /// In the master entry: number of backend slots. In a backend slot: 0.
     pub count: u16,
@@ -165,6 +173,26 @@ pub struct FragPorts {
     pub dport: u16,
 }
 
+/// Key of `SL_AFFINITY` (an LRU hash): a client of one frontend.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct AffinityKey {
+    /// Client address, network byte order.
+    pub client: u32,
+    pub rev_nat_index: u16,
+    pub _pad: u16,
+}
+
+/// Value of `SL_AFFINITY`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AffinityValue {
+    pub backend_id: u32,
+    pub _pad: u32,
+    /// `bpf_ktime_get_ns()` of the client's last new flow to this frontend.
+    pub last_used_ns: u64,
+}
+
 /// Value of `SL_SVC_STATS` and `SL_BE_STATS`: traffic through a frontend
 /// or to a backend. The control plane creates the entry (zeroed) with the
 /// frontend or backend and deletes it with it; the kernel adds atomically.
@@ -199,6 +227,8 @@ pub struct EndpointInfo {
 const _: () = {
     assert!(core::mem::size_of::<EndpointInfo>() == 24);
     assert!(core::mem::size_of::<TrafficStats>() == 40);
+    assert!(core::mem::size_of::<AffinityKey>() == 8);
+    assert!(core::mem::size_of::<AffinityValue>() == 16);
     assert!(core::mem::size_of::<ServiceKey>() == 12);
     assert!(core::mem::size_of::<ServiceValue>() == 12);
     assert!(core::mem::size_of::<Backend>() == 12);
@@ -228,6 +258,8 @@ mod user {
     unsafe impl aya::Pod for FragPorts {}
     unsafe impl aya::Pod for EndpointInfo {}
     unsafe impl aya::Pod for super::TrafficStats {}
+    unsafe impl aya::Pod for super::AffinityKey {}
+    unsafe impl aya::Pod for super::AffinityValue {}
 
     /// An address as stored in maps (network byte order).
     #[must_use]
@@ -282,6 +314,28 @@ mod user {
         #[must_use]
         pub fn master(count: u16, rev_nat_index: u16) -> Self {
             Self { backend_id: 0, count, rev_nat_index, flags: 0, _pad: 0 }
+        }
+
+        /// The master entry, with session affinity when `affinity_timeout`
+        /// (seconds) is given.
+        #[must_use]
+        pub fn master_with(count: u16, rev_nat_index: u16, affinity_timeout: Option<u32>) -> Self {
+            match affinity_timeout {
+                Some(t) => Self {
+                    backend_id: t,
+                    count,
+                    rev_nat_index,
+                    flags: super::SVC_FLAG_AFFINITY,
+                    _pad: 0,
+                },
+                None => Self::master(count, rev_nat_index),
+            }
+        }
+
+        /// The session affinity timeout of a master entry, if any.
+        #[must_use]
+        pub fn affinity_timeout(&self) -> Option<u32> {
+            (self.flags & super::SVC_FLAG_AFFINITY != 0).then_some(self.backend_id)
         }
 
         /// A backend slot.

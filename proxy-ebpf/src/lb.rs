@@ -3,11 +3,12 @@
 
 use aya_ebpf::{helpers::bpf_get_prandom_u32, programs::TcContext};
 use proxy_common::{
-    Backend, CT_DIR_REPLY, CT_DIR_SERVICE, DropReason, ServiceKey, ServiceValue, proto,
+    Backend, CT_DIR_REPLY, CT_DIR_SERVICE, DropReason, SVC_FLAG_AFFINITY, ServiceKey, ServiceValue,
+    proto,
 };
 
 use crate::{
-    ct,
+    affinity, ct,
     drop::Action,
     frag, icmp,
     maps::{SL_BACKENDS, SL_REVNAT, SL_SERVICES, SL_VIPS},
@@ -103,7 +104,12 @@ fn backend_for_flow(
         // Established flows keep their backend, also a terminating one.
         return Ok(Some(Flow { backend_id: entry.backend_id, backend: b, new: false }));
     }
-    let Some((backend_id, backend)) = select_backend(ip, dport, svc)? else {
+    let picked = if svc.flags & SVC_FLAG_AFFINITY != 0 {
+        affinity::backend(ip, dport, svc)?
+    } else {
+        select_backend(ip, dport, svc)?
+    };
+    let Some((backend_id, backend)) = picked else {
         return Ok(None);
     };
     ct::create(
@@ -119,7 +125,7 @@ fn backend_for_flow(
 
 /// Picks a backend slot uniformly at random.
 #[inline(always)]
-fn select_backend(
+pub fn select_backend(
     ip: &Ipv4,
     dport: u16,
     svc: &ServiceValue,

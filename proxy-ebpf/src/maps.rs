@@ -6,8 +6,8 @@ use aya_ebpf::{
     maps::{HashMap, LruHashMap, PerCpuArray, PerCpuHashMap},
 };
 use proxy_common::{
-    Backend, CtEntry, CtKey, DropReason, EndpointInfo, FragKey, FragPorts, RevNat, ServiceKey,
-    ServiceValue, TrafficStats,
+    AffinityKey, AffinityValue, Backend, CtEntry, CtKey, DropReason, EndpointInfo, FragKey,
+    FragPorts, RevNat, ServiceKey, ServiceValue, TrafficStats,
 };
 
 #[map]
@@ -50,3 +50,8 @@ pub static SL_SVC_STATS: PerCpuHashMap<u32, TrafficStats> =
 #[map]
 pub static SL_BE_STATS: PerCpuHashMap<u32, TrafficStats> =
     PerCpuHashMap::pinned(proxy_common::BACKENDS_MAX, proxy_common::BPF_F_NO_PREALLOC);
+
+/// Session affinity: (client, frontend) -> backend and last use.
+#[map]
+pub static SL_AFFINITY: LruHashMap<AffinityKey, AffinityValue> =
+    LruHashMap::pinned(proxy_common::AFFINITY_MAX, 0);

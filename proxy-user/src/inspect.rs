@@ -64,6 +64,9 @@ pub struct ServiceView {
     pub rev_nat_index: u16,
     /// Number of backend slots (active backends) in the master entry.
     pub count: u16,
+    /// `sessionAffinity: ClientIP` timeout in seconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub affinity_timeout: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stats: Option<StatsView>,
     pub backends: Vec<BackendView>,
@@ -111,6 +114,7 @@ pub fn services(paths: &PinPaths) -> Result<Vec<ServiceView>> {
                 .map_or_else(|| k.proto.to_string(), |p| p.to_string()),
             rev_nat_index: v.rev_nat_index,
             count: v.count,
+            affinity_timeout: v.affinity_timeout(),
             stats: stats_of(paths, StatsMap::Service, u32::from(v.rev_nat_index)),
             backends: bs,
         });
@@ -219,6 +223,11 @@ fn count_entries(paths: &PinPaths, name: &'static str) -> Option<u64> {
         }
         proxy_common::MAP_SVC_STATS | proxy_common::MAP_BE_STATS => {
             let m: aya::maps::PerCpuHashMap<MapData, u32, proxy_common::TrafficStats> =
+                crate::datapath::maps::open_pinned(paths, name).ok()?;
+            m.keys().count()
+        }
+        proxy_common::MAP_AFFINITY => {
+            let m: HashMap<MapData, proxy_common::AffinityKey, proxy_common::AffinityValue> =
                 crate::datapath::maps::open_pinned(paths, name).ok()?;
             m.keys().count()
         }

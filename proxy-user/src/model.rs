@@ -128,6 +128,9 @@ pub struct Frontend {
     /// Sorted by (addr, port), one entry per (addr, port). Empty: the data
     /// path must reject the traffic (no usable endpoint).
     pub backends: Vec<BackendSpec>,
+    /// `sessionAffinity: ClientIP`: the timeout in seconds
+    /// (`sessionAffinityConfig.clientIP.timeoutSeconds`, default 10800).
+    pub affinity_timeout: Option<u32>,
 }
 
 /// Everything this node must program, by frontend.
@@ -199,7 +202,12 @@ fn insert_frontend(
     }
     desired.insert(
         key,
-        Frontend { service: port.service.clone(), port_name: port.port_name.clone(), backends },
+        Frontend {
+            service: port.service.clone(),
+            port_name: port.port_name.clone(),
+            backends,
+            affinity_timeout: port.affinity_timeout,
+        },
     );
 }
 
@@ -257,6 +265,8 @@ pub struct ServicePortInfo {
     pub external_policy_local: bool,
     /// Reachable from outside: a node port, external IPs or load-balancer IPs.
     pub externally_accessible: bool,
+    /// `sessionAffinity: ClientIP` timeout in seconds; `None` without affinity.
+    pub affinity_timeout: Option<u32>,
 }
 
 impl ServicePortInfo {
@@ -301,6 +311,7 @@ pub fn service_ports(
         .is_some_and(|ingress| ingress.iter().any(|i| i.ip.is_some()));
     let external_ips = spec.external_ips.as_ref().is_some_and(|ips| !ips.is_empty());
     let internal_policy_local = spec.internal_traffic_policy.as_deref() == Some("Local");
+    let affinity_timeout = session_affinity(key, spec, warnings);
     let external_local_requested = spec.external_traffic_policy.as_deref() == Some("Local");
 
     let mut ports: Vec<ServicePortInfo> = Vec::new();
@@ -360,9 +371,45 @@ pub fn service_ports(
             internal_policy_local,
             external_policy_local: externally_accessible && external_local_requested,
             externally_accessible,
+            affinity_timeout,
         });
     }
     ports
+}
+
+/// kube-proxy's default `sessionAffinityConfig.clientIP.timeoutSeconds`.
+pub const DEFAULT_AFFINITY_TIMEOUT: u32 = 10_800;
+/// The API's maximum timeout (one day).
+pub const MAX_AFFINITY_TIMEOUT: u32 = 86_400;
+
+/// `sessionAffinity: ClientIP` -> its timeout; anything else -> `None`.
+fn session_affinity(
+    key: &ObjectKey,
+    spec: &k8s_openapi::api::core::v1::ServiceSpec,
+    warnings: &mut Vec<ModelWarning>,
+) -> Option<u32> {
+    if spec.session_affinity.as_deref() != Some("ClientIP") {
+        return None;
+    }
+    let configured = spec
+        .session_affinity_config
+        .as_ref()
+        .and_then(|c| c.client_ip.as_ref())
+        .and_then(|c| c.timeout_seconds);
+    Some(match configured {
+        None => DEFAULT_AFFINITY_TIMEOUT,
+        Some(t) if t > 0 && t as u32 <= MAX_AFFINITY_TIMEOUT => t as u32,
+        Some(t) => {
+            warn(
+                warnings,
+                format!("Service {key}"),
+                format!(
+                    "sessionAffinityConfig.clientIP.timeoutSeconds {t} is outside 1..={MAX_AFFINITY_TIMEOUT}; using {DEFAULT_AFFINITY_TIMEOUT}"
+                ),
+            );
+            DEFAULT_AFFINITY_TIMEOUT
+        }
+    })
 }
 
 /// `field[i]` for a list field, `field` for the singular `spec.clusterIP`.
@@ -1226,6 +1273,7 @@ mod tests {
             internal_policy_local: s.internal_local,
             external_policy_local: s.external_local && s.node_port != 0,
             externally_accessible: s.node_port != 0,
+            affinity_timeout: None,
         }
     }
 
@@ -1643,6 +1691,50 @@ mod tests {
             assert_eq!(names(&got.all_reachable), want_all, "{name}: all");
             let want_any = !want_all.is_empty() || case.only_remote;
             assert_eq!(got.has_any, want_any, "{name}: has_any");
+        }
+    }
+}
+
+#[cfg(test)]
+mod affinity_tests {
+    use k8s_openapi::api::core::v1::{
+        ClientIPConfig, Service, ServicePort, ServiceSpec, SessionAffinityConfig,
+    };
+
+    use super::*;
+
+    fn svc(affinity: Option<&str>, timeout: Option<i32>) -> Service {
+        Service {
+            spec: Some(ServiceSpec {
+                cluster_ip: Some("10.96.0.5".into()),
+                ports: Some(vec![ServicePort { port: 80, ..Default::default() }]),
+                session_affinity: affinity.map(str::to_owned),
+                session_affinity_config: timeout.map(|t| SessionAffinityConfig {
+                    client_ip: Some(ClientIPConfig { timeout_seconds: Some(t) }),
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn client_ip_affinity_and_its_timeout() {
+        let key = ObjectKey::new("ns", "s");
+        let cases = [
+            (None, None, None, 0),
+            (Some("None"), Some(60), None, 0),
+            (Some("ClientIP"), None, Some(DEFAULT_AFFINITY_TIMEOUT), 0),
+            (Some("ClientIP"), Some(60), Some(60), 0),
+            (Some("ClientIP"), Some(0), Some(DEFAULT_AFFINITY_TIMEOUT), 1),
+            (Some("ClientIP"), Some(86_401), Some(DEFAULT_AFFINITY_TIMEOUT), 1),
+        ];
+        for (affinity, timeout, want, warnings_expected) in cases {
+            let mut warnings = Vec::new();
+            let ports = service_ports(&key, &svc(affinity, timeout), &mut warnings);
+            assert_eq!(ports.len(), 1);
+            assert_eq!(ports[0].affinity_timeout, want, "{affinity:?} {timeout:?}");
+            assert_eq!(warnings.len(), warnings_expected, "{warnings:?}");
         }
     }
 }

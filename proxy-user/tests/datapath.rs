@@ -99,6 +99,14 @@ impl Harness {
 
     /// Programs one frontend per (port, proto) with the given backends.
     fn program(&mut self, frontends: &[(u16, Protocol, u16, &[Ipv4Addr])]) {
+        self.program_with_affinity(frontends, None);
+    }
+
+    fn program_with_affinity(
+        &mut self,
+        frontends: &[(u16, Protocol, u16, &[Ipv4Addr])],
+        affinity_timeout: Option<u32>,
+    ) {
         let desired: Desired = frontends
             .iter()
             .map(|(port, proto, target, backends)| {
@@ -115,6 +123,7 @@ impl Harness {
                                 state: BackendState::Active,
                             })
                             .collect(),
+                        affinity_timeout,
                     },
                 )
             })
@@ -471,4 +480,43 @@ fn counters_follow_flows_packets_and_bytes() {
     assert_eq!(svc.rev_bytes, syn.len() as u64);
     let be = read_stats(&h.paths, StatsMap::Backend, 1).unwrap().expect("backend counters");
     assert_eq!(be, svc, "the only backend saw everything");
+}
+
+// Expect: with sessionAffinity ClientIP, 50 new flows from one client all
+// reach the same backend while another client is balanced on its own; after
+// the timeout, new flows are balanced again (they reach another backend).
+#[test]
+fn session_affinity_holds_then_expires() {
+    if !is_root() {
+        return;
+    }
+    let mut h = Harness::new();
+    let backends = [backend_ip(1), backend_ip(2), backend_ip(3), backend_ip(4)];
+    h.program_with_affinity(&[(80, Protocol::Tcp, 8080, &backends)], Some(1));
+    let first = dnat_target(&h, 50000);
+    for sport in 50001..50050 {
+        assert_eq!(dnat_target(&h, sport), first, "flow from port {sport} left the affine backend");
+    }
+    // Another client has its own affinity (balanced independently).
+    let other = Ipv4Addr::new(10, 244, 0, 99);
+    let (_, out) = h.run(&tcp_frame(other, 50000, VIP, 80, 0x02));
+    let theirs = pktgen::parse(&out).dst;
+    for sport in 50001..50010 {
+        let (_, out) = h.run(&tcp_frame(other, sport, VIP, 80, 0x02));
+        assert_eq!(pktgen::parse(&out).dst, theirs);
+    }
+    // After the timeout (1 s) a new flow is a new pick: within 20 tries
+    // (each waiting out the timeout) at least one differs; with 4 backends
+    // the chance that all 20 repeat is 4^-20.
+    let mut changed = false;
+    let mut sport = 51000;
+    for _ in 0..20 {
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+        sport += 1;
+        if dnat_target(&h, sport) != first {
+            changed = true;
+            break;
+        }
+    }
+    assert!(changed, "affinity never expired");
 }

@@ -26,10 +26,11 @@ use aya::{
     util::KernelVersion,
 };
 use proxy_common::{
-    BACKENDS_MAX, Backend, CT_MAX, CtEntry, CtKey, DropReason, ENDPOINTS_MAX, EndpointInfo,
-    FRAGS_MAX, FragKey, FragPorts, MAP_BACKENDS, MAP_BE_STATS, MAP_CT, MAP_DROPS, MAP_ENDPOINTS,
-    MAP_FRAGS, MAP_REVNAT, MAP_SERVICES, MAP_SVC_STATS, MAP_VIPS, PROG_POD_INGRESS, REVNAT_MAX,
-    RevNat, SERVICES_MAX, ServiceKey, ServiceValue, TrafficStats, VIPS_MAX,
+    AFFINITY_MAX, AffinityKey, AffinityValue, BACKENDS_MAX, Backend, CT_MAX, CtEntry, CtKey,
+    DropReason, ENDPOINTS_MAX, EndpointInfo, FRAGS_MAX, FragKey, FragPorts, MAP_AFFINITY,
+    MAP_BACKENDS, MAP_BE_STATS, MAP_CT, MAP_DROPS, MAP_ENDPOINTS, MAP_FRAGS, MAP_REVNAT,
+    MAP_SERVICES, MAP_SVC_STATS, MAP_VIPS, PROG_POD_INGRESS, REVNAT_MAX, RevNat, SERVICES_MAX,
+    ServiceKey, ServiceValue, TrafficStats, VIPS_MAX,
 };
 use tracing::{debug, info, warn};
 
@@ -38,7 +39,7 @@ use super::{Error, PinPaths, Result};
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
 /// What each pinned map must look like: (name, key size, value size, max entries).
-pub const MAP_LAYOUTS: [(&str, usize, usize, u32); 10] = [
+pub const MAP_LAYOUTS: [(&str, usize, usize, u32); 11] = [
     (MAP_SERVICES, size_of::<ServiceKey>(), size_of::<ServiceValue>(), SERVICES_MAX),
     (MAP_BACKENDS, size_of::<u32>(), size_of::<Backend>(), BACKENDS_MAX),
     (MAP_REVNAT, size_of::<u16>(), size_of::<RevNat>(), REVNAT_MAX),
@@ -49,6 +50,7 @@ pub const MAP_LAYOUTS: [(&str, usize, usize, u32); 10] = [
     (MAP_VIPS, size_of::<u32>(), size_of::<u32>(), VIPS_MAX),
     (MAP_SVC_STATS, size_of::<u32>(), size_of::<TrafficStats>(), REVNAT_MAX),
     (MAP_BE_STATS, size_of::<u32>(), size_of::<TrafficStats>(), BACKENDS_MAX),
+    (MAP_AFFINITY, size_of::<AffinityKey>(), size_of::<AffinityValue>(), AFFINITY_MAX),
 ];
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {

@@ -42,6 +42,8 @@ struct Applied {
     rev_nat_written: bool,
     /// The master entry's count, `None` when no master entry is written.
     count: Option<u16>,
+    /// The master entry's session affinity timeout.
+    affinity: Option<u32>,
     /// Backend id per slot (`slots[0]` is slot 1); 0 = unknown/missing.
     slots: Vec<u32>,
     backends: BTreeMap<(Ipv4Addr, u16), AppliedBackend>,
@@ -125,6 +127,7 @@ impl<M: LbMaps> Reconciler<M> {
                         rev_nat_index: value.rev_nat_index,
                         rev_nat_written: false,
                         count: Some(value.count),
+                        affinity: value.affinity_timeout(),
                         slots: Vec::new(),
                         backends: BTreeMap::new(),
                     },
@@ -380,9 +383,13 @@ impl<M: LbMaps> Reconciler<M> {
             self.maps.put_vip(proxy_common::addr_to_map(fk.addr), n)?;
             self.vips.insert(fk.addr, n);
         }
-        if self.applied[fk].count != Some(count) {
-            self.maps.put_service(&service_key(fk, 0), &ServiceValue::master(count, rev))?;
-            self.entry(fk).count = Some(count);
+        let affinity = frontend.affinity_timeout;
+        if self.applied[fk].count != Some(count) || self.applied[fk].affinity != affinity {
+            let master = ServiceValue::master_with(count, rev, affinity);
+            self.maps.put_service(&service_key(fk, 0), &master)?;
+            let a = self.entry(fk);
+            a.count = Some(count);
+            a.affinity = affinity;
         }
 
         // 5. Surplus slots.

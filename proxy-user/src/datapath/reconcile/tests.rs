@@ -23,6 +23,7 @@ fn frontend(backends: &[BackendSpec]) -> Frontend {
         service: ObjectKey { namespace: "default".into(), name: "echo".into() },
         port_name: "http".into(),
         backends: backends.to_vec(),
+        affinity_timeout: None,
     }
 }
 
@@ -270,4 +271,31 @@ fn restore_keeps_live_counters_and_prunes_orphans() {
     assert!(r2.maps().stats.contains_key(&(StatsMap::Service, 1)), "missing one recreated");
     assert!(r2.maps().stats.contains_key(&(StatsMap::Backend, 1)), "live one kept");
     assert!(!r2.maps().log.contains(&Op::PutStats(StatsMap::Backend, 1)), "not reset");
+}
+
+#[test]
+fn affinity_is_carried_by_the_master_entry_and_follows_changes() {
+    let (mut r, _) = Reconciler::restore(FakeMaps::default()).unwrap();
+    let mut f = frontend(&active(&[1, 2]));
+    f.affinity_timeout = Some(30);
+    r.sync(&desired(&[(fk(80), f.clone())]));
+    let master = |r: &Reconciler<FakeMaps>| {
+        r.maps().services.values().find(|(k, _)| k.backend_slot == 0).unwrap().1
+    };
+    assert_eq!(master(&r).affinity_timeout(), Some(30));
+    assert_eq!(master(&r).count, 2);
+    // Restored with it, so an unchanged state writes nothing.
+    let maps = std::mem::take(&mut r.maps);
+    let (mut r, _) = Reconciler::restore(maps).unwrap();
+    let before = r.maps().log.len();
+    r.sync(&desired(&[(fk(80), f.clone())]));
+    assert_eq!(r.maps().log.len(), before);
+    // Turning it off rewrites the master entry only.
+    f.affinity_timeout = None;
+    r.sync(&desired(&[(fk(80), f)]));
+    assert_eq!(master(&r).affinity_timeout(), None);
+    assert_eq!(
+        lb_ops(&r.maps().log[before..]),
+        vec![Op::PutService { slot: 0, count: 2, backend_id: 0 }]
+    );
 }

@@ -1,0 +1,50 @@
+//! Session affinity (`sessionAffinity: ClientIP`), as kube-proxy's `recent`
+//! match does it: a client's new flows to a frontend go to the backend its
+//! previous flow went to, as long as that was less than the timeout ago and
+//! the backend is still active; otherwise a new pick, remembered.
+
+use aya_ebpf::helpers::bpf_ktime_get_ns;
+use proxy_common::{
+    AffinityKey, AffinityValue, BACKEND_STATE_ACTIVE, Backend, DropReason, ServiceValue,
+};
+
+use crate::{
+    lb,
+    maps::{SL_AFFINITY, SL_BACKENDS},
+    parse::Ipv4,
+};
+
+/// The backend for a new flow of a service with affinity.
+#[inline(always)]
+pub fn backend(
+    ip: &Ipv4,
+    dport: u16,
+    svc: &ServiceValue,
+) -> Result<Option<(u32, Backend)>, DropReason> {
+    let key = AffinityKey { client: ip.saddr, rev_nat_index: svc.rev_nat_index, _pad: 0 };
+    // SAFETY: plain helper call.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let timeout_ns = u64::from(svc.backend_id) * 1_000_000_000;
+    // SAFETY: plain data, copied out at once.
+    if let Some(a) = unsafe { SL_AFFINITY.get(key) }.copied()
+        && now.wrapping_sub(a.last_used_ns) < timeout_ns
+        // SAFETY: plain data, copied out at once.
+        && let Some(b) = unsafe { SL_BACKENDS.get(a.backend_id) }.copied()
+        && b.state == BACKEND_STATE_ACTIVE
+        && b.rev_nat_index == svc.rev_nat_index
+    {
+        remember(&key, a.backend_id, now);
+        return Ok(Some((a.backend_id, b)));
+    }
+    let picked = lb::select_backend(ip, dport, svc)?;
+    if let Some((id, _)) = picked {
+        remember(&key, id, now);
+    }
+    Ok(picked)
+}
+
+#[inline(always)]
+fn remember(key: &AffinityKey, backend_id: u32, now: u64) {
+    // Best effort: without the entry the next flow is simply balanced anew.
+    let _ = SL_AFFINITY.insert(key, &AffinityValue { backend_id, _pad: 0, last_used_ns: now }, 0);
+}
