@@ -125,6 +125,15 @@ pub const CT_DIR_SERVICE: u8 = 0;
 /// Keyed by the tuple the backend replies with (backend -> client).
 pub const CT_DIR_REPLY: u8 = 1;
 
+/// `CtEntry::flags`: the client is its own backend (a pod reaching itself
+/// through its Service). Requests are also SNATed to `HAIRPIN_ADDR`, and
+/// replies, addressed to it, are sent back to the client.
+pub const CT_FLAG_HAIRPIN: u16 = 1;
+
+/// The source address of hairpinned requests (link-local, never a pod's),
+/// as octets. Cilium uses the same "service loopback" address.
+pub const HAIRPIN_ADDR: [u8; 4] = [169, 254, 42, 1];
+
 /// Key of `SL_CT` (an LRU hash): the full 5-tuple plus direction.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -147,6 +156,7 @@ pub struct CtEntry {
     pub backend_id: u32,
     /// The frontend to restore on replies.
     pub rev_nat_index: u16,
+    /// `CT_FLAG_*` bits.
     pub flags: u16,
     /// `bpf_ktime_get_ns()` when the flow was created (or re-balanced).
     pub created_ns: u64,

@@ -3,8 +3,8 @@
 
 use aya_ebpf::{helpers::bpf_get_prandom_u32, programs::TcContext};
 use proxy_common::{
-    Backend, CT_DIR_REPLY, CT_DIR_SERVICE, DropReason, SVC_FLAG_AFFINITY, ServiceKey, ServiceValue,
-    proto,
+    Backend, CT_DIR_REPLY, CT_DIR_SERVICE, CT_FLAG_HAIRPIN, DropReason, SVC_FLAG_AFFINITY,
+    ServiceKey, ServiceValue, proto,
 };
 
 use crate::{
@@ -38,6 +38,10 @@ pub fn handle_pod_egress(ctx: &TcContext) -> Result<Action, DropReason> {
     if let Some(entry) = ct::lookup(&rkey) {
         // SAFETY: RevNat is plain data, copied out at once.
         if let Some(rn) = unsafe { SL_REVNAT.get(entry.rev_nat_index) }.copied() {
+            if entry.flags & CT_FLAG_HAIRPIN != 0 {
+                // Back to the client, which is the backend itself.
+                nat::rewrite(ctx, &ip, Side::Destination, (ip.daddr, dport), (ip.saddr, dport))?;
+            }
             nat::rewrite(ctx, &ip, Side::Source, (ip.saddr, sport), (rn.addr, rn.port))?;
             stats::account(
                 entry.rev_nat_index,
@@ -68,6 +72,11 @@ pub fn handle_pod_egress(ctx: &TcContext) -> Result<Action, DropReason> {
     };
     let backend = flow.backend;
     nat::rewrite(ctx, &ip, Side::Destination, (ip.daddr, dport), (backend.addr, backend.port))?;
+    if backend.addr == ip.saddr {
+        // Hairpin: the pod reached itself. Its stack would drop a packet
+        // from its own address, so the source becomes the hairpin address.
+        nat::rewrite(ctx, &ip, Side::Source, (ip.saddr, sport), (ct::hairpin_addr(), sport))?;
+    }
     stats::account(svc.rev_nat_index, flow.backend_id, Direction::Forward, ctx.len(), flow.new);
     Ok(Action::Pass)
 }
@@ -119,6 +128,7 @@ fn backend_for_flow(
         ip.proto,
         backend_id,
         svc.rev_nat_index,
+        backend.addr == ip.saddr,
     )?;
     Ok(Some(Flow { backend_id, backend, new: true }))
 }

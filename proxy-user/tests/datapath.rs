@@ -520,3 +520,28 @@ fn session_affinity_holds_then_expires() {
     }
     assert!(changed, "affinity never expired");
 }
+
+// Expect: a pod that reaches itself through its Service (hairpin) sends
+// from the hairpin address, and the reply comes back as from the VIP to
+// the pod, checksums valid both ways.
+#[test]
+fn hairpin_to_self_is_snated_and_back() {
+    if !is_root() {
+        return;
+    }
+    let hairpin = Ipv4Addr::from(proxy_common::HAIRPIN_ADDR);
+    let mut h = Harness::new();
+    h.program(&[(80, Protocol::Tcp, 8080, &[CLIENT])]);
+    let (verdict, out) = h.run(&tcp_frame(CLIENT, 52000, VIP, 80, 0x02));
+    assert_eq!(verdict, TC_ACT_UNSPEC);
+    let p = pktgen::parse(&out);
+    assert_eq!((p.src, p.dst, p.ports), (hairpin, CLIENT, Some((52000, 8080))));
+    assert!(p.ip_checksum_ok);
+    assert_eq!(p.l4_checksum_ok, Some(true));
+    let (verdict, out) = h.run(&tcp_frame(CLIENT, 8080, hairpin, 52000, 0x12));
+    assert_eq!(verdict, TC_ACT_UNSPEC);
+    let p = pktgen::parse(&out);
+    assert_eq!((p.src, p.dst, p.ports), (VIP, CLIENT, Some((80, 52000))));
+    assert!(p.ip_checksum_ok);
+    assert_eq!(p.l4_checksum_ok, Some(true));
+}

@@ -120,3 +120,33 @@ fn no_endpoint_and_unserved_port_are_refused_at_once() {
     let status = agent.stop().unwrap();
     assert!(status.success(), "agent exit status {status}; log:\n{}", agent.log());
 }
+
+// Expect: a pod whose Service has only itself as endpoint reaches itself
+// through the ClusterIP (hairpin), over TCP and UDP.
+#[test]
+fn pod_reaches_itself_through_its_service() {
+    if !require_root() {
+        return;
+    }
+    sweep_stale();
+    let dir = TestDir::new("hairpin").unwrap();
+    let bpffs = BpffsMount::new_in(&dir).unwrap();
+    let cgroup = TestCgroup::new("hairpin").unwrap();
+    let node = Node::new("node-h").unwrap();
+    let pod = node.add_pod("selfish").unwrap();
+    let _srv = EchoServer::start(&pod, "selfish", 8080, 5353).unwrap();
+    let manifests = ManifestDir::new_in(&dir).unwrap();
+    manifests.write_node(&node).unwrap();
+    manifests.write_service(&service(vec![Backend::of_pod(&pod, &node)])).unwrap();
+    let cfg = AgentConfig::new(sluice_bin(), &node, &manifests, &bpffs, Some(&cgroup), &dir);
+    let mut agent = Agent::start(&node, cfg).unwrap();
+    agent.wait_backends(WAIT, VIP, 80, Protocol::Tcp, 1).unwrap();
+    for _ in 0..5 {
+        let got = tcp_request(&pod, SocketAddrV4::new(VIP, 80), IO_TIMEOUT).unwrap();
+        assert_eq!(got, "selfish");
+    }
+    let got = sluice::testbed::udp_request(&pod, SocketAddrV4::new(VIP, 53), IO_TIMEOUT).unwrap();
+    assert_eq!(got, "selfish");
+    let status = agent.stop().unwrap();
+    assert!(status.success(), "agent exit status {status}; log:\n{}", agent.log());
+}
