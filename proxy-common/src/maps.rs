@@ -77,13 +77,12 @@ pub struct ServiceValue {
     /// In a backend slot: the backend id. In the master entry: the session
     /// affinity timeout in seconds with `SVC_FLAG_AFFINITY`, else 0.
     pub backend_id: u32,
+    /// Index into `SL_REVNAT` (the frontend to restore on replies); never 0.
+    pub rev_nat_index: u32,
     /// In the master entry: number of backend slots. In a backend slot: 0.
     pub count: u16,
-    /// Index into `SL_REVNAT` (the frontend to restore on replies); never 0.
-    pub rev_nat_index: u16,
     /// `SVC_FLAG_*` bits; 0 for a plain ClusterIP.
     pub flags: u16,
-    pub _pad: u16,
 }
 
 /// Value of `SL_BACKENDS`, keyed by a `u32` backend id (never 0).
@@ -100,8 +99,7 @@ pub struct Backend {
     /// The frontend (reverse-NAT index) this backend entry belongs to.
     /// Backend ids are per frontend, so removing a backend from one service
     /// ends its flows there without touching other services.
-    pub rev_nat_index: u16,
-    pub _pad: u16,
+    pub rev_nat_index: u32,
 }
 
 /// Chosen for new flows.
@@ -109,7 +107,7 @@ pub const BACKEND_STATE_ACTIVE: u8 = 0;
 /// Keeps its established flows, never chosen for new ones.
 pub const BACKEND_STATE_TERMINATING: u8 = 1;
 
-/// Value of `SL_REVNAT`, keyed by a `u16` reverse-NAT index: the frontend
+/// Value of `SL_REVNAT`, keyed by a `u32` reverse-NAT index: the frontend
 /// that replies of a translated flow must appear to come from.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -128,7 +126,7 @@ pub const CT_DIR_REPLY: u8 = 1;
 /// `CtEntry::flags`: the client is its own backend (a pod reaching itself
 /// through its Service). Requests are also SNATed to `HAIRPIN_ADDR`, and
 /// replies, addressed to it, are sent back to the client.
-pub const CT_FLAG_HAIRPIN: u16 = 1;
+pub const CT_FLAG_HAIRPIN: u32 = 1;
 
 /// The source address of hairpinned requests (link-local, never a pod's),
 /// as octets. Cilium uses the same "service loopback" address.
@@ -155,9 +153,10 @@ pub struct CtEntry {
     /// The backend this flow was sent to.
     pub backend_id: u32,
     /// The frontend to restore on replies.
-    pub rev_nat_index: u16,
+    pub rev_nat_index: u32,
     /// `CT_FLAG_*` bits.
-    pub flags: u16,
+    pub flags: u32,
+    pub _pad: u32,
     /// `bpf_ktime_get_ns()` when the flow was created (or re-balanced).
     pub created_ns: u64,
 }
@@ -189,8 +188,7 @@ pub struct FragPorts {
 pub struct AffinityKey {
     /// Client address, network byte order.
     pub client: u32,
-    pub rev_nat_index: u16,
-    pub _pad: u16,
+    pub rev_nat_index: u32,
 }
 
 /// Value of `SL_AFFINITY`.
@@ -244,7 +242,7 @@ const _: () = {
     assert!(core::mem::size_of::<Backend>() == 12);
     assert!(core::mem::size_of::<RevNat>() == 8);
     assert!(core::mem::size_of::<CtKey>() == 16);
-    assert!(core::mem::size_of::<CtEntry>() == 16);
+    assert!(core::mem::size_of::<CtEntry>() == 24);
     assert!(core::mem::size_of::<FragKey>() == 12);
     assert!(core::mem::size_of::<FragPorts>() == 4);
 };
@@ -322,22 +320,18 @@ mod user {
     impl ServiceValue {
         /// The master entry (slot 0) of a service with `count` backends.
         #[must_use]
-        pub fn master(count: u16, rev_nat_index: u16) -> Self {
-            Self { backend_id: 0, count, rev_nat_index, flags: 0, _pad: 0 }
+        pub fn master(count: u16, rev_nat_index: u32) -> Self {
+            Self { backend_id: 0, rev_nat_index, count, flags: 0 }
         }
 
         /// The master entry, with session affinity when `affinity_timeout`
         /// (seconds) is given.
         #[must_use]
-        pub fn master_with(count: u16, rev_nat_index: u16, affinity_timeout: Option<u32>) -> Self {
+        pub fn master_with(count: u16, rev_nat_index: u32, affinity_timeout: Option<u32>) -> Self {
             match affinity_timeout {
-                Some(t) => Self {
-                    backend_id: t,
-                    count,
-                    rev_nat_index,
-                    flags: super::SVC_FLAG_AFFINITY,
-                    _pad: 0,
-                },
+                Some(t) => {
+                    Self { backend_id: t, rev_nat_index, count, flags: super::SVC_FLAG_AFFINITY }
+                }
                 None => Self::master(count, rev_nat_index),
             }
         }
@@ -350,22 +344,15 @@ mod user {
 
         /// A backend slot.
         #[must_use]
-        pub fn slot(backend_id: u32, rev_nat_index: u16) -> Self {
-            Self { backend_id, count: 0, rev_nat_index, flags: 0, _pad: 0 }
+        pub fn slot(backend_id: u32, rev_nat_index: u32) -> Self {
+            Self { backend_id, rev_nat_index, count: 0, flags: 0 }
         }
     }
 
     impl Backend {
         #[must_use]
-        pub fn new(addr: Ipv4Addr, port: u16, proto: u8, state: u8, rev_nat_index: u16) -> Self {
-            Self {
-                addr: addr_to_map(addr),
-                port: port_to_map(port),
-                proto,
-                state,
-                rev_nat_index,
-                _pad: 0,
-            }
+        pub fn new(addr: Ipv4Addr, port: u16, proto: u8, state: u8, rev_nat_index: u32) -> Self {
+            Self { addr: addr_to_map(addr), port: port_to_map(port), proto, state, rev_nat_index }
         }
 
         #[must_use]
@@ -452,7 +439,7 @@ mod tests {
         assert_eq!(core::mem::size_of::<ServiceValue>(), 12);
         assert_eq!(core::mem::size_of::<Backend>(), 12);
         assert_eq!(core::mem::size_of::<CtKey>(), 16);
-        assert_eq!(core::mem::size_of::<CtEntry>(), 16);
+        assert_eq!(core::mem::size_of::<CtEntry>(), 24);
         assert_eq!(core::mem::align_of::<CtEntry>(), 8);
     }
 }

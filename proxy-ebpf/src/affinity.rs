@@ -21,7 +21,7 @@ pub fn backend(
     dport: u16,
     svc: &ServiceValue,
 ) -> Result<Option<(u32, Backend)>, DropReason> {
-    let key = AffinityKey { client: ip.saddr, rev_nat_index: svc.rev_nat_index, _pad: 0 };
+    let key = AffinityKey { client: ip.saddr, rev_nat_index: svc.rev_nat_index };
     // SAFETY: plain helper call.
     let now = unsafe { bpf_ktime_get_ns() };
     let timeout_ns = u64::from(svc.backend_id) * 1_000_000_000;

@@ -40,13 +40,14 @@ pub fn create(
     backend: (u32, u16),
     proto: u8,
     backend_id: u32,
-    rev_nat_index: u16,
+    rev_nat_index: u32,
     hairpin: bool,
 ) -> Result<(), DropReason> {
     let entry = CtEntry {
         backend_id,
         rev_nat_index,
         flags: if hairpin { CT_FLAG_HAIRPIN } else { 0 },
+        _pad: 0,
         // SAFETY: a plain helper call.
         created_ns: unsafe { bpf_ktime_get_ns() },
     };

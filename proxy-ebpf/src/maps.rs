@@ -18,7 +18,7 @@ pub static SL_SERVICES: HashMap<ServiceKey, ServiceValue> =
 pub static SL_BACKENDS: HashMap<u32, Backend> = HashMap::pinned(proxy_common::BACKENDS_MAX, 0);
 
 #[map]
-pub static SL_REVNAT: HashMap<u16, RevNat> = HashMap::pinned(proxy_common::REVNAT_MAX, 0);
+pub static SL_REVNAT: HashMap<u32, RevNat> = HashMap::pinned(proxy_common::REVNAT_MAX, 0);
 
 #[map]
 pub static SL_CT: LruHashMap<CtKey, CtEntry> = LruHashMap::pinned(proxy_common::CT_MAX, 0);

@@ -19,8 +19,8 @@ pub enum Direction {
 
 /// Counts one translated packet of `len` bytes for its frontend and backend.
 #[inline(always)]
-pub fn account(rev_nat_index: u16, backend_id: u32, dir: Direction, len: u32, new_flow: bool) {
-    add(&SL_SVC_STATS, u32::from(rev_nat_index), dir, len, new_flow);
+pub fn account(rev_nat_index: u32, backend_id: u32, dir: Direction, len: u32, new_flow: bool) {
+    add(&SL_SVC_STATS, rev_nat_index, dir, len, new_flow);
     add(&SL_BE_STATS, backend_id, dir, len, new_flow);
 }
 

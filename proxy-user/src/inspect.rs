@@ -61,7 +61,7 @@ pub struct ServiceView {
     pub address: Ipv4Addr,
     pub port: u16,
     pub protocol: String,
-    pub rev_nat_index: u16,
+    pub rev_nat_index: u32,
     /// Number of backend slots (active backends) in the master entry.
     pub count: u16,
     /// `sessionAffinity: ClientIP` timeout in seconds.
@@ -115,7 +115,7 @@ pub fn services(paths: &PinPaths) -> Result<Vec<ServiceView>> {
             rev_nat_index: v.rev_nat_index,
             count: v.count,
             affinity_timeout: v.affinity_timeout(),
-            stats: stats_of(paths, StatsMap::Service, u32::from(v.rev_nat_index)),
+            stats: stats_of(paths, StatsMap::Service, v.rev_nat_index),
             backends: bs,
         });
     }
@@ -207,7 +207,7 @@ fn count_entries(paths: &PinPaths, name: &'static str) -> Option<u64> {
             m.keys().count()
         }
         proxy_common::MAP_REVNAT => {
-            let m: HashMap<MapData, u16, proxy_common::RevNat> =
+            let m: HashMap<MapData, u32, proxy_common::RevNat> =
                 crate::datapath::maps::open_pinned(paths, name).ok()?;
             m.keys().count()
         }

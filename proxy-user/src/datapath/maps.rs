@@ -16,13 +16,13 @@ use super::{Error, PinPaths, Result};
 pub trait LbMaps {
     fn services(&self) -> Result<Vec<(ServiceKey, ServiceValue)>>;
     fn backends(&self) -> Result<Vec<(u32, Backend)>>;
-    fn rev_nats(&self) -> Result<Vec<(u16, RevNat)>>;
+    fn rev_nats(&self) -> Result<Vec<(u32, RevNat)>>;
     fn put_backend(&mut self, id: u32, backend: &Backend) -> Result<()>;
     fn delete_backend(&mut self, id: u32) -> Result<()>;
     fn put_service(&mut self, key: &ServiceKey, value: &ServiceValue) -> Result<()>;
     fn delete_service(&mut self, key: &ServiceKey) -> Result<()>;
-    fn put_rev_nat(&mut self, index: u16, rev_nat: &RevNat) -> Result<()>;
-    fn delete_rev_nat(&mut self, index: u16) -> Result<()>;
+    fn put_rev_nat(&mut self, index: u32, rev_nat: &RevNat) -> Result<()>;
+    fn delete_rev_nat(&mut self, index: u32) -> Result<()>;
     fn vips(&self) -> Result<Vec<(u32, u32)>>;
     /// Records that `count` frontends use address `addr` (raw, network order).
     fn put_vip(&mut self, addr: u32, count: u32) -> Result<()>;
@@ -57,7 +57,7 @@ impl StatsMap {
 pub struct PinnedMaps {
     services: HashMap<MapData, ServiceKey, ServiceValue>,
     backends: HashMap<MapData, u32, Backend>,
-    rev_nats: HashMap<MapData, u16, RevNat>,
+    rev_nats: HashMap<MapData, u32, RevNat>,
     vips: HashMap<MapData, u32, u32>,
     svc_stats: PerCpuHashMap<MapData, u32, TrafficStats>,
     be_stats: PerCpuHashMap<MapData, u32, TrafficStats>,
@@ -164,7 +164,7 @@ impl LbMaps for PinnedMaps {
         collect(MAP_BACKENDS, &self.backends)
     }
 
-    fn rev_nats(&self) -> Result<Vec<(u16, RevNat)>> {
+    fn rev_nats(&self) -> Result<Vec<(u32, RevNat)>> {
         collect(MAP_REVNAT, &self.rev_nats)
     }
 
@@ -188,13 +188,13 @@ impl LbMaps for PinnedMaps {
         delete_ok(self.services.remove(key), MAP_SERVICES)
     }
 
-    fn put_rev_nat(&mut self, index: u16, rev_nat: &RevNat) -> Result<()> {
+    fn put_rev_nat(&mut self, index: u32, rev_nat: &RevNat) -> Result<()> {
         self.rev_nats
             .insert(index, rev_nat, 0)
             .map_err(|e| write_err(MAP_REVNAT, "update", self.capacities[2], e))
     }
 
-    fn delete_rev_nat(&mut self, index: u16) -> Result<()> {
+    fn delete_rev_nat(&mut self, index: u32) -> Result<()> {
         delete_ok(self.rev_nats.remove(&index), MAP_REVNAT)
     }
 
@@ -275,8 +275,8 @@ pub enum Op {
     DeleteBackend(u32),
     PutService { slot: u16, count: u16, backend_id: u32 },
     DeleteService { slot: u16 },
-    PutRevNat(u16),
-    DeleteRevNat(u16),
+    PutRevNat(u32),
+    DeleteRevNat(u32),
     PutVip(u32),
     DeleteVip,
     PutStats(StatsMap, u32),
@@ -288,7 +288,7 @@ pub enum Op {
 pub struct FakeMaps {
     pub services: BTreeMap<(u32, u16, u8, u16), (ServiceKey, ServiceValue)>,
     pub backends: BTreeMap<u32, Backend>,
-    pub rev_nats: BTreeMap<u16, RevNat>,
+    pub rev_nats: BTreeMap<u32, RevNat>,
     pub vips: BTreeMap<u32, u32>,
     pub stats: BTreeMap<(StatsMap, u32), ()>,
     pub log: Vec<Op>,
@@ -311,7 +311,7 @@ impl LbMaps for FakeMaps {
         Ok(self.backends.iter().map(|(k, v)| (*k, *v)).collect())
     }
 
-    fn rev_nats(&self) -> Result<Vec<(u16, RevNat)>> {
+    fn rev_nats(&self) -> Result<Vec<(u32, RevNat)>> {
         Ok(self.rev_nats.iter().map(|(k, v)| (*k, *v)).collect())
     }
 
@@ -355,13 +355,13 @@ impl LbMaps for FakeMaps {
         Ok(())
     }
 
-    fn put_rev_nat(&mut self, index: u16, rev_nat: &RevNat) -> Result<()> {
+    fn put_rev_nat(&mut self, index: u32, rev_nat: &RevNat) -> Result<()> {
         self.rev_nats.insert(index, *rev_nat);
         self.log.push(Op::PutRevNat(index));
         Ok(())
     }
 
-    fn delete_rev_nat(&mut self, index: u16) -> Result<()> {
+    fn delete_rev_nat(&mut self, index: u32) -> Result<()> {
         self.rev_nats.remove(&index);
         self.log.push(Op::DeleteRevNat(index));
         Ok(())

@@ -38,7 +38,7 @@ struct AppliedBackend {
 /// What is known to be in the maps for one frontend.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 struct Applied {
-    rev_nat_index: u16,
+    rev_nat_index: u32,
     rev_nat_written: bool,
     /// The master entry's count, `None` when no master entry is written.
     count: Option<u16>,
@@ -73,9 +73,9 @@ pub struct Reconciler<M> {
     maps: M,
     applied: BTreeMap<FrontendKey, Applied>,
     used_backend_ids: BTreeSet<u32>,
-    used_rev_nats: BTreeSet<u16>,
+    used_rev_nats: BTreeSet<u32>,
     next_backend_id: u32,
-    next_rev_nat: u16,
+    next_rev_nat: u32,
     /// Number of frontends (with a master entry) per address, as in `SL_VIPS`.
     vips: BTreeMap<Ipv4Addr, u32>,
 }
@@ -106,7 +106,7 @@ impl<M: LbMaps> Reconciler<M> {
         let mut outcome = RestoreOutcome::default();
 
         let mut applied: BTreeMap<FrontendKey, Applied> = BTreeMap::new();
-        let mut by_rev_nat: BTreeMap<u16, FrontendKey> = BTreeMap::new();
+        let mut by_rev_nat: BTreeMap<u32, FrontendKey> = BTreeMap::new();
         let mut slots: BTreeMap<(FrontendKey, u16), u32> = BTreeMap::new();
         let mut stray_keys = Vec::new();
         for (key, value) in &services {
@@ -191,8 +191,7 @@ impl<M: LbMaps> Reconciler<M> {
 
         // Counters: keep those of restored frontends and backends (they go
         // on counting across restarts), create missing ones, drop the rest.
-        let live_svc: BTreeSet<u32> =
-            applied.values().map(|a| u32::from(a.rev_nat_index)).collect();
+        let live_svc: BTreeSet<u32> = applied.values().map(|a| a.rev_nat_index).collect();
         let live_be: BTreeSet<u32> =
             applied.values().flat_map(|a| a.backends.values().map(|b| b.id)).collect();
         for (which, live) in [(StatsMap::Service, &live_svc), (StatsMap::Backend, &live_be)] {
@@ -231,7 +230,7 @@ impl<M: LbMaps> Reconciler<M> {
 
         let used_backend_ids: BTreeSet<u32> =
             applied.values().flat_map(|a| a.backends.values().map(|b| b.id)).collect();
-        let used_rev_nats: BTreeSet<u16> = applied.values().map(|a| a.rev_nat_index).collect();
+        let used_rev_nats: BTreeSet<u32> = applied.values().map(|a| a.rev_nat_index).collect();
         let next_backend_id = used_backend_ids.last().map_or(1, |m| m.wrapping_add(1).max(1));
         let next_rev_nat = used_rev_nats.last().map_or(1, |m| m.wrapping_add(1).max(1));
         Ok((
@@ -282,8 +281,12 @@ impl<M: LbMaps> Reconciler<M> {
         outcome
     }
 
+    // Ids are handed out in increasing order (wrapping, skipping 0 and ids in
+    // use), so a removed id is not reused soon: a flow that still names it
+    // in conntrack finds it gone rather than pointing at another backend.
+    // Among `used + 1` consecutive candidates one is free.
     fn alloc_backend_id(&mut self) -> Result<u32> {
-        for _ in 0..=u32::MAX {
+        for _ in 0..=self.used_backend_ids.len() + 1 {
             let id = self.next_backend_id;
             self.next_backend_id = id.wrapping_add(1).max(1);
             if id != 0 && self.used_backend_ids.insert(id) {
@@ -293,8 +296,8 @@ impl<M: LbMaps> Reconciler<M> {
         Err(Error::IdsExhausted("backend"))
     }
 
-    fn alloc_rev_nat(&mut self) -> Result<u16> {
-        for _ in 0..=u16::MAX {
+    fn alloc_rev_nat(&mut self) -> Result<u32> {
+        for _ in 0..=self.used_rev_nats.len() + 1 {
             let id = self.next_rev_nat;
             self.next_rev_nat = id.wrapping_add(1).max(1);
             if id != 0 && self.used_rev_nats.insert(id) {
@@ -378,7 +381,7 @@ impl<M: LbMaps> Reconciler<M> {
         // 4. The master entry, now that everything it points at exists; a
         // new frontend first registers its address.
         if self.applied[fk].count.is_none() {
-            self.maps.put_stats(StatsMap::Service, u32::from(rev))?;
+            self.maps.put_stats(StatsMap::Service, rev)?;
             let n = self.vips.get(&fk.addr).copied().unwrap_or(0) + 1;
             self.maps.put_vip(proxy_common::addr_to_map(fk.addr), n)?;
             self.vips.insert(fk.addr, n);
@@ -450,7 +453,7 @@ impl<M: LbMaps> Reconciler<M> {
         if self.applied[fk].rev_nat_written {
             self.maps.delete_rev_nat(rev)?;
         }
-        self.maps.delete_stats(StatsMap::Service, u32::from(rev))?;
+        self.maps.delete_stats(StatsMap::Service, rev)?;
         self.applied.remove(fk);
         self.used_rev_nats.remove(&rev);
         Ok(())
