@@ -30,20 +30,43 @@ pub const MAP_BE_STATS: &str = "SL_BE_STATS";
 pub const MAP_AFFINITY: &str = "SL_AFFINITY";
 
 /// All pinned map names, for the CLI and for checks.
-pub const ALL_MAPS: [&str; 8] =
-    [MAP_SERVICES, MAP_BACKENDS, MAP_REVNAT, MAP_VIPS, MAP_CT, MAP_FRAGS, MAP_DROPS, MAP_ENDPOINTS];
+pub const ALL_MAPS: [&str; 11] = [
+    MAP_SERVICES,
+    MAP_BACKENDS,
+    MAP_REVNAT,
+    MAP_VIPS,
+    MAP_SVC_STATS,
+    MAP_BE_STATS,
+    MAP_AFFINITY,
+    MAP_CT,
+    MAP_FRAGS,
+    MAP_DROPS,
+    MAP_ENDPOINTS,
+];
 
 /// Name of the tc program for traffic leaving pods (host side veth ingress).
 pub const PROG_POD_INGRESS: &str = "sl_pod_ingress";
 
 /// Default map sizes.
-pub const SERVICES_MAX: u32 = 65_536;
-pub const BACKENDS_MAX: u32 = 65_536;
-pub const REVNAT_MAX: u32 = 65_536;
-pub const CT_MAX: u32 = 262_144;
+///
+/// Defaults for 100k service ports and 1M backends. The service-side hash
+/// maps are not preallocated (memory follows use), so large defaults cost
+/// nothing until used; the LRU maps (conntrack, affinity) are preallocated.
+/// The agent's `--map-size-*` flags override these.
+///
+/// `SL_SERVICES`: one master entry per frontend plus one slot per active
+/// backend: 100k frontends + 1M slots, with room.
+pub const SERVICES_MAX: u32 = 2_097_152;
+/// `SL_BACKENDS` and `SL_BE_STATS`: backend entries (per frontend).
+pub const BACKENDS_MAX: u32 = 1_048_576;
+/// `SL_REVNAT`, `SL_SVC_STATS`: one per frontend.
+pub const REVNAT_MAX: u32 = 131_072;
+/// `SL_CT`: two entries per translated flow.
+pub const CT_MAX: u32 = 524_288;
 pub const FRAGS_MAX: u32 = 8_192;
 pub const ENDPOINTS_MAX: u32 = 65_536;
-pub const VIPS_MAX: u32 = 65_536;
+/// `SL_VIPS`: one per frontend address.
+pub const VIPS_MAX: u32 = 131_072;
 pub const AFFINITY_MAX: u32 = 262_144;
 
 /// Map flag: allocate entries on insert instead of up front.

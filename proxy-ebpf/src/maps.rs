@@ -12,13 +12,15 @@ use proxy_common::{
 
 #[map]
 pub static SL_SERVICES: HashMap<ServiceKey, ServiceValue> =
-    HashMap::pinned(proxy_common::SERVICES_MAX, 0);
+    HashMap::pinned(proxy_common::SERVICES_MAX, proxy_common::BPF_F_NO_PREALLOC);
 
 #[map]
-pub static SL_BACKENDS: HashMap<u32, Backend> = HashMap::pinned(proxy_common::BACKENDS_MAX, 0);
+pub static SL_BACKENDS: HashMap<u32, Backend> =
+    HashMap::pinned(proxy_common::BACKENDS_MAX, proxy_common::BPF_F_NO_PREALLOC);
 
 #[map]
-pub static SL_REVNAT: HashMap<u32, RevNat> = HashMap::pinned(proxy_common::REVNAT_MAX, 0);
+pub static SL_REVNAT: HashMap<u32, RevNat> =
+    HashMap::pinned(proxy_common::REVNAT_MAX, proxy_common::BPF_F_NO_PREALLOC);
 
 #[map]
 pub static SL_CT: LruHashMap<CtKey, CtEntry> = LruHashMap::pinned(proxy_common::CT_MAX, 0);
@@ -37,7 +39,8 @@ pub static SL_ENDPOINTS: HashMap<u32, EndpointInfo> =
 
 /// Frontend addresses -> number of frontends on them.
 #[map]
-pub static SL_VIPS: HashMap<u32, u32> = HashMap::pinned(proxy_common::VIPS_MAX, 0);
+pub static SL_VIPS: HashMap<u32, u32> =
+    HashMap::pinned(proxy_common::VIPS_MAX, proxy_common::BPF_F_NO_PREALLOC);
 
 /// Per-service counters by reverse-NAT index (entries made by the control
 /// plane). Per CPU, so the packet path adds without atomics; not

@@ -18,7 +18,7 @@ use tracing::{debug, error, info, warn};
 use crate::{
     cli::{AgentArgs, device_matches},
     datapath::{
-        PinPaths,
+        MapSizes, PinPaths,
         loader::{self, Datapath},
         maps::PinnedMaps,
         reconcile::Reconciler,
@@ -40,6 +40,7 @@ pub struct Config {
     pub node_name: String,
     pub paths: PinPaths,
     pub pod_devices: Vec<String>,
+    pub map_sizes: MapSizes,
 }
 
 impl Config {
@@ -73,6 +74,13 @@ impl Config {
             node_name,
             paths: PinPaths::new(&args.bpffs_root),
             pod_devices: args.pod_devices.clone(),
+            map_sizes: MapSizes {
+                services: args.map_size_services,
+                backends: args.map_size_backends,
+                frontends: args.map_size_frontends,
+                conntrack: args.map_size_conntrack,
+                affinity: args.map_size_affinity,
+            },
         })
     }
 }
@@ -90,7 +98,7 @@ struct Agent {
 pub async fn run(cfg: Config) -> anyhow::Result<()> {
     loader::check_kernel().map_err(anyhow::Error::msg)?;
     loader::ensure_bpffs(&cfg.paths.root)?;
-    let datapath = Datapath::load(&cfg.paths)?;
+    let datapath = Datapath::load(&cfg.paths, &cfg.map_sizes)?;
     let maps = PinnedMaps::open(&cfg.paths)?;
     let (reconciler, restored) = Reconciler::restore(maps)?;
     info!(

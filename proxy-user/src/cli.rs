@@ -92,6 +92,30 @@ pub struct AgentArgs {
     /// Where the agent writes this node's CNI conflist (not yet written).
     #[arg(long, default_value = "/etc/cni/net.d")]
     pub cni_conf_dir: PathBuf,
+    /// Max entries of SL_SERVICES: frontends plus one slot per active backend.
+    #[arg(long, default_value_t = proxy_common::SERVICES_MAX, value_parser = map_size)]
+    pub map_size_services: u32,
+    /// Max entries of SL_BACKENDS (backends, counted per frontend).
+    #[arg(long, default_value_t = proxy_common::BACKENDS_MAX, value_parser = map_size)]
+    pub map_size_backends: u32,
+    /// Max frontends (service address, port, protocol): SL_REVNAT, SL_VIPS.
+    #[arg(long, default_value_t = proxy_common::REVNAT_MAX, value_parser = map_size)]
+    pub map_size_frontends: u32,
+    /// Max conntrack entries (two per translated flow; LRU, preallocated).
+    #[arg(long, default_value_t = proxy_common::CT_MAX, value_parser = map_size)]
+    pub map_size_conntrack: u32,
+    /// Max session-affinity entries (LRU, preallocated).
+    #[arg(long, default_value_t = proxy_common::AFFINITY_MAX, value_parser = map_size)]
+    pub map_size_affinity: u32,
+}
+
+/// A map size: 1 ..= 2^28.
+fn map_size(s: &str) -> Result<u32, String> {
+    let n: u32 = s.parse().map_err(|e| format!("{s:?} is not a number: {e}"))?;
+    if n == 0 || n > 1 << 28 {
+        return Err(format!("{n} is outside 1..=268435456"));
+    }
+    Ok(n)
 }
 
 /// Whether interface `name` matches one of `patterns` (`eth+` matches every

@@ -14,7 +14,7 @@ use aya::programs::{SchedClassifier, TestRun, TestRunOptions};
 use proxy_common::{CtKey, DropReason, PROG_POD_INGRESS};
 use sluice::{
     datapath::{
-        PinPaths,
+        MapSizes, PinPaths,
         loader::Datapath,
         maps::{PinnedMaps, read_drops},
         reconcile::Reconciler,
@@ -48,6 +48,7 @@ fn is_root() -> bool {
 /// removed on drop, also when the test fails.
 struct Bpffs {
     dir: PathBuf,
+    owned: bool,
 }
 
 impl Bpffs {
@@ -67,12 +68,22 @@ impl Bpffs {
             None::<&str>,
         )
         .expect("mount bpffs");
-        Self { dir }
+        Self { dir, owned: true }
+    }
+}
+
+impl Bpffs {
+    /// A handle on a bpffs another guard owns (does not unmount).
+    fn adopt(paths: &PinPaths) -> Self {
+        Self { dir: paths.root.clone(), owned: false }
     }
 }
 
 impl Drop for Bpffs {
     fn drop(&mut self) {
+        if !self.owned {
+            return;
+        }
         let _ = nix::mount::umount2(&self.dir, nix::mount::MntFlags::MNT_DETACH);
         let _ = std::fs::remove_dir(&self.dir);
     }
@@ -91,7 +102,7 @@ impl Harness {
     fn new() -> Self {
         let fs = Bpffs::new();
         let paths = PinPaths::new(&fs.dir);
-        let datapath = Datapath::load(&paths).expect("load programs");
+        let datapath = Datapath::load(&paths, &MapSizes::small()).expect("load programs");
         let prog = SchedClassifier::from_pin(paths.prog(PROG_POD_INGRESS)).expect("pinned program");
         let (reconciler, _) = Reconciler::restore(PinnedMaps::open(&paths).unwrap()).unwrap();
         Self { prog, reconciler, paths, _datapath: datapath, _fs: fs }
@@ -544,4 +555,92 @@ fn hairpin_to_self_is_snated_and_back() {
     assert_eq!((p.src, p.dst, p.ports), (VIP, CLIENT, Some((80, 52000))));
     assert!(p.ip_checksum_ok);
     assert_eq!(p.l4_checksum_ok, Some(true));
+}
+
+// Expect: pinned maps of another size (or layout) are refused with an error
+// that names the map and says what differs; nothing is replaced.
+#[test]
+fn pinned_maps_of_another_size_are_refused() {
+    if !is_root() {
+        return;
+    }
+    let h = Harness::new();
+    let mut sizes = MapSizes::small();
+    sizes.conntrack *= 2;
+    let err = match Datapath::load(&h.paths, &sizes) {
+        Ok(_) => panic!("loaded over pinned maps of another size"),
+        Err(e) => e.to_string(),
+    };
+    assert!(err.contains("SL_CT") && err.contains("max entries"), "{err}");
+}
+
+// Expect: a service that does not fit the service map fails with a clear
+// "full" error and is not visible at all (no master entry); the others stay.
+#[test]
+fn full_service_map_fails_clearly_and_shows_no_half_service() {
+    if !is_root() {
+        return;
+    }
+    let fs = Bpffs::new();
+    let paths = PinPaths::new(&fs.dir);
+    let sizes = MapSizes { services: 4, ..MapSizes::small() };
+    let _dp = Datapath::load(&paths, &sizes).unwrap();
+    let (mut rec, _) = Reconciler::restore(PinnedMaps::open(&paths).unwrap()).unwrap();
+    let fe = |port: u16, n: u8| {
+        (
+            FrontendKey { addr: VIP, port, proto: Protocol::Tcp },
+            Frontend {
+                service: ObjectKey { namespace: "default".into(), name: format!("s{port}") },
+                port_name: String::new(),
+                backends: (1..=n)
+                    .map(|i| BackendSpec {
+                        addr: backend_ip(i),
+                        port: 8080,
+                        state: BackendState::Active,
+                    })
+                    .collect(),
+                affinity_timeout: None,
+            },
+        )
+    };
+    let desired: Desired = [fe(80, 1), fe(81, 3)].into_iter().collect();
+    let out = rec.sync(&desired);
+    assert_eq!(out.errors.len(), 1, "{:?}", out.errors);
+    let msg = out.errors[0].1.to_string();
+    assert!(msg.contains("SL_SERVICES") && msg.contains("full"), "{msg}");
+    let views = sluice::inspect::services(&paths).unwrap();
+    assert_eq!(views.len(), 1, "only the service that fits is visible: {views:?}");
+    assert_eq!(views[0].port, 80);
+}
+
+// Expect: a second load over the same pins (an agent restart) adopts the
+// maps: the reconciler restores every frontend with its ids, and an
+// established flow keeps its backend through the new program.
+#[test]
+fn reload_adopts_pinned_state_and_flows() {
+    if !is_root() {
+        return;
+    }
+    let mut h = Harness::new();
+    let backends = [backend_ip(1), backend_ip(2), backend_ip(3)];
+    h.program(&[(80, Protocol::Tcp, 8080, &backends)]);
+    let before = dnat_target(&h, 53000);
+    let paths = h.paths.clone();
+    // "Restart": a new load and a new reconciler over the same pins.
+    let dp2 = Datapath::load(&paths, &MapSizes::small()).unwrap();
+    let (rec2, restored) = Reconciler::restore(PinnedMaps::open(&paths).unwrap()).unwrap();
+    assert_eq!((restored.frontends, restored.backends, restored.pruned), (1, 3, 0));
+    let prog2 = SchedClassifier::from_pin(paths.prog(PROG_POD_INGRESS)).unwrap();
+    let h2 = Harness {
+        prog: prog2,
+        reconciler: rec2,
+        paths: paths.clone(),
+        _datapath: dp2,
+        _fs: Bpffs::adopt(&paths),
+    };
+    for _ in 0..10 {
+        assert_eq!(dnat_target(&h2, 53000), before, "flow moved across the reload");
+    }
+    drop(h2);
+    drop(h);
 }

@@ -26,31 +26,34 @@ use aya::{
     util::KernelVersion,
 };
 use proxy_common::{
-    AFFINITY_MAX, AffinityKey, AffinityValue, BACKENDS_MAX, Backend, CT_MAX, CtEntry, CtKey,
-    DropReason, ENDPOINTS_MAX, EndpointInfo, FRAGS_MAX, FragKey, FragPorts, MAP_AFFINITY,
-    MAP_BACKENDS, MAP_BE_STATS, MAP_CT, MAP_DROPS, MAP_ENDPOINTS, MAP_FRAGS, MAP_REVNAT,
-    MAP_SERVICES, MAP_SVC_STATS, MAP_VIPS, PROG_POD_INGRESS, REVNAT_MAX, RevNat, SERVICES_MAX,
-    ServiceKey, ServiceValue, TrafficStats, VIPS_MAX,
+    AffinityKey, AffinityValue, Backend, CtEntry, CtKey, EndpointInfo, FragKey, FragPorts,
+    MAP_AFFINITY, MAP_BACKENDS, MAP_BE_STATS, MAP_CT, MAP_DROPS, MAP_ENDPOINTS, MAP_FRAGS,
+    MAP_REVNAT, MAP_SERVICES, MAP_SVC_STATS, MAP_VIPS, PROG_POD_INGRESS, RevNat, ServiceKey,
+    ServiceValue, TrafficStats,
 };
 use tracing::{debug, info, warn};
 
-use super::{Error, PinPaths, Result};
+use super::{Error, MapSizes, PinPaths, Result};
 
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
-/// What each pinned map must look like: (name, key size, value size, max entries).
-pub const MAP_LAYOUTS: [(&str, usize, usize, u32); 11] = [
-    (MAP_SERVICES, size_of::<ServiceKey>(), size_of::<ServiceValue>(), SERVICES_MAX),
-    (MAP_BACKENDS, size_of::<u32>(), size_of::<Backend>(), BACKENDS_MAX),
-    (MAP_REVNAT, size_of::<u16>(), size_of::<RevNat>(), REVNAT_MAX),
-    (MAP_CT, size_of::<CtKey>(), size_of::<CtEntry>(), CT_MAX),
-    (MAP_FRAGS, size_of::<FragKey>(), size_of::<FragPorts>(), FRAGS_MAX),
-    (MAP_DROPS, size_of::<u32>(), size_of::<u64>(), DropReason::COUNT),
-    (MAP_ENDPOINTS, size_of::<u32>(), size_of::<EndpointInfo>(), ENDPOINTS_MAX),
-    (MAP_VIPS, size_of::<u32>(), size_of::<u32>(), VIPS_MAX),
-    (MAP_SVC_STATS, size_of::<u32>(), size_of::<TrafficStats>(), REVNAT_MAX),
-    (MAP_BE_STATS, size_of::<u32>(), size_of::<TrafficStats>(), BACKENDS_MAX),
-    (MAP_AFFINITY, size_of::<AffinityKey>(), size_of::<AffinityValue>(), AFFINITY_MAX),
+// Every map has a layout entry.
+const _: () = assert!(MAP_LAYOUTS.len() == proxy_common::ALL_MAPS.len());
+
+/// What each pinned map must look like: (name, key size, value size); its
+/// max entries come from [`MapSizes`].
+pub const MAP_LAYOUTS: [(&str, usize, usize); 11] = [
+    (MAP_SERVICES, size_of::<ServiceKey>(), size_of::<ServiceValue>()),
+    (MAP_BACKENDS, size_of::<u32>(), size_of::<Backend>()),
+    (MAP_REVNAT, size_of::<u32>(), size_of::<RevNat>()),
+    (MAP_CT, size_of::<CtKey>(), size_of::<CtEntry>()),
+    (MAP_FRAGS, size_of::<FragKey>(), size_of::<FragPorts>()),
+    (MAP_DROPS, size_of::<u32>(), size_of::<u64>()),
+    (MAP_ENDPOINTS, size_of::<u32>(), size_of::<EndpointInfo>()),
+    (MAP_VIPS, size_of::<u32>(), size_of::<u32>()),
+    (MAP_SVC_STATS, size_of::<u32>(), size_of::<TrafficStats>()),
+    (MAP_BE_STATS, size_of::<u32>(), size_of::<TrafficStats>()),
+    (MAP_AFFINITY, size_of::<AffinityKey>(), size_of::<AffinityValue>()),
 ];
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
@@ -91,8 +94,9 @@ pub fn check_kernel() -> std::result::Result<(), String> {
 }
 
 /// Refuses to adopt pinned maps of another layout (another version's).
-fn check_pinned_maps(paths: &PinPaths) -> Result<()> {
-    for (name, key, value, max) in MAP_LAYOUTS {
+fn check_pinned_maps(paths: &PinPaths, sizes: &MapSizes) -> Result<()> {
+    for (name, key, value) in MAP_LAYOUTS {
+        let max = sizes.of(name);
         let path = paths.map(name);
         if !path.exists() {
             continue;
@@ -125,15 +129,17 @@ pub struct Datapath {
 
 impl Datapath {
     /// Loads the object, reusing pinned maps, and pins maps and programs.
-    pub fn load(paths: &PinPaths) -> Result<Self> {
+    pub fn load(paths: &PinPaths, sizes: &MapSizes) -> Result<Self> {
         for dir in [paths.maps(), paths.progs(), paths.links()] {
             fs::create_dir_all(&dir).map_err(io_err(&dir))?;
         }
-        check_pinned_maps(paths)?;
-        let ebpf = EbpfLoader::new()
-            .default_map_pin_directory(paths.maps())
-            .load(crate::ebpf::OBJECT)
-            .map_err(|e| Error::Load(Box::new(e)))?;
+        check_pinned_maps(paths, sizes)?;
+        let mut loader = EbpfLoader::new();
+        loader.default_map_pin_directory(paths.maps());
+        for (name, _, _) in MAP_LAYOUTS {
+            loader.map_max_entries(name, sizes.of(name));
+        }
+        let ebpf = loader.load(crate::ebpf::OBJECT).map_err(|e| Error::Load(Box::new(e)))?;
         let mut dp = Self { ebpf, paths: paths.clone(), attached: BTreeSet::new() };
         let prog = dp.pod_program()?;
         prog.load().map_err(|e| Error::Program { name: PROG_POD_INGRESS, source: Box::new(e) })?;

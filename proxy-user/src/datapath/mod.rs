@@ -8,6 +8,65 @@ pub mod reconcile;
 
 use std::path::{Path, PathBuf};
 
+/// Sizes (max entries) of the maps that grow with the cluster; the agent's
+/// `--map-size-*` flags. The others have fixed sizes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MapSizes {
+    /// `SL_SERVICES`: frontends plus backend slots.
+    pub services: u32,
+    /// `SL_BACKENDS`, `SL_BE_STATS`: backends (per frontend).
+    pub backends: u32,
+    /// `SL_REVNAT`, `SL_SVC_STATS`, `SL_VIPS`: frontends.
+    pub frontends: u32,
+    /// `SL_CT`: conntrack entries (two per flow).
+    pub conntrack: u32,
+    /// `SL_AFFINITY`: (client, frontend) pairs with session affinity.
+    pub affinity: u32,
+}
+
+impl Default for MapSizes {
+    fn default() -> Self {
+        Self {
+            services: proxy_common::SERVICES_MAX,
+            backends: proxy_common::BACKENDS_MAX,
+            frontends: proxy_common::REVNAT_MAX,
+            conntrack: proxy_common::CT_MAX,
+            affinity: proxy_common::AFFINITY_MAX,
+        }
+    }
+}
+
+impl MapSizes {
+    /// The max entries map `name` is created with.
+    #[must_use]
+    pub fn of(&self, name: &str) -> u32 {
+        use proxy_common as pc;
+        match name {
+            pc::MAP_SERVICES => self.services,
+            pc::MAP_BACKENDS | pc::MAP_BE_STATS => self.backends,
+            pc::MAP_REVNAT | pc::MAP_SVC_STATS | pc::MAP_VIPS => self.frontends,
+            pc::MAP_CT => self.conntrack,
+            pc::MAP_AFFINITY => self.affinity,
+            pc::MAP_FRAGS => pc::FRAGS_MAX,
+            pc::MAP_ENDPOINTS => pc::ENDPOINTS_MAX,
+            pc::MAP_DROPS => pc::DropReason::COUNT,
+            _ => 0,
+        }
+    }
+
+    /// Small maps, for tests that load many copies.
+    #[must_use]
+    pub fn small() -> Self {
+        Self {
+            services: 16_384,
+            backends: 8_192,
+            frontends: 4_096,
+            conntrack: 16_384,
+            affinity: 4_096,
+        }
+    }
+}
+
 /// Where things are pinned under the bpffs root.
 #[derive(Clone, Debug)]
 pub struct PinPaths {
