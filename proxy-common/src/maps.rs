@@ -28,9 +28,12 @@ pub const MAP_SVC_STATS: &str = "SL_SVC_STATS";
 pub const MAP_BE_STATS: &str = "SL_BE_STATS";
 /// Session affinity (`sessionAffinity: ClientIP`): client -> backend.
 pub const MAP_AFFINITY: &str = "SL_AFFINITY";
+/// Socket-level LB: (socket cookie, backend) -> the frontend the socket
+/// asked for, for recvmsg/getpeername.
+pub const MAP_SOCK_REVNAT: &str = "SL_SOCK_REVNAT";
 
 /// All pinned map names, for the CLI and for checks.
-pub const ALL_MAPS: [&str; 11] = [
+pub const ALL_MAPS: [&str; 12] = [
     MAP_SERVICES,
     MAP_BACKENDS,
     MAP_REVNAT,
@@ -38,6 +41,7 @@ pub const ALL_MAPS: [&str; 11] = [
     MAP_SVC_STATS,
     MAP_BE_STATS,
     MAP_AFFINITY,
+    MAP_SOCK_REVNAT,
     MAP_CT,
     MAP_FRAGS,
     MAP_DROPS,
@@ -46,6 +50,13 @@ pub const ALL_MAPS: [&str; 11] = [
 
 /// Name of the tc program for traffic leaving pods (host side veth ingress).
 pub const PROG_POD_INGRESS: &str = "sl_pod_ingress";
+/// The socket-level load-balancing programs (cgroup hooks), by attach type.
+pub const PROG_SOCK_CONNECT4: &str = "sl_sock_connect4";
+pub const PROG_SOCK_SENDMSG4: &str = "sl_sock_sendmsg4";
+pub const PROG_SOCK_RECVMSG4: &str = "sl_sock_recvmsg4";
+pub const PROG_SOCK_GETPEERNAME4: &str = "sl_sock_getpeername4";
+pub const SOCK_PROGS: [&str; 4] =
+    [PROG_SOCK_CONNECT4, PROG_SOCK_SENDMSG4, PROG_SOCK_RECVMSG4, PROG_SOCK_GETPEERNAME4];
 
 /// Default map sizes.
 ///
@@ -68,6 +79,8 @@ pub const ENDPOINTS_MAX: u32 = 65_536;
 /// `SL_VIPS`: one per frontend address.
 pub const VIPS_MAX: u32 = 131_072;
 pub const AFFINITY_MAX: u32 = 262_144;
+/// `SL_SOCK_REVNAT`: sockets connected (or sending) through a service.
+pub const SOCK_REVNAT_MAX: u32 = 262_144;
 
 /// Map flag: allocate entries on insert instead of up front.
 pub const BPF_F_NO_PREALLOC: u32 = 1;
@@ -224,6 +237,28 @@ pub struct AffinityValue {
     pub last_used_ns: u64,
 }
 
+/// Key of `SL_SOCK_REVNAT` (an LRU hash).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SockRevNatKey {
+    /// The socket's cookie (`bpf_get_socket_cookie`).
+    pub cookie: u64,
+    /// The backend the socket was sent to, network byte order.
+    pub addr: u32,
+    pub port: u16,
+    pub _pad: u16,
+}
+
+/// Value of `SL_SOCK_REVNAT`: the frontend the socket asked for.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SockRevNat {
+    pub addr: u32,
+    pub port: u16,
+    pub _pad: u16,
+    pub rev_nat_index: u32,
+}
+
 /// Value of `SL_SVC_STATS` and `SL_BE_STATS`: traffic through a frontend
 /// or to a backend. The control plane creates the entry (zeroed) with the
 /// frontend or backend and deletes it with it; the kernel adds atomically.
@@ -259,6 +294,8 @@ const _: () = {
     assert!(core::mem::size_of::<EndpointInfo>() == 24);
     assert!(core::mem::size_of::<TrafficStats>() == 40);
     assert!(core::mem::size_of::<AffinityKey>() == 8);
+    assert!(core::mem::size_of::<SockRevNatKey>() == 16);
+    assert!(core::mem::size_of::<SockRevNat>() == 12);
     assert!(core::mem::size_of::<AffinityValue>() == 16);
     assert!(core::mem::size_of::<ServiceKey>() == 12);
     assert!(core::mem::size_of::<ServiceValue>() == 12);
@@ -290,6 +327,8 @@ mod user {
     unsafe impl aya::Pod for EndpointInfo {}
     unsafe impl aya::Pod for super::TrafficStats {}
     unsafe impl aya::Pod for super::AffinityKey {}
+    unsafe impl aya::Pod for super::SockRevNatKey {}
+    unsafe impl aya::Pod for super::SockRevNat {}
     unsafe impl aya::Pod for super::AffinityValue {}
 
     /// An address as stored in maps (network byte order).

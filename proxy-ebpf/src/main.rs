@@ -4,7 +4,7 @@
 //! one-concern modules: `parse` (headers), `lb` (service lookup and backend
 //! selection), `ct` (conntrack), `nat` (rewrites and checksums), `frag`
 //! (IPv4 fragment tracking), `icmp` (ICMP errors of translated flows) and
-//! `drop` (verdicts and drop counters).
+//! `drop` (verdicts and drop counters), `sock` (socket-level LB).
 #![no_std]
 #![no_main]
 
@@ -18,9 +18,13 @@ mod maps;
 mod nat;
 mod parse;
 mod reject;
+mod sock;
 mod stats;
 
-use aya_ebpf::{macros::classifier, programs::TcContext};
+use aya_ebpf::{
+    macros::{cgroup_sock_addr, classifier},
+    programs::{SockAddrContext, TcContext},
+};
 
 /// tc ingress on the host side of each pod's veth: every packet a pod sends.
 ///
@@ -30,6 +34,30 @@ use aya_ebpf::{macros::classifier, programs::TcContext};
 #[classifier]
 pub fn sl_pod_ingress(ctx: TcContext) -> i32 {
     drop::verdict(lb::handle_pod_egress(&ctx))
+}
+
+/// Socket-level LB: connect() of TCP and UDP sockets in the cgroup.
+#[cgroup_sock_addr(connect4)]
+pub fn sl_sock_connect4(ctx: SockAddrContext) -> i32 {
+    sock::to_backend(&ctx)
+}
+
+/// Socket-level LB: sendto()/sendmsg() of unconnected UDP sockets.
+#[cgroup_sock_addr(sendmsg4)]
+pub fn sl_sock_sendmsg4(ctx: SockAddrContext) -> i32 {
+    sock::to_backend(&ctx)
+}
+
+/// Socket-level LB: the source address recvfrom()/recvmsg() report.
+#[cgroup_sock_addr(recvmsg4)]
+pub fn sl_sock_recvmsg4(ctx: SockAddrContext) -> i32 {
+    sock::to_frontend(&ctx)
+}
+
+/// Socket-level LB: the peer getpeername() reports.
+#[cgroup_sock_addr(getpeername4)]
+pub fn sl_sock_getpeername4(ctx: SockAddrContext) -> i32 {
+    sock::to_frontend(&ctx)
 }
 
 #[cfg(not(test))]

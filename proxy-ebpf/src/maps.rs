@@ -7,7 +7,7 @@ use aya_ebpf::{
 };
 use proxy_common::{
     AffinityKey, AffinityValue, Backend, CtEntry, CtKey, DropReason, EndpointInfo, FragKey,
-    FragPorts, RevNat, ServiceKey, ServiceValue, TrafficStats,
+    FragPorts, RevNat, ServiceKey, ServiceValue, SockRevNat, SockRevNatKey, TrafficStats,
 };
 
 #[map]
@@ -58,3 +58,8 @@ pub static SL_BE_STATS: PerCpuHashMap<u32, TrafficStats> =
 #[map]
 pub static SL_AFFINITY: LruHashMap<AffinityKey, AffinityValue> =
     LruHashMap::pinned(proxy_common::AFFINITY_MAX, 0);
+
+/// Socket-level LB: (socket, backend) -> the frontend it asked for.
+#[map]
+pub static SL_SOCK_REVNAT: LruHashMap<SockRevNatKey, SockRevNat> =
+    LruHashMap::pinned(proxy_common::SOCK_REVNAT_MAX, 0);

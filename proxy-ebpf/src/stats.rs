@@ -46,3 +46,15 @@ fn add(map: &PerCpuHashMap<u32, TrafficStats>, key: u32, dir: Direction, len: u3
         s.new_flows += 1;
     }
 }
+
+/// Counts a flow balanced at the socket level (its packets are never
+/// translated, so only the flow is counted).
+#[inline(always)]
+pub fn socket_flow(rev_nat_index: u32, backend_id: u32) {
+    for (map, key) in [(&SL_SVC_STATS, rev_nat_index), (&SL_BE_STATS, backend_id)] {
+        if let Some(s) = map.get_ptr_mut(key) {
+            // SAFETY: this CPU's copy of a live entry.
+            unsafe { (*s).new_flows += 1 };
+        }
+    }
+}

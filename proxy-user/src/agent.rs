@@ -41,6 +41,8 @@ pub struct Config {
     pub paths: PinPaths,
     pub pod_devices: Vec<String>,
     pub map_sizes: MapSizes,
+    /// Where socket-level LB attaches; `None` when it is off.
+    pub socket_lb_cgroup: Option<PathBuf>,
 }
 
 impl Config {
@@ -69,7 +71,22 @@ impl Config {
         if args.pod_devices.iter().any(|p| p.is_empty() || p == "+") {
             bail!("--pod-devices: empty pattern or bare `+` would match every interface");
         }
+        let socket_lb_cgroup = if args.socket_lb {
+            let root = match &args.cgroup_root {
+                Some(r) => r.clone(),
+                None => loader::cgroup2_root().context(
+                    "no cgroup v2 mount found for socket-level LB: give --cgroup-root or --socket-lb=false",
+                )?,
+            };
+            if !root.join("cgroup.procs").exists() {
+                bail!("--cgroup-root {}: not a cgroup v2 directory", root.display());
+            }
+            Some(root)
+        } else {
+            None
+        };
         Ok(Self {
+            socket_lb_cgroup,
             manifests,
             node_name,
             paths: PinPaths::new(&args.bpffs_root),
@@ -98,7 +115,11 @@ struct Agent {
 pub async fn run(cfg: Config) -> anyhow::Result<()> {
     loader::check_kernel().map_err(anyhow::Error::msg)?;
     loader::ensure_bpffs(&cfg.paths.root)?;
-    let datapath = Datapath::load(&cfg.paths, &cfg.map_sizes)?;
+    let mut datapath = Datapath::load(&cfg.paths, &cfg.map_sizes)?;
+    match &cfg.socket_lb_cgroup {
+        Some(cgroup) => datapath.attach_socket_lb(cgroup)?,
+        None => datapath.detach_socket_lb()?,
+    }
     let maps = PinnedMaps::open(&cfg.paths)?;
     let (reconciler, restored) = Reconciler::restore(maps)?;
     info!(

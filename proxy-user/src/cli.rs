@@ -67,13 +67,14 @@ pub struct AgentArgs {
     /// Local address ranges that serve NodePorts (not yet implemented).
     #[arg(long, value_delimiter = ',')]
     pub nodeport_addresses: Vec<String>,
-    /// cgroup v2 directory where socket-level hooks attach (not yet implemented).
+    /// cgroup v2 directory where the socket-level LB hooks attach (every
+    /// process below it is balanced at connect()); default: the cgroup2 root.
     #[arg(long)]
     pub cgroup_root: Option<PathBuf>,
     /// Where maps and programs are pinned (a bpffs is mounted there if it is not on one).
     #[arg(long, env = "SLUICE_BPFFS_ROOT", default_value = DEFAULT_BPFFS_ROOT)]
     pub bpffs_root: PathBuf,
-    /// Connect-time load balancing (not yet implemented; the per-packet path is always on).
+    /// Connect-time (socket-level) load balancing; the per-packet path is always on.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub socket_lb: bool,
     /// Host-side pod interfaces the pod program attaches to (`sl+` = every

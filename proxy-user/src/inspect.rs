@@ -188,6 +188,8 @@ pub struct MapStatus {
 pub struct Status {
     pub bpffs_root: String,
     pub program_pinned: bool,
+    /// Socket-level LB links pinned (attached to the agent's cgroup root).
+    pub socket_lb_attached: bool,
     pub attached_ifindexes: Vec<u32>,
     pub maps: Vec<MapStatus>,
     pub drops: BTreeMap<&'static str, u64>,
@@ -231,6 +233,11 @@ fn count_entries(paths: &PinPaths, name: &'static str) -> Option<u64> {
                 crate::datapath::maps::open_pinned(paths, name).ok()?;
             m.keys().count()
         }
+        proxy_common::MAP_SOCK_REVNAT => {
+            let m: HashMap<MapData, proxy_common::SockRevNatKey, proxy_common::SockRevNat> =
+                crate::datapath::maps::open_pinned(paths, name).ok()?;
+            m.keys().count()
+        }
         proxy_common::MAP_VIPS => {
             let m: HashMap<MapData, u32, u32> =
                 crate::datapath::maps::open_pinned(paths, name).ok()?;
@@ -267,6 +274,7 @@ pub fn status(paths: &PinPaths) -> Status {
     Status {
         bpffs_root: paths.root.display().to_string(),
         program_pinned: paths.prog(PROG_POD_INGRESS).exists(),
+        socket_lb_attached: proxy_common::SOCK_PROGS.iter().all(|p| paths.sock_link(p).exists()),
         attached_ifindexes: attached,
         maps,
         drops,

@@ -19,7 +19,7 @@ use aya::{
     Ebpf, EbpfLoader,
     maps::MapInfo,
     programs::{
-        LinkOrder, SchedClassifier, TcAttachType,
+        CgroupAttachMode, CgroupSockAddr, LinkOrder, SchedClassifier, TcAttachType,
         links::{FdLink, PinnedLink},
         tc::{SchedClassifierLink, TcAttachOptions},
     },
@@ -28,8 +28,8 @@ use aya::{
 use proxy_common::{
     AffinityKey, AffinityValue, Backend, CtEntry, CtKey, EndpointInfo, FragKey, FragPorts,
     MAP_AFFINITY, MAP_BACKENDS, MAP_BE_STATS, MAP_CT, MAP_DROPS, MAP_ENDPOINTS, MAP_FRAGS,
-    MAP_REVNAT, MAP_SERVICES, MAP_SVC_STATS, MAP_VIPS, PROG_POD_INGRESS, RevNat, ServiceKey,
-    ServiceValue, TrafficStats,
+    MAP_REVNAT, MAP_SERVICES, MAP_SOCK_REVNAT, MAP_SVC_STATS, MAP_VIPS, PROG_POD_INGRESS, RevNat,
+    SOCK_PROGS, ServiceKey, ServiceValue, SockRevNat, SockRevNatKey, TrafficStats,
 };
 use tracing::{debug, info, warn};
 
@@ -42,7 +42,7 @@ const _: () = assert!(MAP_LAYOUTS.len() == proxy_common::ALL_MAPS.len());
 
 /// What each pinned map must look like: (name, key size, value size); its
 /// max entries come from [`MapSizes`].
-pub const MAP_LAYOUTS: [(&str, usize, usize); 11] = [
+pub const MAP_LAYOUTS: [(&str, usize, usize); 12] = [
     (MAP_SERVICES, size_of::<ServiceKey>(), size_of::<ServiceValue>()),
     (MAP_BACKENDS, size_of::<u32>(), size_of::<Backend>()),
     (MAP_REVNAT, size_of::<u32>(), size_of::<RevNat>()),
@@ -54,6 +54,7 @@ pub const MAP_LAYOUTS: [(&str, usize, usize); 11] = [
     (MAP_SVC_STATS, size_of::<u32>(), size_of::<TrafficStats>()),
     (MAP_BE_STATS, size_of::<u32>(), size_of::<TrafficStats>()),
     (MAP_AFFINITY, size_of::<AffinityKey>(), size_of::<AffinityValue>()),
+    (MAP_SOCK_REVNAT, size_of::<SockRevNatKey>(), size_of::<SockRevNat>()),
 ];
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
@@ -76,6 +77,18 @@ pub fn ensure_bpffs(root: &Path) -> Result<()> {
     warn!(path = %root.display(), "bpffs root is not on a bpffs: mounting one there");
     nix::mount::mount(Some("bpf"), root, Some("bpf"), nix::mount::MsFlags::empty(), None::<&str>)
         .map_err(|source| Error::NotBpffs { path: root.to_path_buf(), source })
+}
+
+/// The cgroup v2 mount point (the root of the unified hierarchy), from
+/// /proc/self/mountinfo.
+pub fn cgroup2_root() -> Option<PathBuf> {
+    let info = fs::read_to_string("/proc/self/mountinfo").ok()?;
+    info.lines().find_map(|line| {
+        let (left, right) = line.split_once(" - ")?;
+        let fstype = right.split_whitespace().next()?;
+        let fields: Vec<&str> = left.split_whitespace().collect();
+        (fstype == "cgroup2" && fields.get(3) == Some(&"/")).then(|| PathBuf::from(fields[4]))
+    })
 }
 
 /// Checks the kernel has what the agent needs; a one-line reason if not.
@@ -152,6 +165,15 @@ impl Datapath {
             }
         }
         prog.pin(&pin).map_err(|source| Error::Pin { path: pin.clone(), source })?;
+        for name in SOCK_PROGS {
+            let prog: &mut CgroupSockAddr = dp
+                .ebpf
+                .program_mut(name)
+                .ok_or(Error::ProgramMissing(name))?
+                .try_into()
+                .map_err(|e| Error::Program { name, source: Box::new(e) })?;
+            prog.load().map_err(|e| Error::Program { name, source: Box::new(e) })?;
+        }
         info!(root = %paths.root.display(), "programs loaded, maps and programs pinned");
         Ok(dp)
     }
@@ -216,6 +238,54 @@ impl Datapath {
         fd_link.pin(&pin).map_err(|source| Error::Pin { path: pin.clone(), source })?;
         self.attached.insert(ifindex);
         info!(ifname, ifindex, "pod program attached");
+        Ok(())
+    }
+
+    /// Attaches the socket-level LB programs to the cgroup v2 directory
+    /// `cgroup`, replacing those an earlier agent attached (the new ones are
+    /// attached first, so no connect() goes unbalanced in between).
+    pub fn attach_socket_lb(&mut self, cgroup: &Path) -> Result<()> {
+        let dir = fs::File::open(cgroup).map_err(io_err(cgroup))?;
+        for name in SOCK_PROGS {
+            let attach_err = |source| Error::Attach {
+                ifname: format!("cgroup {}", cgroup.display()),
+                source: Box::new(source),
+            };
+            let prog: &mut CgroupSockAddr = self
+                .ebpf
+                .program_mut(name)
+                .ok_or(Error::ProgramMissing(name))?
+                .try_into()
+                .map_err(|e| Error::Program { name, source: Box::new(e) })?;
+            let id = prog.attach(&dir, CgroupAttachMode::Single).map_err(attach_err)?;
+            let link = prog.take_link(id).map_err(attach_err)?;
+            let fd_link = FdLink::try_from(link)
+                .map_err(|source| Error::Link { path: self.paths.sock_link(name), source })?;
+            let pin = self.paths.sock_link(name);
+            // Dropping the old pin detaches the old program, now that the
+            // new one is in place.
+            match fs::remove_file(&pin) {
+                Ok(()) => debug!(name, "replacing socket LB link"),
+                Err(e) if e.kind() == ErrorKind::NotFound => {}
+                Err(e) => return Err(Error::Io { path: pin, source: e }),
+            }
+            fd_link.pin(&pin).map_err(|source| Error::Pin { path: pin.clone(), source })?;
+        }
+        info!(cgroup = %cgroup.display(), "socket-level load balancing attached");
+        Ok(())
+    }
+
+    /// Detaches socket-level LB (`--socket-lb=false`): removes the pinned
+    /// links an earlier agent left.
+    pub fn detach_socket_lb(&mut self) -> Result<()> {
+        for name in SOCK_PROGS {
+            let pin = self.paths.sock_link(name);
+            match fs::remove_file(&pin) {
+                Ok(()) => info!(name, "socket-level load balancing detached"),
+                Err(e) if e.kind() == ErrorKind::NotFound => {}
+                Err(e) => return Err(Error::Io { path: pin, source: e }),
+            }
+        }
         Ok(())
     }
 

@@ -47,6 +47,7 @@ impl MapSizes {
             pc::MAP_REVNAT | pc::MAP_SVC_STATS | pc::MAP_VIPS => self.frontends,
             pc::MAP_CT => self.conntrack,
             pc::MAP_AFFINITY => self.affinity,
+            pc::MAP_SOCK_REVNAT => pc::SOCK_REVNAT_MAX,
             pc::MAP_FRAGS => pc::FRAGS_MAX,
             pc::MAP_ENDPOINTS => pc::ENDPOINTS_MAX,
             pc::MAP_DROPS => pc::DropReason::COUNT,
@@ -111,6 +112,12 @@ impl PinPaths {
     #[must_use]
     pub fn pod_link(&self, ifindex: u32) -> PathBuf {
         self.links().join(format!("{}{ifindex}", proxy_common::pins::POD_LINK_PREFIX))
+    }
+
+    /// The pin of a socket-level LB program's cgroup link.
+    #[must_use]
+    pub fn sock_link(&self, prog: &str) -> PathBuf {
+        self.links().join(format!("cgroup-{prog}"))
     }
 
     /// Parses an interface index back out of a pod link pin's file name.
