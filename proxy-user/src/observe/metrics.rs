@@ -421,7 +421,6 @@ impl Collector for Scraped {
                 let n = gauge_value(usize::try_from(m.entries.unwrap_or(0)).unwrap_or(usize::MAX));
                 ConstGauge::new(n).encode(e.encode_family(&[("map", m.name)])?)?;
             }
-            drop(e);
             let mut e = encoder.encode_descriptor(
                 "sluice_map_capacity",
                 "max_entries of each pinned map",
@@ -433,7 +432,6 @@ impl Collector for Scraped {
                     ConstGauge::new(i64::from(c)).encode(e.encode_family(&[("map", m.name)])?)?;
                 }
             }
-            drop(e);
             let mut e = encoder.encode_descriptor(
                 "sluice_drops",
                 "Packets dropped by the data path, by reason",
