@@ -13,8 +13,10 @@ use proxy_common::{DropReason, MAP_BACKENDS, MAP_SERVICES};
 use sluice::{
     datapath::{PinPaths, loader::Datapath, maps::PinnedMaps, reconcile::Reconciler},
     manifest::ObjectKey,
+    manifest::Store,
     model::{BackendSpec, BackendState, Desired, Frontend, FrontendKey, Protocol},
-    observe::{Metrics, MetricsConfig},
+    observe::{LocalPolicy, Metrics, MetricsConfig, SyncReport},
+    pktgen,
 };
 
 struct Bpffs {
@@ -91,10 +93,46 @@ fn map_occupancy_and_drops_are_read_at_scrape_time() {
                     state: BackendState::Active,
                 })
                 .to_vec(),
+            affinity_timeout: None,
         },
     )]);
     assert!(reconciler.sync(&desired).errors.is_empty());
+    metrics.record_sync(&SyncReport {
+        duration: std::time::Duration::from_millis(1),
+        desired: &desired,
+        failed_frontends: 0,
+        manifest_errors: 0,
+        model_warnings: 0,
+        store: &Store::default(),
+        local: &LocalPolicy::default(),
+    });
+    // One SYN from a pod to the frontend through the pod program.
+    let prog = aya::programs::SchedClassifier::from_pin(paths.prog(proxy_common::PROG_POD_INGRESS))
+        .expect("pinned program");
+    let (client, vip) = (Ipv4Addr::new(10, 244, 0, 9), Ipv4Addr::new(10, 96, 0, 10));
+    let frame = pktgen::frame(
+        &pktgen::Ipv4Spec::new(client, vip, pktgen::TCP),
+        &pktgen::tcp(client, 40000, vip, 80, 0x02, b"hello"),
+    );
+    let mut out = vec![0u8; frame.len() + 256];
+    let opts = aya::programs::TestRunOptions {
+        data_in: Some(&frame),
+        data_out: Some(&mut out),
+        ..aya::programs::TestRunOptions::default()
+    };
+    aya::programs::TestRun::test_run(&prog, opts).expect("BPF_PROG_TEST_RUN");
     let text = metrics.encode().unwrap();
+    // Per-frontend kernel counters, named after the Service of the last sync.
+    let labels = r#"namespace="default",name="web",frontend="10.96.0.10:80/TCP""#;
+    assert_eq!(value(&text, &format!("sluice_service_new_flows_total{{{labels}}}")), 1);
+    assert_eq!(
+        value(&text, &format!(r#"sluice_service_packets_total{{{labels},direction="forward"}}"#)),
+        1
+    );
+    assert_eq!(
+        value(&text, &format!(r#"sluice_service_packets_total{{{labels},direction="reply"}}"#)),
+        0
+    );
     assert_eq!(value(&text, &services), 3, "scraped again, not cached");
     assert_eq!(value(&text, &backends), 2);
 }

@@ -23,8 +23,13 @@
 //! `sluice_manifest_errors` and `sluice_model_warnings` (documents and
 //! object parts skipped in the last sync), `sluice_build_info{version}`, and
 //! at scrape time from the pinned maps: `sluice_map_entries{map}`,
-//! `sluice_map_capacity{map}`, `sluice_drops_total{reason}`. Per-service
-//! kernel counters plug in through [`ServiceCounters`].
+//! `sluice_map_capacity{map}`, `sluice_drops_total{reason}`, and the
+//! per-frontend kernel counters `sluice_service_packets_total` and
+//! `sluice_service_bytes_total` (label `direction`: `forward` client to
+//! backend, `reply` backend to client) and `sluice_service_new_flows_total`,
+//! labelled `namespace`, `name` (the Service, from the last sync) and
+//! `frontend` (`address:port/PROTOCOL`). Another source of those counters can
+//! be plugged in through [`ServiceCounters`].
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -73,22 +78,49 @@ pub const ANNOTATION_TRIGGER_TIME: &str = "endpoints.kubernetes.io/last-change-t
 /// OpenMetrics text, as Prometheus negotiates it.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
-/// One per-service kernel counter sample (the hook for the counters the
-/// data path does not have yet).
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// The traffic counters of one frontend.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ServiceCounter {
+    /// The Service; empty when the frontend is not (or no longer) desired.
     pub service: ObjectKey,
-    /// `address:port/protocol` of the frontend.
+    /// `address:port/PROTOCOL` of the frontend.
     pub frontend: String,
-    pub packets: u64,
-    pub bytes: u64,
+    pub fwd_packets: u64,
+    pub fwd_bytes: u64,
+    pub rev_packets: u64,
+    pub rev_bytes: u64,
+    pub new_flows: u64,
 }
 
-/// Where per-service counters come from, read at scrape time. Encoded as
-/// `sluice_service_packets_total` and `sluice_service_bytes_total` with
-/// `namespace`, `name` and `frontend` labels.
+/// Where per-frontend counters come from, read at scrape time, instead of
+/// the pinned `SL_SVC_STATS` map.
 pub trait ServiceCounters: Send + Sync + 'static {
     fn read(&self) -> Vec<ServiceCounter>;
+}
+
+/// Frontend (`address:port/PROTOCOL`) -> Service, from the last sync.
+type Names = Arc<std::sync::RwLock<BTreeMap<String, ObjectKey>>>;
+
+/// The per-frontend counters of the pinned maps, named after `names`.
+fn pinned_service_counters(pins: &PinPaths, names: &Names) -> Vec<ServiceCounter> {
+    let Ok(views) = crate::inspect::services(pins) else { return Vec::new() };
+    let names = names.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+    views
+        .into_iter()
+        .filter_map(|v| {
+            let stats = v.stats?;
+            let frontend = format!("{}:{}/{}", v.address, v.port, v.protocol);
+            Some(ServiceCounter {
+                service: names.get(&frontend).cloned().unwrap_or_default(),
+                frontend,
+                fwd_packets: stats.fwd_packets,
+                fwd_bytes: stats.fwd_bytes,
+                rev_packets: stats.rev_packets,
+                rev_bytes: stats.rev_bytes,
+                new_flows: stats.new_flows,
+            })
+        })
+        .collect()
 }
 
 /// What [`Metrics::new`] needs.
@@ -98,7 +130,7 @@ pub struct MetricsConfig {
     pub pins: Option<PinPaths>,
     /// Export the health endpoints' answer counters.
     pub health: Option<HealthState>,
-    /// Per-service kernel counters.
+    /// Per-frontend counters from elsewhere than `pins`.
     pub service_counters: Option<Arc<dyn ServiceCounters>>,
 }
 
@@ -176,6 +208,7 @@ struct Inner {
     manifest_errors: Gauge,
     model_warnings: Gauge,
     triggers: Mutex<Triggers>,
+    names: Names,
 }
 
 /// The agent's metrics. Cheap to clone.
@@ -279,7 +312,9 @@ impl Metrics {
             "Syncs that failed, entirely or for some frontends",
             sync_errors.clone(),
         );
+        let names = Names::default();
         registry.register_collector(Box::new(Scraped {
+            names: Arc::clone(&names),
             pins: config.pins,
             health: config.health,
             service_counters: config.service_counters,
@@ -304,6 +339,7 @@ impl Metrics {
                 seen: BTreeMap::new(),
                 pending: BTreeSet::new(),
             }),
+            names,
         }))
     }
 
@@ -334,6 +370,8 @@ impl Metrics {
         let services: BTreeSet<&ObjectKey> = r.desired.values().map(|f| &f.service).collect();
         let backends: usize = r.desired.values().map(|f| f.backends.len()).sum();
         m.services.set(gauge_value(services.len()));
+        *m.names.write().unwrap_or_else(std::sync::PoisonError::into_inner) =
+            r.desired.iter().map(|(k, f)| (k.to_string(), f.service.clone())).collect();
         m.frontends.set(gauge_value(r.desired.len()));
         m.backends.set(gauge_value(backends));
         m.frontends_failed.set(gauge_value(r.failed_frontends));
@@ -375,6 +413,7 @@ fn gauge_value(n: usize) -> i64 {
 
 /// Metrics read at scrape time.
 struct Scraped {
+    names: Names,
     pins: Option<PinPaths>,
     health: Option<HealthState>,
     service_counters: Option<Arc<dyn ServiceCounters>>,
@@ -442,29 +481,53 @@ impl Collector for Scraped {
                 ConstCounter::new(*n).encode(e.encode_family(&[("reason", *reason)])?)?;
             }
         }
-        if let Some(source) = &self.service_counters {
-            let samples = source.read();
-            for (name, help, pick) in [
-                (
-                    "sluice_service_packets",
-                    "Packets to a frontend",
-                    (|c: &ServiceCounter| c.packets) as fn(&ServiceCounter) -> u64,
-                ),
-                ("sluice_service_bytes", "Bytes to a frontend", |c: &ServiceCounter| c.bytes),
-            ] {
-                let mut e = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
-                for c in &samples {
-                    let labels = [
-                        ("namespace", c.service.namespace.as_str()),
-                        ("name", c.service.name.as_str()),
-                        ("frontend", c.frontend.as_str()),
-                    ];
-                    ConstCounter::new(pick(c)).encode(e.encode_family(&labels)?)?;
-                }
-            }
-        }
+        let samples = match (&self.service_counters, &self.pins) {
+            (Some(source), _) => source.read(),
+            (None, Some(pins)) => pinned_service_counters(pins, &self.names),
+            (None, None) => return Ok(()),
+        };
+        encode_service_counters(&mut encoder, &samples)?;
         Ok(())
     }
+}
+
+fn encode_service_counters(
+    encoder: &mut DescriptorEncoder,
+    samples: &[ServiceCounter],
+) -> Result<(), fmt::Error> {
+    let labels = |c: &ServiceCounter| {
+        [
+            ("namespace", c.service.namespace.clone()),
+            ("name", c.service.name.clone()),
+            ("frontend", c.frontend.clone()),
+        ]
+    };
+    type Pick = fn(&ServiceCounter) -> u64;
+    let packets: [Pick; 2] = [|c| c.fwd_packets, |c| c.rev_packets];
+    let bytes: [Pick; 2] = [|c| c.fwd_bytes, |c| c.rev_bytes];
+    for (name, help, picks) in [
+        ("sluice_service_packets", "Packets through a frontend, by direction", packets),
+        ("sluice_service_bytes", "Bytes through a frontend, by direction", bytes),
+    ] {
+        let mut e = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+        for c in samples {
+            for (direction, pick) in [("forward", picks[0]), ("reply", picks[1])] {
+                let [a, b, d] = labels(c);
+                let set = [a, b, d, ("direction", direction.to_string())];
+                ConstCounter::new(pick(c)).encode(e.encode_family(&set)?)?;
+            }
+        }
+    }
+    let mut e = encoder.encode_descriptor(
+        "sluice_service_new_flows",
+        "Flows started through a frontend",
+        None,
+        MetricType::Counter,
+    )?;
+    for c in samples {
+        ConstCounter::new(c.new_flows).encode(e.encode_family(&labels(c))?)?;
+    }
+    Ok(())
 }
 
 async fn metrics_handler(State(metrics): State<Metrics>) -> Response {
@@ -515,6 +578,7 @@ mod tests {
                             state: BackendState::Active,
                         })
                         .collect(),
+                    affinity_timeout: None,
                 },
             )
         };
@@ -675,8 +739,11 @@ mod tests {
             vec![ServiceCounter {
                 service: ObjectKey::new("ns", "web"),
                 frontend: "10.96.0.1:80/TCP".into(),
-                packets: 7,
-                bytes: 700,
+                fwd_packets: 7,
+                fwd_bytes: 700,
+                rev_packets: 5,
+                rev_bytes: 500,
+                new_flows: 2,
             }]
         }
     }
@@ -692,10 +759,13 @@ mod tests {
         assert!(text.contains("# TYPE sluice_map_capacity gauge"), "{text}");
         assert!(!text.contains("sluice_map_capacity{"), "no map, no sample:\n{text}");
         assert!(text.contains(
-            r#"sluice_service_packets_total{namespace="ns",name="web",frontend="10.96.0.1:80/TCP"} 7"#
+            r#"sluice_service_packets_total{namespace="ns",name="web",frontend="10.96.0.1:80/TCP",direction="forward"} 7"#
         ), "{text}");
         assert!(text.contains(
-            r#"sluice_service_bytes_total{namespace="ns",name="web",frontend="10.96.0.1:80/TCP"} 700"#
+            r#"sluice_service_bytes_total{namespace="ns",name="web",frontend="10.96.0.1:80/TCP",direction="reply"} 500"#
+        ), "{text}");
+        assert!(text.contains(
+            r#"sluice_service_new_flows_total{namespace="ns",name="web",frontend="10.96.0.1:80/TCP"} 2"#
         ), "{text}");
     }
 
