@@ -9,24 +9,42 @@
 //!
 //! How the agent drives them (all from within its tokio runtime):
 //! ```ignore
+//! // At start, before loading the data path (so probes answer early):
 //! let health = HealthState::new(2 * RESYNC);
 //! let metrics = Metrics::new(MetricsConfig {
 //!     pins: Some(cfg.paths.clone()),
 //!     health: Some(health.clone()),
 //!     ..MetricsConfig::default()
 //! });
-//! let _health_srv = serve_health(cfg.health_bind, health.clone())?;   // bind error -> exit 1
-//! let _metrics_srv = serve_metrics(cfg.metrics_bind, metrics.clone())?;
+//! let _health_srv = observe::serve_health(cfg.health_bind, health.clone())?; // bind error: exit 1
+//! let _metrics_srv = observe::serve_metrics(cfg.metrics_bind, metrics.clone())?;
 //! let mut hc = HcServers::new(vec![Ipv4Addr::UNSPECIFIED.into()], health.clone());
-//! // before every sync (event, resync tick, retry):
-//! health.queued(); metrics.queued();
-//! // after it:
-//! let local = hcnode::local_policy(&loaded.store, &cfg.node_name);
-//! hc.sync_services(&local.hc_services);
-//! metrics.record_sync(&SyncReport { duration, desired: &desired, failed_frontends, .. });
-//! if failed_frontends == 0 { health.synced(); }
-//! // once the first sync of every source is applied:
-//! health.set_ready();
+//!
+//! // On every event, resync tick and retry, before the sync it triggers:
+//! health.queued();
+//! metrics.queued();
+//!
+//! // In the sync: when the sources cannot be read at all
+//! metrics.sync_failed(start.elapsed());
+//! // else, after the reconciler ran:
+//! let local = observe::local_policy(&loaded.store, &cfg.node_name);
+//! let hc_failures = hc.sync_services(&local.hc_services); // logged; retry next sync
+//! metrics.record_sync(&SyncReport {
+//!     duration: start.elapsed(),
+//!     desired: &desired,
+//!     failed_frontends: outcome.errors.len(),
+//!     manifest_errors: loaded.errors.len(),
+//!     model_warnings: warnings.len(),
+//!     store: &loaded.store,
+//!     local: &local,
+//! });
+//! if let Some(node) = loaded.store.nodes.get(&cfg.node_name) {
+//!     health.set_node_eligible(observe::health::node_eligible(node));
+//! }
+//! if outcome.errors.is_empty() {
+//!     health.synced();
+//!     health.set_ready(); // first full sync of every source applied
+//! }
 //! ```
 
 pub mod hcnode;
