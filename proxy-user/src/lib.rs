@@ -11,5 +11,6 @@ pub mod ebpf;
 pub mod inspect;
 pub mod manifest;
 pub mod model;
+pub mod observe;
 pub mod pktgen;
 pub mod testbed;
