@@ -196,6 +196,12 @@ impl Agent {
             error!(frontend = %format!("{}:{}/{}", fk.addr, fk.port, fk.proto), error = %e, "frontend not fully programmed; will retry");
         }
         self.needs_retry = !outcome.errors.is_empty();
+        if let Some(e) = &outcome.ct_flush_error {
+            warn!(error = %e, "cannot flush conntrack of removed UDP backends; they age out instead");
+        }
+        if outcome.ct_flushed > 0 {
+            info!(entries = outcome.ct_flushed, "flushed conntrack of removed UDP backends");
+        }
         let log =
             if outcome.changed + outcome.removed > 0 { true } else { !outcome.errors.is_empty() };
         if log {

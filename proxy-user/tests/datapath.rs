@@ -644,3 +644,42 @@ fn reload_adopts_pinned_state_and_flows() {
     drop(h2);
     drop(h);
 }
+
+// Expect: when a UDP backend is removed, the conntrack entries of its flows
+// (both directions) are flushed by the sync; other flows' entries stay.
+#[test]
+fn removing_a_udp_backend_flushes_its_conntrack() {
+    if !is_root() {
+        return;
+    }
+    let mut h = Harness::new();
+    h.program(&[(53, Protocol::Udp, 5353, &[backend_ip(1), backend_ip(2)])]);
+    // Flows until both backends have some.
+    let mut by_backend = std::collections::BTreeMap::new();
+    for sport in 54000..54040 {
+        let (_, out) = h.run(&udp_frame(CLIENT, sport, VIP, 53, true));
+        *by_backend.entry(pktgen::parse(&out).dst).or_insert(0usize) += 1;
+    }
+    assert_eq!(by_backend.len(), 2, "{by_backend:?}");
+    assert_eq!(h.ct_entries(), 80, "two entries per flow");
+    let desired_one: Desired = [(
+        FrontendKey { addr: VIP, port: 53, proto: Protocol::Udp },
+        Frontend {
+            service: ObjectKey { namespace: "default".into(), name: "svc".into() },
+            port_name: String::new(),
+            backends: vec![BackendSpec {
+                addr: backend_ip(1),
+                port: 5353,
+                state: BackendState::Active,
+            }],
+            affinity_timeout: None,
+        },
+    )]
+    .into_iter()
+    .collect();
+    let out = h.reconciler.sync(&desired_one);
+    assert!(out.errors.is_empty() && out.ct_flush_error.is_none(), "{out:?}");
+    let gone = by_backend[&backend_ip(2)];
+    assert_eq!(out.ct_flushed, 2 * gone);
+    assert_eq!(h.ct_entries(), 2 * by_backend[&backend_ip(1)]);
+}

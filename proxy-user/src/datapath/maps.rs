@@ -2,12 +2,12 @@
 //! can be tested against an in-memory fake ([`FakeMaps`]) as well as run
 //! against the pinned kernel maps ([`PinnedMaps`]).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use aya::maps::{HashMap, Map, MapData, MapError, PerCpuArray, PerCpuHashMap, PerCpuValues};
 use proxy_common::{
-    Backend, DropReason, MAP_BACKENDS, MAP_BE_STATS, MAP_DROPS, MAP_REVNAT, MAP_SERVICES,
-    MAP_SVC_STATS, MAP_VIPS, RevNat, ServiceKey, ServiceValue, TrafficStats,
+    Backend, CtEntry, CtKey, DropReason, MAP_BACKENDS, MAP_BE_STATS, MAP_CT, MAP_DROPS, MAP_REVNAT,
+    MAP_SERVICES, MAP_SVC_STATS, MAP_VIPS, RevNat, ServiceKey, ServiceValue, TrafficStats,
 };
 
 use super::{Error, PinPaths, Result};
@@ -32,6 +32,9 @@ pub trait LbMaps {
     /// Creates (or resets) a zeroed counter entry.
     fn put_stats(&mut self, which: StatsMap, key: u32) -> Result<()>;
     fn delete_stats(&mut self, which: StatsMap, key: u32) -> Result<()>;
+    /// Deletes the conntrack entries (both directions) of flows to these
+    /// backends; returns how many.
+    fn flush_ct_backends(&mut self, backend_ids: &BTreeSet<u32>) -> Result<usize>;
 }
 
 /// The two counter maps.
@@ -59,6 +62,7 @@ pub struct PinnedMaps {
     backends: HashMap<MapData, u32, Backend>,
     rev_nats: HashMap<MapData, u32, RevNat>,
     vips: HashMap<MapData, u32, u32>,
+    ct: HashMap<MapData, CtKey, CtEntry>,
     svc_stats: PerCpuHashMap<MapData, u32, TrafficStats>,
     be_stats: PerCpuHashMap<MapData, u32, TrafficStats>,
     capacities: [u32; 4],
@@ -96,6 +100,7 @@ impl PinnedMaps {
             backends: open_pinned(paths, MAP_BACKENDS)?,
             rev_nats: open_pinned(paths, MAP_REVNAT)?,
             vips: open_pinned(paths, MAP_VIPS)?,
+            ct: open_pinned(paths, MAP_CT)?,
             svc_stats: open_pinned(paths, MAP_SVC_STATS)?,
             be_stats: open_pinned(paths, MAP_BE_STATS)?,
             nr_cpus: aya::util::nr_cpus()
@@ -247,6 +252,24 @@ impl LbMaps for PinnedMaps {
         };
         delete_ok(map.remove(&key), which.name())
     }
+
+    fn flush_ct_backends(&mut self, backend_ids: &BTreeSet<u32>) -> Result<usize> {
+        // Collect first: deleting while iterating a hash map restarts or
+        // skips buckets.
+        let mut doomed = Vec::new();
+        for item in self.ct.iter() {
+            // An entry evicted between the key walk and its lookup is
+            // simply gone.
+            let Ok((key, entry)) = item else { continue };
+            if backend_ids.contains(&entry.backend_id) {
+                doomed.push(key);
+            }
+        }
+        for key in &doomed {
+            delete_ok(self.ct.remove(key), MAP_CT)?;
+        }
+        Ok(doomed.len())
+    }
 }
 
 /// Counters of one entry, summed over CPUs; `None` when there is no entry.
@@ -281,6 +304,7 @@ pub enum Op {
     DeleteVip,
     PutStats(StatsMap, u32),
     DeleteStats(StatsMap, u32),
+    FlushCt(Vec<u32>),
 }
 
 /// In-memory maps with a log of writes and optional capacities, for tests.
@@ -397,5 +421,10 @@ impl LbMaps for FakeMaps {
         self.stats.remove(&(which, key));
         self.log.push(Op::DeleteStats(which, key));
         Ok(())
+    }
+
+    fn flush_ct_backends(&mut self, backend_ids: &BTreeSet<u32>) -> Result<usize> {
+        self.log.push(Op::FlushCt(backend_ids.iter().copied().collect()));
+        Ok(0)
     }
 }

@@ -58,6 +58,10 @@ pub struct SyncOutcome {
     pub removed: usize,
     /// Frontends that could not be (fully) written; retried next sync.
     pub errors: Vec<(FrontendKey, Error)>,
+    /// Conntrack entries of removed UDP backends that were flushed.
+    pub ct_flushed: usize,
+    /// Flushing them failed (logged; the entries age out of the LRU).
+    pub ct_flush_error: Option<Error>,
 }
 
 /// What restoring from the pinned maps found.
@@ -76,6 +80,9 @@ pub struct Reconciler<M> {
     used_rev_nats: BTreeSet<u32>,
     next_backend_id: u32,
     next_rev_nat: u32,
+    /// UDP backends removed during this sync, whose conntrack entries are
+    /// flushed at its end.
+    removed_udp_backends: BTreeSet<u32>,
     /// Number of frontends (with a master entry) per address, as in `SL_VIPS`.
     vips: BTreeMap<Ipv4Addr, u32>,
 }
@@ -241,6 +248,7 @@ impl<M: LbMaps> Reconciler<M> {
                 used_rev_nats,
                 next_backend_id,
                 next_rev_nat,
+                removed_udp_backends: BTreeSet::new(),
                 vips,
             },
             outcome,
@@ -276,6 +284,16 @@ impl<M: LbMaps> Reconciler<M> {
                 Ok(true) => outcome.changed += 1,
                 Ok(false) => {}
                 Err(e) => outcome.errors.push((*fk, e)),
+            }
+        }
+        // UDP has no connection teardown: flows of a removed backend would
+        // keep stale conntrack until they age out (kube-proxy #139628 is
+        // what this avoids). Flush them now, in one pass.
+        if !self.removed_udp_backends.is_empty() {
+            let ids = std::mem::take(&mut self.removed_udp_backends);
+            match self.maps.flush_ct_backends(&ids) {
+                Ok(n) => outcome.ct_flushed = n,
+                Err(e) => outcome.ct_flush_error = Some(e),
             }
         }
         outcome
@@ -413,6 +431,9 @@ impl<M: LbMaps> Reconciler<M> {
             .collect();
         for (k, id) in unwanted {
             self.maps.delete_backend(id)?;
+            if fk.proto == Protocol::Udp {
+                self.removed_udp_backends.insert(id);
+            }
             self.maps.delete_stats(StatsMap::Backend, id)?;
             self.entry(fk).backends.remove(&k);
             self.used_backend_ids.remove(&id);
@@ -445,6 +466,9 @@ impl<M: LbMaps> Reconciler<M> {
             self.applied[fk].backends.iter().map(|(k, b)| (*k, b.id)).collect();
         for (k, id) in ids {
             self.maps.delete_backend(id)?;
+            if fk.proto == Protocol::Udp {
+                self.removed_udp_backends.insert(id);
+            }
             self.maps.delete_stats(StatsMap::Backend, id)?;
             self.entry(fk).backends.remove(&k);
             self.used_backend_ids.remove(&id);

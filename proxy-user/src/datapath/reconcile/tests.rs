@@ -299,3 +299,19 @@ fn affinity_is_carried_by_the_master_entry_and_follows_changes() {
         vec![Op::PutService { slot: 0, count: 2, backend_id: 0 }]
     );
 }
+
+#[test]
+fn removed_udp_backends_get_their_conntrack_flushed_once_per_sync() {
+    let (mut r, _) = Reconciler::restore(FakeMaps::default()).unwrap();
+    let udp = FrontendKey { proto: Protocol::Udp, ..fk(53) };
+    r.sync(&desired(&[(udp, frontend(&active(&[1, 2, 3]))), (fk(80), frontend(&active(&[1, 2])))]));
+    let start = r.maps().log.len();
+    r.sync(&desired(&[(udp, frontend(&active(&[1]))), (fk(80), frontend(&active(&[1])))]));
+    let flushes: Vec<_> =
+        r.maps().log[start..].iter().filter(|op| matches!(op, Op::FlushCt(_))).cloned().collect();
+    // Backends 2 and 3 of the UDP frontend (ids 2, 3); not the TCP one's.
+    assert_eq!(flushes, vec![Op::FlushCt(vec![2, 3])]);
+    let start = r.maps().log.len();
+    r.sync(&desired(&[(udp, frontend(&active(&[1]))), (fk(80), frontend(&active(&[1])))]));
+    assert!(!r.maps().log[start..].iter().any(|op| matches!(op, Op::FlushCt(_))));
+}
