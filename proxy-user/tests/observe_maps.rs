@@ -67,7 +67,8 @@ fn map_occupancy_and_drops_are_read_at_scrape_time() {
     }
     let fs = Bpffs::new();
     let paths = PinPaths::new(&fs.dir);
-    let _datapath = Datapath::load(&paths).expect("load programs");
+    let _datapath =
+        Datapath::load(&paths, &sluice::datapath::MapSizes::small()).expect("load programs");
     let metrics =
         Metrics::new(MetricsConfig { pins: Some(paths.clone()), ..MetricsConfig::default() });
 
