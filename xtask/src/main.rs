@@ -88,8 +88,7 @@ fn run(task: Task) -> Result<()> {
         }
         Task::Bench { quick, target } => {
             setup::setup()?;
-            bench(quick, target.as_deref());
-            Ok(())
+            bench(quick, target.as_deref())
         }
         Task::FmtCheck => {
             say("cargo fmt --all --check");
@@ -147,14 +146,27 @@ fn demo(demo_args: &[String]) -> Result<()> {
     cmd::check("the demo", status)
 }
 
-fn bench(quick: bool, target: Option<&str>) {
-    let what = match (target, quick) {
-        (Some(target), true) => format!("`{target}` (quick)"),
-        (Some(target), false) => format!("`{target}`"),
-        (None, true) => "all (quick)".to_owned(),
-        (None, false) => "all".to_owned(),
+/// Benchmarks: `datapath` (per-packet cost against the number of services).
+/// More join as the issues add them.
+fn bench(quick: bool, target: Option<&str>) -> Result<()> {
+    const TARGETS: [&str; 1] = ["datapath"];
+    let targets: Vec<&str> = match target {
+        None => TARGETS.to_vec(),
+        Some(t) if TARGETS.contains(&t) => vec![t],
+        Some(t) => anyhow::bail!("no benchmark `{t}`; there are: {}", TARGETS.join(", ")),
     };
-    say(format!("bench: {what}: no benchmarks yet: see issues"));
+    for t in targets {
+        let mut run = cmd::cargo();
+        run.args(["run", "--release", "-p", "sluice", "--example", &format!("bench_{t}")]);
+        if quick {
+            run.args(["--", "--quick"]);
+        }
+        let mut command = in_private_mount_ns(run);
+        say(format!("bench {t}: {}", cmd::display(&command)));
+        let status = cmd::wait_foreground("the benchmark", &mut command)?;
+        cmd::check("the benchmark", status)?;
+    }
+    Ok(())
 }
 
 /// Wraps `inner` in `unshare --mount --propagation private` so that mounts the
