@@ -1,5 +1,6 @@
-//! The node agent: manifests -> model -> reconciler -> pinned maps, and the
-//! pod program attached to every pod interface of the node.
+//! The node agent: source (a manifest directory or the Kubernetes API) ->
+//! model -> reconciler -> pinned maps, and the pod program attached to every
+//! pod interface of the node.
 
 use std::{
     collections::BTreeSet,
@@ -23,20 +24,29 @@ use crate::{
         maps::PinnedMaps,
         reconcile::Reconciler,
     },
-    manifest, model,
+    k8s, manifest, model,
 };
 
 /// How often pod interfaces are rescanned (and failed syncs retried).
 const DEVICE_SCAN: Duration = Duration::from_secs(1);
 /// A full re-read of the sources, as a backstop for missed file events.
 const RESYNC: Duration = Duration::from_secs(30);
-/// Bursts of file events are coalesced for this long.
+/// Bursts of changes (file events, watch events) are coalesced for this long.
 const DEBOUNCE: Duration = Duration::from_millis(100);
+
+/// Where Services, EndpointSlices and Nodes come from.
+#[derive(Debug, Clone)]
+pub enum SourceConfig {
+    /// `--manifests DIR`.
+    Manifests(PathBuf),
+    /// `--kubeconfig PATH` or the in-cluster service account.
+    Api(k8s::ApiConfig),
+}
 
 /// Validated agent configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
-    pub manifests: PathBuf,
+    pub source: SourceConfig,
     pub node_name: String,
     pub paths: PinPaths,
     pub pod_devices: Vec<String>,
@@ -44,20 +54,25 @@ pub struct Config {
 
 impl Config {
     /// Checks the flags; a one-line reason when they cannot work.
+    ///
+    /// The source is `--manifests DIR` when given (it wins over a
+    /// `KUBECONFIG` in the environment), else `--kubeconfig PATH`
+    /// (`KUBECONFIG`), else the in-cluster configuration.
     pub fn from_args(args: &AgentArgs) -> anyhow::Result<Self> {
-        let Some(manifests) = args.manifests.clone() else {
-            if args.kubeconfig.is_some() {
-                bail!(
-                    "the Kubernetes API source (--kubeconfig) is not implemented yet; use --manifests DIR"
-                );
+        let source = if let Some(manifests) = &args.manifests {
+            if !manifests.is_dir() {
+                bail!("--manifests {}: not a directory", manifests.display());
             }
-            bail!(
-                "no source of Services: give --manifests DIR (the in-cluster API source is not implemented yet)"
-            );
+            SourceConfig::Manifests(manifests.clone())
+        } else if let Some(path) = args.kubeconfig.as_ref().filter(|p| !p.as_os_str().is_empty()) {
+            SourceConfig::Api(k8s::ApiConfig::from_kubeconfig(path)?)
+        } else {
+            SourceConfig::Api(k8s::ApiConfig::in_cluster().map_err(|e| {
+                anyhow::anyhow!(
+                    "no source of Services: give --manifests DIR or --kubeconfig PATH, or run in a cluster ({e})"
+                )
+            })?)
         };
-        if !manifests.is_dir() {
-            bail!("--manifests {}: not a directory", manifests.display());
-        }
         let node_name = match &args.node_name {
             Some(n) if !n.is_empty() => n.clone(),
             _ => nix::unistd::gethostname()
@@ -69,7 +84,7 @@ impl Config {
             bail!("--pod-devices: empty pattern or bare `+` would match every interface");
         }
         Ok(Self {
-            manifests,
+            source,
             node_name,
             paths: PinPaths::new(&args.bpffs_root),
             pod_devices: args.pod_devices.clone(),
@@ -77,8 +92,83 @@ impl Config {
     }
 }
 
+/// A running source: the manifest directory (re-read on every sync) or the
+/// API watchers (whose store is always current).
+enum Source {
+    Manifests { dir: PathBuf, _watcher: notify::RecommendedWatcher },
+    Api(k8s::KubeSource),
+}
+
+impl Source {
+    /// Starts following the source; `changed` gets `()` on every change.
+    async fn start(cfg: &SourceConfig, changed: &mpsc::Sender<()>) -> anyhow::Result<Self> {
+        Ok(match cfg {
+            SourceConfig::Manifests(dir) => {
+                let watcher = manifest::watch_dir(dir, changed.clone())
+                    .with_context(|| format!("watching {}", dir.display()))?;
+                Self::Manifests { dir: dir.clone(), _watcher: watcher }
+            }
+            SourceConfig::Api(api) => {
+                let client = api.client().await?;
+                Self::Api(k8s::KubeSource::start(&client, changed))
+            }
+        })
+    }
+
+    /// The desired state for `node`, or why there is none now.
+    fn desired(&self, node: &str) -> Result<Snapshot, NotNow> {
+        match self {
+            Self::Manifests { dir, .. } => {
+                let loaded = manifest::load_dir(dir).map_err(|e| NotNow::Failed(e.to_string()))?;
+                let (desired, warnings) = model::desired_state(&loaded.store, node);
+                let complaints = loaded
+                    .errors
+                    .iter()
+                    .map(ToString::to_string)
+                    .chain(warnings.iter().map(|w| format!("{}: {}", w.object, w.message)))
+                    .collect();
+                Ok(Snapshot { desired, complaints, objects: objects(&loaded.store) })
+            }
+            Self::Api(source) => source.with_store(|ks| {
+                if !ks.is_ready() {
+                    return Err(NotNow::Waiting(ks.pending().join(", ")));
+                }
+                let (desired, warnings) = model::desired_state(ks.store(), node);
+                let complaints = ks
+                    .complaints()
+                    .into_iter()
+                    .chain(warnings.iter().map(|w| format!("{}: {}", w.object, w.message)))
+                    .collect();
+                Ok(Snapshot { desired, complaints, objects: objects(ks.store()) })
+            }),
+        }
+    }
+}
+
+fn objects(store: &manifest::Store) -> usize {
+    store.services.len() + store.endpoint_slices.len() + store.nodes.len()
+}
+
+/// What a source says this node must program.
+struct Snapshot {
+    desired: model::Desired,
+    /// One line per object (or piece of one) left out.
+    complaints: BTreeSet<String>,
+    /// Services, EndpointSlices and Nodes read.
+    objects: usize,
+}
+
+/// Why a source has no desired state now; the programmed state is kept.
+enum NotNow {
+    /// The API watchers have not listed these kinds yet.
+    Waiting(String),
+    /// The source cannot be read.
+    Failed(String),
+}
+
 struct Agent {
     cfg: Config,
+    source: Source,
     datapath: Datapath,
     reconciler: Reconciler<PinnedMaps>,
     /// The last messages about bad input, so each is logged once, not every sync.
@@ -99,12 +189,16 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         pruned = restored.pruned,
         "adopted pinned state"
     );
-    let mut agent =
-        Agent { cfg, datapath, reconciler, last_complaints: BTreeSet::new(), needs_retry: false };
-
     let (tx, mut rx) = mpsc::channel(64);
-    let _watcher = manifest::watch_dir(&agent.cfg.manifests, tx)
-        .with_context(|| format!("watching {}", agent.cfg.manifests.display()))?;
+    let source = Source::start(&cfg.source, &tx).await?;
+    let mut agent = Agent {
+        cfg,
+        source,
+        datapath,
+        reconciler,
+        last_complaints: BTreeSet::new(),
+        needs_retry: false,
+    };
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut devices = interval(DEVICE_SCAN);
@@ -114,7 +208,11 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
 
     agent.scan_devices();
     agent.sync();
-    info!(node = %agent.cfg.node_name, manifests = %agent.cfg.manifests.display(), "agent running");
+    let source = match &agent.cfg.source {
+        SourceConfig::Manifests(dir) => format!("manifests {}", dir.display()),
+        SourceConfig::Api(api) => format!("API server ({})", api.describe()),
+    };
+    info!(node = %agent.cfg.node_name, %source, "agent running");
     loop {
         tokio::select! {
             _ = sigterm.recv() => { info!("SIGTERM: stopping, pinned state left in place"); break; }
@@ -137,26 +235,25 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
 }
 
 impl Agent {
-    /// Re-reads the sources and makes the maps match.
+    /// Takes the source's current state and makes the maps match.
     fn sync(&mut self) {
         let start = Instant::now();
-        let loaded = match manifest::load_dir(&self.cfg.manifests) {
-            Ok(l) => l,
-            Err(e) => {
-                // Keep what is programmed: a missing directory must not
-                // withdraw every service.
-                error!(error = %e, "cannot read the manifest directory; keeping the programmed state");
-                self.needs_retry = true;
-                return;
-            }
-        };
-        let (desired, warnings) = model::desired_state(&loaded.store, &self.cfg.node_name);
-        let complaints: BTreeSet<String> = loaded
-            .errors
-            .iter()
-            .map(ToString::to_string)
-            .chain(warnings.iter().map(|w| format!("{}: {}", w.object, w.message)))
-            .collect();
+        let Snapshot { desired, complaints, objects } =
+            match self.source.desired(&self.cfg.node_name) {
+                Ok(s) => s,
+                Err(NotNow::Waiting(kinds)) => {
+                    // Nothing is programmed (or withdrawn) from a partial view.
+                    debug!(%kinds, "waiting for the initial lists");
+                    return;
+                }
+                Err(NotNow::Failed(e)) => {
+                    // Keep what is programmed: a missing directory must not
+                    // withdraw every service.
+                    error!(error = %e, "cannot read the source; keeping the programmed state");
+                    self.needs_retry = true;
+                    return;
+                }
+            };
         for c in complaints.difference(&self.last_complaints) {
             warn!("skipped: {c}");
         }
@@ -171,7 +268,7 @@ impl Agent {
             if outcome.changed + outcome.removed > 0 { true } else { !outcome.errors.is_empty() };
         if log {
             info!(
-                files = loaded.files,
+                objects,
                 frontends = desired.len(),
                 changed = outcome.changed,
                 removed = outcome.removed,

@@ -49,7 +49,8 @@ pub struct InspectArgs {
 
 #[derive(Debug, clap::Args)]
 pub struct AgentArgs {
-    /// Talk to the API server of this kubeconfig (not implemented yet: use --manifests).
+    /// Talk to the API server of this kubeconfig (its current context). Without
+    /// it and without --manifests: the in-cluster service account.
     #[arg(long, env = "KUBECONFIG")]
     pub kubeconfig: Option<PathBuf>,
     /// Instead of an API server: Service, EndpointSlice and Node objects as
