@@ -289,3 +289,329 @@ fn source_follows_changes_outages_and_relists() {
     );
     drop(source);
 }
+
+/// `--kubeconfig` naming a missing file: exit non-zero with one line naming
+/// it. Needs no root (the agent stops while checking its flags).
+#[test]
+fn agent_rejects_missing_kubeconfig() {
+    let out = sluice::testbed::run_with_timeout(
+        std::process::Command::new(sluice_bin())
+            .env_remove("KUBECONFIG")
+            .args(["agent", "--kubeconfig", "/nonexistent/sluice-kubeconfig", "--node-name", "n"])
+            .args(["--bpffs-root", "/nonexistent/sluice-bpffs"]),
+        Duration::from_secs(10),
+    )
+    .unwrap();
+    assert!(!out.status.success(), "exit {}", out.status);
+    let stderr = out.stderr.trim();
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("--kubeconfig /nonexistent/sluice-kubeconfig"), "{stderr}");
+    assert!(stderr.contains("No such file"), "{stderr}");
+}
+
+/// A node with three backend pods (TCP echo servers), a client pod, the test
+/// API server on the node's loopback and a kubeconfig for it.
+struct Cluster {
+    // Dropped in declaration order: the agent before the server, pods and
+    // namespaces before the bpffs and the directory.
+    agent: Option<Agent>,
+    server: ApiServer,
+    _servers: Vec<EchoServer>,
+    client: Pod,
+    pods: Vec<Pod>,
+    node: Node,
+    cgroup: TestCgroup,
+    bpffs: BpffsMount,
+    dir: TestDir,
+}
+
+const NAMES: [&str; 3] = ["backend-a", "backend-b", "backend-c"];
+
+impl Cluster {
+    fn new(label: &str) -> Cluster {
+        sweep_stale();
+        let dir = TestDir::new(label).unwrap();
+        let bpffs = BpffsMount::new_in(&dir).unwrap();
+        let cgroup = TestCgroup::new(label).unwrap();
+        let node = Node::new("node-a").unwrap();
+        let pods: Vec<_> = NAMES.iter().map(|n| node.add_pod(n).unwrap()).collect();
+        let client = node.add_pod("client").unwrap();
+        let servers =
+            pods.iter().map(|p| EchoServer::start(p, p.name(), TARGET, 0).unwrap()).collect();
+        let server = ApiServer::start_in(&node).unwrap();
+        server.write_kubeconfig(&dir.join("kubeconfig")).unwrap();
+        server
+            .apply(&json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": node.name()},
+                           "spec": {"podCIDR": node.pod_cidr(), "podCIDRs": [node.pod_cidr()]},
+                           "status": {"addresses": [{"type": "InternalIP",
+                                                     "address": node.address().to_string()}]}}))
+            .unwrap();
+        Cluster { agent: None, server, _servers: servers, client, pods, node, cgroup, bpffs, dir }
+    }
+
+    fn start_agent(&mut self) -> &mut Agent {
+        let cfg = AgentConfig::with_kubeconfig(
+            sluice_bin(),
+            &self.node,
+            &self.dir.join("kubeconfig"),
+            &self.bpffs,
+            Some(&self.cgroup),
+            &self.dir,
+        );
+        self.agent = Some(Agent::start(&self.node, cfg).unwrap());
+        self.agent()
+    }
+
+    fn agent(&mut self) -> &mut Agent {
+        self.agent.as_mut().expect("agent started")
+    }
+
+    fn backends(&self, which: &[usize]) -> Vec<Backend> {
+        which.iter().map(|&i| Backend::of_pod(&self.pods[i], &self.node)).collect()
+    }
+
+    /// Creates or replaces the Service `echo` and its EndpointSlice.
+    fn apply_service(&self, backends: Vec<Backend>) -> Vec<Value> {
+        let svc = ClusterIpService::new(
+            "echo",
+            VIP,
+            vec![ServicePort::new("tcp", Protocol::Tcp, PORT, TARGET)],
+            backends,
+        );
+        self.server.apply_yaml(&svc.to_yaml()).unwrap()
+    }
+
+    /// Waits until the frontend has exactly these backend addresses (any state).
+    fn wait_addresses(&mut self, which: &[usize]) {
+        let mut want: Vec<String> = which.iter().map(|&i| self.pods[i].ip().to_string()).collect();
+        want.sort();
+        self.agent()
+            .wait_services(WAIT, |s| {
+                sluice::testbed::find_service(s, VIP, PORT, Protocol::Tcp).is_some_and(|f| {
+                    let mut got: Vec<String> =
+                        f.backends.iter().map(|b| b.address.clone()).collect();
+                    got.sort();
+                    got == want
+                })
+            })
+            .unwrap();
+    }
+
+    /// `n` connections to the VIP (the first retried for up to 5 s while the
+    /// pod program gets attached); answers by backend name.
+    fn requests(&self, n: usize) -> std::collections::BTreeMap<String, usize> {
+        let vip = SocketAddrV4::new(VIP, PORT);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while let Err(e) = tcp_request(&self.client, vip, IO_TIMEOUT) {
+            assert!(Instant::now() < deadline, "no connection to {vip}: {e}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        tally((0..n).map(|i| {
+            tcp_request(&self.client, vip, IO_TIMEOUT)
+                .unwrap_or_else(|e| panic!("connection {i} to {vip}: {e}"))
+        }))
+    }
+}
+
+fn skip_without_agent(test: &str) -> bool {
+    if !require_root() {
+        return true;
+    }
+    if !sluice_has_agent(sluice_bin()) {
+        eprintln!("skipping {test}: {} has no `agent` command", sluice_bin().display());
+        return true;
+    }
+    false
+}
+
+/// Every answer from one of `names`, each at least `min` times.
+fn assert_spread(counts: &std::collections::BTreeMap<String, usize>, names: &[&str], min: usize) {
+    let total: usize = counts.values().sum();
+    for (name, count) in counts {
+        assert!(names.contains(&name.as_str()), "answer from {name}: {counts:?}");
+        let _ = count;
+    }
+    for name in names {
+        let c = counts.get(*name).copied().unwrap_or(0);
+        assert!(c >= min, "{name} got {c} of {total}: {counts:?}");
+    }
+}
+
+/// Sets the conditions of endpoints `which` of an EndpointSlice to
+/// terminating but still serving.
+fn mark_terminating(slice: &mut Value, which: &[usize]) {
+    for (i, ep) in slice["endpoints"].as_array_mut().unwrap().iter_mut().enumerate() {
+        if which.contains(&i) {
+            ep["conditions"] = json!({"ready": false, "serving": true, "terminating": true});
+        }
+    }
+}
+
+/// The agent binary with `--kubeconfig`: a Service and EndpointSlice created
+/// through the API become reachable; scaling balances over the new set;
+/// terminating endpoints are not used while another endpoint is ready;
+/// deleting the Service rejects connections at once.
+#[test]
+fn agent_follows_the_api_server() {
+    if skip_without_agent("agent_follows_the_api_server") {
+        return;
+    }
+    let mut c = Cluster::new("k8s-follow");
+    c.apply_service(c.backends(&[0, 1]));
+    c.start_agent();
+    c.agent().wait_backends(WAIT, VIP, PORT, Protocol::Tcp, 2).unwrap();
+    let counts = c.requests(100);
+    eprintln!("two backends: {counts:?}");
+    assert_spread(&counts, &NAMES[..2], 20);
+
+    // Scale to three.
+    c.apply_service(c.backends(&[0, 1, 2]));
+    c.agent().wait_backends(WAIT, VIP, PORT, Protocol::Tcp, 3).unwrap();
+    let counts = c.requests(300);
+    eprintln!("three backends: {counts:?}");
+    assert_spread(&counts, &NAMES, 45);
+
+    // One endpoint ready, the others terminating: only the ready one is used.
+    let objects = c.apply_service(c.backends(&[0, 1, 2]));
+    let mut slice = objects.into_iter().find(|o| o["kind"] == "EndpointSlice").unwrap();
+    mark_terminating(&mut slice, &[1, 2]);
+    c.server.apply(&slice).unwrap();
+    c.wait_addresses(&[0]);
+    let counts = c.requests(30);
+    assert_spread(&counts, &NAMES[..1], 30);
+
+    // Delete: connections are rejected, quickly.
+    c.server.delete::<Service>("default", "echo").unwrap();
+    c.agent().wait_gone(WAIT, VIP, PORT, Protocol::Tcp).unwrap();
+    let started = Instant::now();
+    let r = tcp_request(&c.client, SocketAddrV4::new(VIP, PORT), IO_TIMEOUT);
+    assert!(r.is_err(), "connection to a deleted service answered: {r:?}");
+    assert!(started.elapsed() < IO_TIMEOUT * 4);
+
+    assert!(c.server.unknown_requests().is_empty(), "{:?}", c.server.unknown_requests());
+    let status = c.agent().stop().unwrap();
+    assert!(status.success(), "agent exit {status}; log:\n{}", c.agent().log());
+}
+
+/// Watch connections cut by the server while a change is made: the agent
+/// converges once it can watch again. Then the history is compacted during
+/// an outage: the agent's watch gets 410, it re-lists, and an EndpointSlice
+/// deleted meanwhile stops being used.
+#[test]
+fn agent_reconverges_after_watch_outages() {
+    if skip_without_agent("agent_reconverges_after_watch_outages") {
+        return;
+    }
+    let mut c = Cluster::new("k8s-outage");
+    c.apply_service(c.backends(&[0, 1]));
+    c.start_agent();
+    c.agent().wait_backends(WAIT, VIP, PORT, Protocol::Tcp, 2).unwrap();
+    assert_spread(&c.requests(60), &NAMES[..2], 10);
+
+    // Outage 1: cut and refuse the watches; move the service to backend-c.
+    wait_for(WAIT, "the agent's three watches", || c.server.active_watches() == 3);
+    c.server.block_watches(true);
+    c.server.drop_watches();
+    wait_for(WAIT, "the watches to be gone", || c.server.active_watches() == 0);
+    c.apply_service(c.backends(&[2]));
+    std::thread::sleep(Duration::from_millis(500));
+    c.wait_addresses(&[0, 1]); // nothing seen yet
+    c.server.block_watches(false);
+    c.wait_addresses(&[2]);
+    assert_spread(&c.requests(30), &NAMES[2..], 30);
+
+    // Outage 2 with compaction: the slice is replaced by another one.
+    let lists = c.server.lists(Resource::EndpointSlices);
+    wait_for(WAIT, "the agent's three watches", || c.server.active_watches() == 3);
+    c.server.block_watches(true);
+    c.server.drop_watches();
+    wait_for(WAIT, "the watches to be gone", || c.server.active_watches() == 0);
+    c.server.delete::<EndpointSlice>("default", "echo-sluice").unwrap();
+    let objects = c.apply_service(c.backends(&[0]));
+    let mut slice = objects.into_iter().find(|o| o["kind"] == "EndpointSlice").unwrap();
+    c.server.delete::<EndpointSlice>("default", "echo-sluice").unwrap();
+    slice["metadata"]["name"] = "echo-replacement".into();
+    c.server.create(&slice).unwrap();
+    c.server.compact();
+    c.server.block_watches(false);
+    c.wait_addresses(&[0]);
+    assert!(c.server.lists(Resource::EndpointSlices) > lists, "no re-list after 410");
+    assert_spread(&c.requests(30), &NAMES[..1], 30);
+
+    let log = c.agent().log();
+    assert!(log.contains("watch error"), "the outage is not logged:\n{log}");
+    let status = c.agent().stop().unwrap();
+    assert!(status.success(), "agent exit {status}; log:\n{}", c.agent().log());
+}
+
+/// A restarted agent that cannot complete its initial lists keeps what the
+/// previous one programmed (pinned) instead of withdrawing it, and takes
+/// over once the lists complete.
+#[test]
+fn agent_programs_nothing_before_the_initial_lists() {
+    if skip_without_agent("agent_programs_nothing_before_the_initial_lists") {
+        return;
+    }
+    let mut c = Cluster::new("k8s-initial");
+    c.apply_service(c.backends(&[0, 1]));
+    c.start_agent();
+    c.agent().wait_backends(WAIT, VIP, PORT, Protocol::Tcp, 2).unwrap();
+    let status = c.agent().stop().unwrap();
+    assert!(status.success(), "{status}");
+
+    // The Service is deleted while no agent runs, and lists fail.
+    c.server.delete::<Service>("default", "echo").unwrap();
+    c.server.block_lists(true);
+    c.start_agent();
+    wait_for(WAIT, "the agent's list attempts", || {
+        c.server.requests().iter().filter(|r| r.list && r.status == 503).count() >= 3
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    // Still programmed and reachable.
+    let services = c.agent().services().unwrap();
+    assert!(
+        sluice::testbed::find_service(&services, VIP, PORT, Protocol::Tcp).is_some(),
+        "withdrawn before the initial list: {services:?}"
+    );
+    assert_spread(&c.requests(20), &NAMES[..2], 1);
+
+    // Lists work again: the deletion is seen.
+    c.server.block_lists(false);
+    c.agent().wait_gone(WAIT, VIP, PORT, Protocol::Tcp).unwrap();
+    let status = c.agent().stop().unwrap();
+    assert!(status.success(), "agent exit {status}; log:\n{}", c.agent().log());
+}
+
+/// kube-proxy's fallback: when no endpoint is ready, endpoints that are
+/// terminating but still serving get the new connections.
+///
+/// Ignored: the model marks these fallback backends `Terminating`, and the
+/// reconciler never puts `Terminating` backends into a slot (proxy-common:
+/// "never chosen for new ones"), so the frontend's count is 0 and new
+/// connections fail. Run with `--ignored` once that is settled.
+#[test]
+#[ignore = "fallback backends are Terminating and the reconciler never slots them"]
+fn agent_terminating_endpoints_fallback() {
+    if skip_without_agent("agent_terminating_endpoints_fallback") {
+        return;
+    }
+    let mut c = Cluster::new("k8s-terminating");
+    let objects = c.apply_service(c.backends(&[0, 1, 2]));
+    c.start_agent();
+    c.agent().wait_backends(WAIT, VIP, PORT, Protocol::Tcp, 3).unwrap();
+    let mut slice = objects.into_iter().find(|o| o["kind"] == "EndpointSlice").unwrap();
+    mark_terminating(&mut slice, &[0, 1, 2]);
+    c.server.apply(&slice).unwrap();
+    c.agent()
+        .wait_services(WAIT, |s| {
+            sluice::testbed::find_service(s, VIP, PORT, Protocol::Tcp).is_some_and(|f| {
+                f.backends.len() == 3 && f.backends.iter().all(|b| b.state == "terminating")
+            })
+        })
+        .unwrap();
+    let counts = c.requests(90);
+    eprintln!("all terminating: {counts:?}");
+    assert_spread(&counts, &NAMES, 10);
+    let status = c.agent().stop().unwrap();
+    assert!(status.success(), "agent exit {status}; log:\n{}", c.agent().log());
+}

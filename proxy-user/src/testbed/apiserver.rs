@@ -143,6 +143,7 @@ struct State {
     /// Watches from an older resourceVersion get 410 Gone.
     compacted: u64,
     watches_blocked: bool,
+    lists_blocked: bool,
     requests: Vec<RequestRecord>,
     unknown: Vec<String>,
     next_uid: u64,
@@ -653,6 +654,13 @@ fn list(
     params: &BTreeMap<String, String>,
 ) -> Result<Response<Body>, ApiError> {
     let state = shared.lock();
+    if state.lists_blocked {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "ServiceUnavailable",
+            "lists are blocked by the test",
+        ));
+    }
     if params.get("resourceVersionMatch").is_some_and(|m| m == "Exact")
         && let Some(rv) = params.get("resourceVersion").and_then(|v| v.parse::<u64>().ok())
         && rv < state.compacted
@@ -1021,6 +1029,12 @@ impl ApiServer {
     /// While blocked, new watches are refused with 503 (lists still work).
     pub fn block_watches(&self, blocked: bool) {
         self.shared.lock().watches_blocked = blocked;
+    }
+
+    /// While blocked, LISTs are refused with 503 (a client cannot complete
+    /// its initial list).
+    pub fn block_lists(&self, blocked: bool) {
+        self.shared.lock().lists_blocked = blocked;
     }
 
     /// Watches open now.
