@@ -65,7 +65,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[derive(Clone, Debug)]
 pub enum ApiConfig {
     /// A kubeconfig file (its current context).
-    Kubeconfig { path: PathBuf, kubeconfig: kube::config::Kubeconfig },
+    Kubeconfig { path: PathBuf, kubeconfig: Box<kube::config::Kubeconfig> },
     /// The pod's service account (`KUBERNETES_SERVICE_HOST`, the mounted token).
     InCluster(Box<kube::Config>),
 }
@@ -79,7 +79,7 @@ impl ApiConfig {
         let kubeconfig = kube::config::Kubeconfig::read_from(path).map_err(|e| {
             Error::Kubeconfig { path: path.to_owned(), message: kubeconfig_message(&e) }
         })?;
-        Ok(Self::Kubeconfig { path: path.to_owned(), kubeconfig })
+        Ok(Self::Kubeconfig { path: path.to_owned(), kubeconfig: Box::new(kubeconfig) })
     }
 
     /// The in-cluster configuration.
@@ -107,7 +107,7 @@ impl ApiConfig {
     pub async fn client(&self) -> Result<Client> {
         let config = match self {
             Self::Kubeconfig { path, kubeconfig } => kube::Config::from_custom_kubeconfig(
-                kubeconfig.clone(),
+                (**kubeconfig).clone(),
                 &kube::config::KubeConfigOptions::default(),
             )
             .await
@@ -204,13 +204,16 @@ impl Watched for Node {
     }
 }
 
+/// Objects and complaints of a list in progress.
+type Buffer<K> = (BTreeMap<<K as Watched>::Key, K>, BTreeMap<<K as Watched>::Key, String>);
+
 /// The list/watch state of one kind.
 #[derive(Debug)]
 pub struct Tracker<K: Watched> {
     /// The first list has completed.
     listed: bool,
     /// Objects (and complaints) of a list in progress.
-    relist: Option<(BTreeMap<K::Key, K>, BTreeMap<K::Key, String>)>,
+    relist: Option<Buffer<K>>,
     /// Objects left out, with the reason.
     complaints: BTreeMap<K::Key, String>,
 }

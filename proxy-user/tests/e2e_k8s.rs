@@ -38,7 +38,7 @@ fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
 }
 
-fn service_json(name: &str, ip: &str, labels: Value) -> Value {
+fn service_json(name: &str, ip: &str, labels: &Value) -> Value {
     json!({"apiVersion": "v1", "kind": "Service",
            "metadata": {"name": name, "namespace": "default", "labels": labels},
            "spec": {"clusterIP": ip, "ports": [{"name": "tcp", "port": 80, "targetPort": 8080}]}})
@@ -91,13 +91,13 @@ fn apiserver_serves_kube_client() {
 
         let services: Api<Service> = Api::namespaced(client.clone(), "default");
         let plain: Service =
-            serde_json::from_value(service_json("plain", "10.96.0.1", json!({}))).unwrap();
+            serde_json::from_value(service_json("plain", "10.96.0.1", &json!({}))).unwrap();
         let created = services.create(&PostParams::default(), &plain).await.unwrap();
         assert!(created.metadata.resource_version.is_some());
         let other: Service = serde_json::from_value(service_json(
             "other",
             "10.96.0.2",
-            json!({"service.kubernetes.io/service-proxy-name": "someone-else"}),
+            &json!({"service.kubernetes.io/service-proxy-name": "someone-else"}),
         ))
         .unwrap();
         services.create(&PostParams::default(), &other).await.unwrap();
@@ -152,10 +152,10 @@ fn apiserver_serves_kube_client() {
                 .unwrap();
             match event {
                 kube::api::WatchEvent::Modified(s) => {
-                    seen.push(format!("MODIFIED {}", s.metadata.name.unwrap()))
+                    seen.push(format!("MODIFIED {}", s.metadata.name.unwrap()));
                 }
                 kube::api::WatchEvent::Deleted(s) => {
-                    seen.push(format!("DELETED {}", s.metadata.name.unwrap()))
+                    seen.push(format!("DELETED {}", s.metadata.name.unwrap()));
                 }
                 kube::api::WatchEvent::Bookmark(_) => {}
                 other => panic!("unexpected {other:?}"),
@@ -217,14 +217,14 @@ fn apiserver_expired_resource_version_is_gone() {
 fn source_follows_changes_outages_and_relists() {
     let dir = TestDir::new("source").unwrap();
     let server = ApiServer::start().unwrap();
-    server.apply(&service_json("web", "10.96.0.10", json!({}))).unwrap();
+    server.apply(&service_json("web", "10.96.0.10", &json!({}))).unwrap();
     server.apply(&slice_json("web-1", "web", &["10.244.0.11"])).unwrap();
     // Another proxy's service is not even listed.
     server
         .apply(&service_json(
             "theirs",
             "10.96.0.20",
-            json!({"service.kubernetes.io/service-proxy-name": "other"}),
+            &json!({"service.kubernetes.io/service-proxy-name": "other"}),
         ))
         .unwrap();
     let rt = runtime();

@@ -603,7 +603,7 @@ async fn serve(
                 match term.trim().split_once('=') {
                     None if term.trim().is_empty() => {}
                     Some(("metadata.name", v)) => {
-                        filter.name = Some(v.trim_start_matches('=').to_owned())
+                        filter.name = Some(v.trim_start_matches('=').to_owned());
                     }
                     Some(("metadata.namespace", v)) => {
                         filter.namespace = Some(v.trim_start_matches('=').to_owned());
