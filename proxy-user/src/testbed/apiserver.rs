@@ -1082,3 +1082,88 @@ impl Drop for ApiServer {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes() {
+        let r = route;
+        assert_eq!(r("/api/v1/services"), Some((Resource::Services, None, None)));
+        assert_eq!(
+            r("/api/v1/namespaces/a/services/b"),
+            Some((Resource::Services, Some("a".into()), Some("b".into())))
+        );
+        assert_eq!(
+            r("/apis/discovery.k8s.io/v1/namespaces/a/endpointslices"),
+            Some((Resource::EndpointSlices, Some("a".into()), None))
+        );
+        assert_eq!(r("/api/v1/nodes/n1"), Some((Resource::Nodes, None, Some("n1".into()))));
+        // Wrong group, namespaced nodes, an unnamespaced service by name.
+        assert_eq!(r("/api/v1/endpointslices"), None);
+        assert_eq!(r("/apis/discovery.k8s.io/v1/services"), None);
+        assert_eq!(r("/api/v1/namespaces/a/nodes"), None);
+        assert_eq!(r("/api/v1/services/x"), None);
+        assert_eq!(r("/apis/apps/v1/deployments"), None);
+    }
+
+    #[test]
+    fn label_selectors() {
+        let object = json!({"metadata": {"labels": {"app": "web", "tier": "front"}}});
+        let unlabelled = json!({"metadata": {}});
+        for (selector, labelled, bare) in [
+            ("", true, true),
+            ("app", true, false),
+            ("!app", false, true),
+            ("app=web", true, false),
+            ("app==web", true, false),
+            ("app!=web", false, true),
+            ("app=web,tier=back", false, false),
+            ("app=web, !other", true, false),
+            (PROXY_SELECTOR, true, true),
+        ] {
+            let reqs = parse_label_selector(selector).unwrap();
+            assert_eq!(labels_match(&reqs, &object), labelled, "{selector}");
+            assert_eq!(labels_match(&reqs, &unlabelled), bare, "{selector}");
+        }
+        assert!(parse_label_selector("app in (a,b)").is_err());
+        assert!(parse_label_selector("=x").is_err());
+    }
+
+    const PROXY_SELECTOR: &str =
+        "!service.kubernetes.io/service-proxy-name,!service.kubernetes.io/headless";
+
+    #[test]
+    fn query_decoding() {
+        let q = parse_query("labelSelector=%21a%2C%21b&watch=true&x=a+b&bad=%zz");
+        assert_eq!(q["labelSelector"], "!a,!b");
+        assert_eq!(q["watch"], "true");
+        assert_eq!(q["x"], "a b");
+        assert_eq!(q["bad"], "%zz");
+    }
+
+    #[test]
+    fn label_change_out_of_the_selector_is_a_delete() {
+        let filter = Filter {
+            resource: Resource::Services,
+            namespace: None,
+            labels: parse_label_selector("!skip").unwrap(),
+            name: None,
+        };
+        let plain = json!({"metadata": {"name": "s", "namespace": "default"}});
+        let skipped =
+            json!({"metadata": {"name": "s", "namespace": "default", "labels": {"skip": "1"}}});
+        let change = |old: &Value, new: &Value| Change {
+            rv: 2,
+            resource: Resource::Services,
+            kind: "MODIFIED",
+            old: Some(old.clone()),
+            new: new.clone(),
+        };
+        assert_eq!(filter.view(&change(&plain, &skipped)).map(|v| v.0), Some("DELETED"));
+        assert_eq!(filter.view(&change(&skipped, &plain)).map(|v| v.0), Some("ADDED"));
+        assert_eq!(filter.view(&change(&plain, &plain)).map(|v| v.0), Some("MODIFIED"));
+        assert_eq!(filter.view(&change(&skipped, &skipped)), None);
+    }
+}
