@@ -433,6 +433,11 @@ async fn follow<K: Watched>(api: Api<K>, shared: Arc<Mutex<KubeStore>>, changed:
                     let _ = changed.try_send(());
                 }
             }
+            Err(watcher::Error::WatchError(status)) if status.code == 410 => {
+                // Routine: the history the watch resumed from was compacted.
+                failing = true;
+                info!(kind = K::NAME, reason = %status.message, "watch expired (410): re-listing");
+            }
             Err(e) => {
                 failing = true;
                 warn!(kind = K::NAME, error = %one_line(&e), "watch error; retrying with backoff");

@@ -464,6 +464,22 @@ fn agent_follows_the_api_server() {
     eprintln!("two backends: {counts:?}");
     assert_spread(&counts, &NAMES[..2], 20);
 
+    // An object the model cannot use (the test server does not validate, as
+    // a real one would) is skipped with a warning naming it; the rest works.
+    c.server
+        .apply(&json!({"apiVersion": "v1", "kind": "Service",
+                       "metadata": {"name": "bad", "namespace": "default"},
+                       "spec": {"clusterIP": "10.96.0.99",
+                                "ports": [{"port": 70000, "protocol": "TCP"}]}}))
+        .unwrap();
+    wait_for(WAIT, "the warning about default/bad", || {
+        c.agent
+            .as_ref()
+            .unwrap()
+            .log()
+            .contains("skipped: Service default/bad: field spec.ports[0].port")
+    });
+
     // Scale to three.
     c.apply_service(c.backends(&[0, 1, 2]));
     c.agent().wait_backends(WAIT, VIP, PORT, Protocol::Tcp, 3).unwrap();
@@ -539,7 +555,7 @@ fn agent_reconverges_after_watch_outages() {
     assert_spread(&c.requests(30), &NAMES[..1], 30);
 
     let log = c.agent().log();
-    assert!(log.contains("watch error"), "the outage is not logged:\n{log}");
+    assert!(log.contains("watch expired (410): re-listing"), "the re-list is not logged:\n{log}");
     let status = c.agent().stop().unwrap();
     assert!(status.success(), "agent exit {status}; log:\n{}", c.agent().log());
 }
