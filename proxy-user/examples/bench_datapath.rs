@@ -27,12 +27,20 @@ fn vip(i: u32) -> Ipv4Addr {
 }
 
 fn frame(dst: Ipv4Addr, sport: u16) -> Vec<u8> {
-    pktgen::frame(&Ipv4Spec::new(CLIENT, dst, TCP), &pktgen::tcp(CLIENT, sport, dst, 80, 0x10, b"x"))
+    pktgen::frame(
+        &Ipv4Spec::new(CLIENT, dst, TCP),
+        &pktgen::tcp(CLIENT, sport, dst, 80, 0x10, b"x"),
+    )
 }
 
 fn run(prog: &SchedClassifier, data: &[u8], repeat: u32) -> u64 {
     let mut out = vec![0u8; data.len() + 64];
-    let opts = TestRunOptions { data_in: Some(data), data_out: Some(&mut out), repeat, ..Default::default() };
+    let opts = TestRunOptions {
+        data_in: Some(data),
+        data_out: Some(&mut out),
+        repeat,
+        ..Default::default()
+    };
     let res = prog.test_run(opts).expect("BPF_PROG_TEST_RUN");
     res.duration.as_nanos() as u64
 }
@@ -89,7 +97,8 @@ fn measure(services: u32) -> Row {
         let program_ms = start.elapsed().as_secs_f64() * 1000.0;
         let prog = SchedClassifier::from_pin(paths.prog(PROG_POD_INGRESS)).unwrap();
         let target = vip(services - 1);
-        let first_ns = median((0..2000u16).map(|i| run(&prog, &frame(target, 10_000 + i), 1)).collect());
+        let first_ns =
+            median((0..2000u16).map(|i| run(&prog, &frame(target, 10_000 + i), 1)).collect());
         let est = frame(target, 10_000);
         let established_ns = median((0..20).map(|_| run(&prog, &est, 10_000)).collect());
         let other = frame(Ipv4Addr::new(10, 244, 1, 1), 10_000);
@@ -105,7 +114,10 @@ fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
     let sizes: &[u32] = if quick { &[1, 1_000] } else { &[1, 1_000, 10_000, 100_000] };
     println!("per-packet cost of sl_pod_ingress (BPF_PROG_TEST_RUN, kernel-measured)");
-    println!("{:>9} {:>12} {:>14} {:>16} {:>14}", "services", "program ms", "first pkt ns", "established ns", "other pkt ns");
+    println!(
+        "{:>9} {:>12} {:>14} {:>16} {:>14}",
+        "services", "program ms", "first pkt ns", "established ns", "other pkt ns"
+    );
     let mut rows = Vec::new();
     for &n in sizes {
         let r = measure(n);
@@ -121,6 +133,10 @@ fn main() {
     let dir = PathBuf::from(std::env::var("SLUICE_RESULTS").unwrap_or_else(|_| "results".into()));
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("bench-datapath.json");
-    std::fs::write(&file, serde_json::to_string_pretty(&serde_json::json!({ "rows": rows })).unwrap()).unwrap();
+    std::fs::write(
+        &file,
+        serde_json::to_string_pretty(&serde_json::json!({ "rows": rows })).unwrap(),
+    )
+    .unwrap();
     println!("raw data: {}", file.display());
 }

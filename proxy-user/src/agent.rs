@@ -1,8 +1,10 @@
-//! The node agent: manifests -> model -> reconciler -> pinned maps, and the
-//! pod program attached to every pod interface of the node.
+//! The node agent: source (a manifest directory or the Kubernetes API) ->
+//! model -> reconciler -> pinned maps, and the pod program attached to every
+//! pod interface of the node.
 
 use std::{
     collections::BTreeSet,
+    net::{Ipv4Addr, SocketAddr},
     path::PathBuf,
     time::{Duration, Instant},
 };
@@ -23,44 +25,61 @@ use crate::{
         maps::PinnedMaps,
         reconcile::Reconciler,
     },
-    manifest, model,
+    k8s, manifest, model,
+    observe::{self, HcServers, HealthState, Metrics, MetricsConfig, SyncReport},
 };
 
 /// How often pod interfaces are rescanned (and failed syncs retried).
 const DEVICE_SCAN: Duration = Duration::from_secs(1);
 /// A full re-read of the sources, as a backstop for missed file events.
 const RESYNC: Duration = Duration::from_secs(30);
-/// Bursts of file events are coalesced for this long.
+/// Bursts of changes (file events, watch events) are coalesced for this long.
 const DEBOUNCE: Duration = Duration::from_millis(100);
+
+/// Where Services, EndpointSlices and Nodes come from.
+#[derive(Debug, Clone)]
+pub enum SourceConfig {
+    /// `--manifests DIR`.
+    Manifests(PathBuf),
+    /// `--kubeconfig PATH` or the in-cluster service account.
+    Api(k8s::ApiConfig),
+}
 
 /// Validated agent configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
-    pub manifests: PathBuf,
+    pub source: SourceConfig,
     pub node_name: String,
     pub paths: PinPaths,
     pub pod_devices: Vec<String>,
     pub map_sizes: MapSizes,
     /// Where socket-level LB attaches; `None` when it is off.
     pub socket_lb_cgroup: Option<PathBuf>,
+    pub health_bind: SocketAddr,
+    pub metrics_bind: SocketAddr,
 }
 
 impl Config {
     /// Checks the flags; a one-line reason when they cannot work.
+    ///
+    /// The source is `--manifests DIR` when given (it wins over a
+    /// `KUBECONFIG` in the environment), else `--kubeconfig PATH`
+    /// (`KUBECONFIG`), else the in-cluster configuration.
     pub fn from_args(args: &AgentArgs) -> anyhow::Result<Self> {
-        let Some(manifests) = args.manifests.clone() else {
-            if args.kubeconfig.is_some() {
-                bail!(
-                    "the Kubernetes API source (--kubeconfig) is not implemented yet; use --manifests DIR"
-                );
+        let source = if let Some(manifests) = &args.manifests {
+            if !manifests.is_dir() {
+                bail!("--manifests {}: not a directory", manifests.display());
             }
-            bail!(
-                "no source of Services: give --manifests DIR (the in-cluster API source is not implemented yet)"
-            );
+            SourceConfig::Manifests(manifests.clone())
+        } else if let Some(path) = args.kubeconfig.as_ref().filter(|p| !p.as_os_str().is_empty()) {
+            SourceConfig::Api(k8s::ApiConfig::from_kubeconfig(path)?)
+        } else {
+            SourceConfig::Api(k8s::ApiConfig::in_cluster().map_err(|e| {
+                anyhow::anyhow!(
+                    "no source of Services: give --manifests DIR or --kubeconfig PATH, or run in a cluster ({e})"
+                )
+            })?)
         };
-        if !manifests.is_dir() {
-            bail!("--manifests {}: not a directory", manifests.display());
-        }
         let node_name = match &args.node_name {
             Some(n) if !n.is_empty() => n.clone(),
             _ => nix::unistd::gethostname()
@@ -85,9 +104,17 @@ impl Config {
         } else {
             None
         };
+        let health_bind: SocketAddr = args.health_bind.parse().with_context(|| {
+            format!("--health-bind {:?}: not an address:port", args.health_bind)
+        })?;
+        let metrics_bind: SocketAddr = args.metrics_bind.parse().with_context(|| {
+            format!("--metrics-bind {:?}: not an address:port", args.metrics_bind)
+        })?;
         Ok(Self {
+            health_bind,
+            metrics_bind,
             socket_lb_cgroup,
-            manifests,
+            source,
             node_name,
             paths: PinPaths::new(&args.bpffs_root),
             pod_devices: args.pod_devices.clone(),
@@ -102,8 +129,108 @@ impl Config {
     }
 }
 
+/// A running source: the manifest directory (re-read on every sync) or the
+/// API watchers (whose store is always current).
+enum Source {
+    Manifests { dir: PathBuf, _watcher: notify::RecommendedWatcher },
+    Api(k8s::KubeSource),
+}
+
+impl Source {
+    /// Starts following the source; `changed` gets `()` on every change.
+    async fn start(cfg: &SourceConfig, changed: &mpsc::Sender<()>) -> anyhow::Result<Self> {
+        Ok(match cfg {
+            SourceConfig::Manifests(dir) => {
+                let watcher = manifest::watch_dir(dir, changed.clone())
+                    .with_context(|| format!("watching {}", dir.display()))?;
+                Self::Manifests { dir: dir.clone(), _watcher: watcher }
+            }
+            SourceConfig::Api(api) => {
+                let client = api.client().await?;
+                Self::Api(k8s::KubeSource::start(&client, changed))
+            }
+        })
+    }
+
+    /// The desired state for `node`, or why there is none now.
+    fn desired(&self, node: &str) -> Result<Snapshot, NotNow> {
+        match self {
+            Self::Manifests { dir, .. } => {
+                let loaded = manifest::load_dir(dir).map_err(|e| NotNow::Failed(e.to_string()))?;
+                let bad = loaded.errors.iter().map(ToString::to_string);
+                Ok(snapshot(&loaded.store, node, bad, loaded.errors.len()))
+            }
+            Self::Api(source) => source.with_store(|ks| {
+                if !ks.is_ready() {
+                    return Err(NotNow::Waiting(ks.pending().join(", ")));
+                }
+                let complaints = ks.complaints();
+                let n = complaints.len();
+                Ok(snapshot(ks.store(), node, complaints.into_iter(), n))
+            }),
+        }
+    }
+}
+
+fn objects(store: &manifest::Store) -> usize {
+    store.services.len() + store.endpoint_slices.len() + store.nodes.len()
+}
+
+/// What a source says this node must program.
+struct Snapshot {
+    desired: model::Desired,
+    /// One line per object (or piece of one) left out.
+    complaints: BTreeSet<String>,
+    /// Services, EndpointSlices and Nodes read.
+    objects: usize,
+    /// Manifest documents (or API objects) that could not be used.
+    bad_objects: usize,
+    /// Pieces the model skipped.
+    model_warnings: usize,
+    /// healthCheckNodePort services and local-endpoint counts.
+    local: observe::LocalPolicy,
+    /// EndpointSlice trigger times (network programming latency).
+    triggers: observe::TriggerTimes,
+    /// Whether this node may receive traffic, when its Node object is known.
+    node_eligible: Option<bool>,
+}
+
+/// Everything a snapshot takes from a store, while the store is at hand.
+fn snapshot(
+    store: &manifest::Store,
+    node: &str,
+    bad: impl Iterator<Item = String>,
+    bad_objects: usize,
+) -> Snapshot {
+    let (desired, warnings) = model::desired_state(store, node);
+    Snapshot {
+        complaints: bad
+            .chain(warnings.iter().map(|w| format!("{}: {}", w.object, w.message)))
+            .collect(),
+        model_warnings: warnings.len(),
+        desired,
+        objects: objects(store),
+        bad_objects,
+        local: observe::local_policy(store, node),
+        triggers: observe::trigger_times(store),
+        node_eligible: store.nodes.get(node).map(observe::health::node_eligible),
+    }
+}
+
+/// Why a source has no desired state now; the programmed state is kept.
+enum NotNow {
+    /// The API watchers have not listed these kinds yet.
+    Waiting(String),
+    /// The source cannot be read.
+    Failed(String),
+}
+
 struct Agent {
     cfg: Config,
+    source: Source,
+    health: HealthState,
+    metrics: Metrics,
+    hc_servers: HcServers,
     datapath: Datapath,
     reconciler: Reconciler<PinnedMaps>,
     /// The last messages about bad input, so each is logged once, not every sync.
@@ -114,6 +241,16 @@ struct Agent {
 /// Runs the agent until SIGTERM or SIGINT. Pinned state is left in place.
 pub async fn run(cfg: Config) -> anyhow::Result<()> {
     loader::check_kernel().map_err(anyhow::Error::msg)?;
+    // Probes and metrics answer from the start (not ready until synced).
+    let health = HealthState::new(2 * RESYNC);
+    let metrics = Metrics::new(MetricsConfig {
+        pins: Some(cfg.paths.clone()),
+        health: Some(health.clone()),
+        ..MetricsConfig::default()
+    });
+    let _health_server = observe::serve_health(cfg.health_bind, health.clone())?;
+    let _metrics_server = observe::serve_metrics(cfg.metrics_bind, metrics.clone())?;
+    let hc_servers = HcServers::new(vec![Ipv4Addr::UNSPECIFIED.into()], health.clone());
     loader::ensure_bpffs(&cfg.paths.root)?;
     let mut datapath = Datapath::load(&cfg.paths, &cfg.map_sizes)?;
     match &cfg.socket_lb_cgroup {
@@ -128,12 +265,19 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         pruned = restored.pruned,
         "adopted pinned state"
     );
-    let mut agent =
-        Agent { cfg, datapath, reconciler, last_complaints: BTreeSet::new(), needs_retry: false };
-
     let (tx, mut rx) = mpsc::channel(64);
-    let _watcher = manifest::watch_dir(&agent.cfg.manifests, tx)
-        .with_context(|| format!("watching {}", agent.cfg.manifests.display()))?;
+    let source = Source::start(&cfg.source, &tx).await?;
+    let mut agent = Agent {
+        cfg,
+        source,
+        health,
+        metrics,
+        hc_servers,
+        datapath,
+        reconciler,
+        last_complaints: BTreeSet::new(),
+        needs_retry: false,
+    };
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut devices = interval(DEVICE_SCAN);
@@ -143,17 +287,25 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
 
     agent.scan_devices();
     agent.sync();
-    info!(node = %agent.cfg.node_name, manifests = %agent.cfg.manifests.display(), "agent running");
+    let source = match &agent.cfg.source {
+        SourceConfig::Manifests(dir) => format!("manifests {}", dir.display()),
+        SourceConfig::Api(api) => format!("API server ({})", api.describe()),
+    };
+    info!(node = %agent.cfg.node_name, %source, "agent running");
     loop {
         tokio::select! {
             _ = sigterm.recv() => { info!("SIGTERM: stopping, pinned state left in place"); break; }
             _ = sigint.recv() => { info!("SIGINT: stopping, pinned state left in place"); break; }
             Some(()) = rx.recv() => {
+                agent.queued();
                 sleep(DEBOUNCE).await;
                 while rx.try_recv().is_ok() {}
                 agent.sync();
             }
-            _ = resync.tick() => agent.sync(),
+            _ = resync.tick() => {
+                agent.queued();
+                agent.sync();
+            }
             _ = devices.tick() => {
                 agent.scan_devices();
                 if agent.needs_retry {
@@ -166,26 +318,41 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
 }
 
 impl Agent {
-    /// Re-reads the sources and makes the maps match.
+    /// An update is waiting to be applied (health and metrics notice a
+    /// stalled loop from here).
+    fn queued(&self) {
+        self.health.queued();
+        self.metrics.queued();
+    }
+
+    /// Takes the source's current state and makes the maps match.
     fn sync(&mut self) {
         let start = Instant::now();
-        let loaded = match manifest::load_dir(&self.cfg.manifests) {
-            Ok(l) => l,
-            Err(e) => {
+        let Snapshot {
+            desired,
+            complaints,
+            objects,
+            bad_objects,
+            model_warnings,
+            local,
+            triggers,
+            node_eligible,
+        } = match self.source.desired(&self.cfg.node_name) {
+            Ok(s) => s,
+            Err(NotNow::Waiting(kinds)) => {
+                // Nothing is programmed (or withdrawn) from a partial view.
+                debug!(%kinds, "waiting for the initial lists");
+                return;
+            }
+            Err(NotNow::Failed(e)) => {
                 // Keep what is programmed: a missing directory must not
                 // withdraw every service.
-                error!(error = %e, "cannot read the manifest directory; keeping the programmed state");
+                error!(error = %e, "cannot read the source; keeping the programmed state");
+                self.metrics.sync_failed(start.elapsed());
                 self.needs_retry = true;
                 return;
             }
         };
-        let (desired, warnings) = model::desired_state(&loaded.store, &self.cfg.node_name);
-        let complaints: BTreeSet<String> = loaded
-            .errors
-            .iter()
-            .map(ToString::to_string)
-            .chain(warnings.iter().map(|w| format!("{}: {}", w.object, w.message)))
-            .collect();
         for c in complaints.difference(&self.last_complaints) {
             warn!("skipped: {c}");
         }
@@ -202,11 +369,32 @@ impl Agent {
         if outcome.ct_flushed > 0 {
             info!(entries = outcome.ct_flushed, "flushed conntrack of removed UDP backends");
         }
+        for failure in self.hc_servers.sync_services(&local.hc_services) {
+            warn!(service = %failure.service, error = %failure.error, "healthCheckNodePort server; will retry");
+            self.needs_retry = true;
+        }
+        self.metrics.record_sync(&SyncReport {
+            duration: start.elapsed(),
+            desired: &desired,
+            failed_frontends: outcome.errors.len(),
+            manifest_errors: bad_objects,
+            model_warnings,
+            triggers: &triggers,
+            local: &local,
+        });
+        if let Some(eligible) = node_eligible {
+            self.health.set_node_eligible(eligible);
+        }
+        if outcome.errors.is_empty() {
+            self.health.synced();
+            // Every source has been listed and applied once.
+            self.health.set_ready();
+        }
         let log =
             if outcome.changed + outcome.removed > 0 { true } else { !outcome.errors.is_empty() };
         if log {
             info!(
-                files = loaded.files,
+                objects,
                 frontends = desired.len(),
                 changed = outcome.changed,
                 removed = outcome.removed,

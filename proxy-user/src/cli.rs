@@ -49,7 +49,8 @@ pub struct InspectArgs {
 
 #[derive(Debug, clap::Args)]
 pub struct AgentArgs {
-    /// Talk to the API server of this kubeconfig (not implemented yet: use --manifests).
+    /// Talk to the API server of this kubeconfig (its current context). Without
+    /// it and without --manifests: the in-cluster service account.
     #[arg(long, env = "KUBECONFIG")]
     pub kubeconfig: Option<PathBuf>,
     /// Instead of an API server: Service, EndpointSlice and Node objects as
@@ -84,10 +85,10 @@ pub struct AgentArgs {
     /// Pod address space (masquerade decisions; not yet used).
     #[arg(long, value_delimiter = ',')]
     pub cluster_cidr: Vec<String>,
-    /// Address of /healthz, /livez, /readyz (not yet served).
+    /// Address of /healthz, /livez, /readyz (kube-proxy semantics).
     #[arg(long, default_value = "0.0.0.0:10256")]
     pub health_bind: String,
-    /// Address of Prometheus /metrics (not yet served).
+    /// Address of Prometheus /metrics.
     #[arg(long, default_value = "0.0.0.0:10249")]
     pub metrics_bind: String,
     /// Where the agent writes this node's CNI conflist (not yet written).

@@ -1,6 +1,6 @@
 //! sluice: the node agent and the operator's CLI, as a library.
 //!
-//! Data flow: manifests (or, later, the Kubernetes API) -> [`manifest::Store`]
+//! Data flow: manifests ([`manifest`]) or the Kubernetes API ([`k8s`]) -> [`manifest::Store`]
 //! -> the pure [`model`] (kube-proxy's semantics) -> the [`datapath`]
 //! reconciler, which writes the pinned BPF maps in an order that never shows
 //! a half-built service.
@@ -9,6 +9,7 @@ pub mod cli;
 pub mod datapath;
 pub mod ebpf;
 pub mod inspect;
+pub mod k8s;
 pub mod manifest;
 pub mod model;
 pub mod observe;

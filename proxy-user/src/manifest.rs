@@ -275,7 +275,7 @@ impl Kind {
 }
 
 /// A field path and what is wrong with it.
-type FieldError = (Option<String>, String);
+pub(crate) type FieldError = (Option<String>, String);
 
 #[derive(Default)]
 struct Loader {
@@ -500,7 +500,7 @@ fn one_line(message: String) -> String {
 
 /// Checks a Service's name, defaults its namespace, checks the fields the
 /// model relies on, and strips what nobody needs.
-fn prepare_service(service: &mut Service) -> Result<(), Vec<FieldError>> {
+pub(crate) fn prepare_service(service: &mut Service) -> Result<(), Vec<FieldError>> {
     let mut errors = Vec::new();
     prepare_namespaced_meta(&mut service.metadata, &mut errors);
     if let Some(spec) = &service.spec {
@@ -532,7 +532,7 @@ fn prepare_service(service: &mut Service) -> Result<(), Vec<FieldError>> {
     if errors.is_empty() { Ok(()) } else { Err(errors) }
 }
 
-fn prepare_endpoint_slice(slice: &mut EndpointSlice) -> Result<(), Vec<FieldError>> {
+pub(crate) fn prepare_endpoint_slice(slice: &mut EndpointSlice) -> Result<(), Vec<FieldError>> {
     let mut errors = Vec::new();
     prepare_namespaced_meta(&mut slice.metadata, &mut errors);
     let address_type = slice.address_type.as_str();
@@ -566,7 +566,7 @@ fn prepare_endpoint_slice(slice: &mut EndpointSlice) -> Result<(), Vec<FieldErro
     if errors.is_empty() { Ok(()) } else { Err(errors) }
 }
 
-fn prepare_node(node: &mut Node) -> Result<(), Vec<FieldError>> {
+pub(crate) fn prepare_node(node: &mut Node) -> Result<(), Vec<FieldError>> {
     let mut errors = Vec::new();
     check_name(&node.metadata, &mut errors);
     strip_metadata(&mut node.metadata);

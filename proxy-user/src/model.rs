@@ -104,8 +104,11 @@ impl fmt::Display for FrontendKey {
     }
 }
 
-/// Why a backend is in the set: ready, or only serving while terminating
-/// (used because no endpoint was ready).
+/// What the data path may do with a backend: send new flows to it (the
+/// endpoints kube-proxy's `CategorizeEndpoints` chose: ready ones, or the
+/// serving-and-terminating ones when none is ready), or only keep the flows
+/// it already has (serving-and-terminating endpoints not chosen, as
+/// kube-proxy's conntrack keeps them).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum BackendState {
     Active,
@@ -173,7 +176,7 @@ pub fn desired_state(store: &Store, node_name: &str) -> (Desired, Vec<ModelWarni
 
             let frontend =
                 FrontendKey { addr: port.cluster_ip, port: port.port, proto: port.protocol };
-            let backends = backends(categorized.for_cluster_ip(&port));
+            let backends = backends(categorized.for_cluster_ip(&port), &endpoints);
             insert_frontend(&mut desired, frontend, &port, backends, &mut warnings);
             // Later: NodePort, externalIPs and LoadBalancer frontends here,
             // with `categorized.for_external(&port)`.
@@ -211,17 +214,20 @@ fn insert_frontend(
     );
 }
 
-/// The backends a list of chosen endpoints gives: sorted, one per
-/// (addr, port).
-fn backends(endpoints: &[&EndpointInfo]) -> Vec<BackendSpec> {
-    let mut backends: Vec<BackendSpec> = endpoints
+/// The backends of a frontend: the chosen endpoints take new flows; the
+/// other serving-and-terminating endpoints of the port keep their existing
+/// flows. Sorted, one per (addr, port), chosen first on duplicates.
+fn backends(chosen: &[&EndpointInfo], all: &[EndpointInfo]) -> Vec<BackendSpec> {
+    let mut backends: Vec<BackendSpec> = chosen
         .iter()
-        .map(|ep| BackendSpec {
+        .map(|ep| BackendSpec { addr: ep.addr, port: ep.port, state: BackendState::Active })
+        .chain(all.iter().filter(|ep| ep.serving && ep.terminating).map(|ep| BackendSpec {
             addr: ep.addr,
             port: ep.port,
-            state: if ep.ready { BackendState::Active } else { BackendState::Terminating },
-        })
+            state: BackendState::Terminating,
+        }))
         .collect();
+    // Active sorts before Terminating, so dedup keeps the chosen one.
     backends.sort_unstable();
     backends.dedup_by_key(|b| (b.addr, b.port));
     backends
@@ -983,7 +989,7 @@ mod tests {
                 warnings: &[],
             },
             Case {
-                name: "not-ready endpoints excluded; nil conditions mean ready",
+                name: "not-ready endpoints excluded (a terminating one keeps its flows only); nil conditions mean ready",
                 objects: vec![
                     one(),
                     slice(
@@ -1001,11 +1007,13 @@ mod tests {
                         ]),
                     ),
                 ],
-                want: &["10.96.0.20:80/TCP ns/one  -> [10.244.1.5:8080 10.244.1.7:8080]"],
+                want: &[
+                    "10.96.0.20:80/TCP ns/one  -> [10.244.1.5:8080 10.244.1.7:8080 10.244.1.8:8080~]",
+                ],
                 warnings: &[],
             },
             Case {
-                name: "no ready endpoint: fall back to serving and terminating",
+                name: "no ready endpoint: fall back to serving and terminating (taking new flows)",
                 objects: vec![
                     one(),
                     slice(
@@ -1027,7 +1035,7 @@ mod tests {
                         ]),
                     ),
                 ],
-                want: &["10.96.0.20:80/TCP ns/one  -> [10.244.1.5:8080~ 10.244.1.8:8080~]"],
+                want: &["10.96.0.20:80/TCP ns/one  -> [10.244.1.5:8080 10.244.1.8:8080]"],
                 warnings: &[],
             },
             Case {

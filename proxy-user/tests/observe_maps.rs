@@ -13,7 +13,6 @@ use proxy_common::{DropReason, MAP_BACKENDS, MAP_SERVICES};
 use sluice::{
     datapath::{PinPaths, loader::Datapath, maps::PinnedMaps, reconcile::Reconciler},
     manifest::ObjectKey,
-    manifest::Store,
     model::{BackendSpec, BackendState, Desired, Frontend, FrontendKey, Protocol},
     observe::{LocalPolicy, Metrics, MetricsConfig, SyncReport},
     pktgen,
@@ -104,7 +103,7 @@ fn map_occupancy_and_drops_are_read_at_scrape_time() {
         failed_frontends: 0,
         manifest_errors: 0,
         model_warnings: 0,
-        store: &Store::default(),
+        triggers: &Default::default(),
         local: &LocalPolicy::default(),
     });
     // One SYN from a pod to the frontend through the pod program.

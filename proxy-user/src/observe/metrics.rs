@@ -147,13 +147,41 @@ pub struct SyncReport<'a> {
     pub manifest_errors: usize,
     /// Object parts the model skipped.
     pub model_warnings: usize,
-    /// The objects the sync used (trigger times of changed slices).
-    pub store: &'a Store,
+    /// Trigger times of the EndpointSlices the sync used
+    /// ([`trigger_times`] of the store).
+    pub triggers: &'a TriggerTimes,
     /// From [`super::hcnode::local_policy`].
     pub local: &'a LocalPolicy,
 }
 
 type Label = [(&'static str, &'static str); 1];
+
+/// Each EndpointSlice's `endpoints.kubernetes.io/last-change-trigger-time`.
+pub type TriggerTimes = BTreeMap<ObjectKey, SystemTime>;
+
+/// The trigger times of the slices in `store` (taken while the store is at
+/// hand, so that recording the sync later does not need it).
+#[must_use]
+pub fn trigger_times(store: &Store) -> TriggerTimes {
+    store
+        .endpoint_slices
+        .iter()
+        .filter_map(|(key, slice)| {
+            let t = slice
+                .metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(ANNOTATION_TRIGGER_TIME))
+                .and_then(|s| s.parse::<k8s_openapi::jiff::Timestamp>().ok())
+                .and_then(|ts| {
+                    let secs = u64::try_from(ts.as_second()).ok()?;
+                    let nanos = u32::try_from(ts.subsec_nanosecond()).ok()?;
+                    Some(UNIX_EPOCH + Duration::new(secs, nanos))
+                })?;
+            Some((key.clone(), t))
+        })
+        .collect()
+}
 
 /// Remembers each slice's trigger time, to time the changes once each.
 #[derive(Debug)]
@@ -166,29 +194,13 @@ struct Triggers {
 }
 
 impl Triggers {
-    fn note(&mut self, store: &Store) {
-        let mut now_seen = BTreeMap::new();
-        for (key, slice) in &store.endpoint_slices {
-            let Some(t) = slice
-                .metadata
-                .annotations
-                .as_ref()
-                .and_then(|a| a.get(ANNOTATION_TRIGGER_TIME))
-                .and_then(|s| s.parse::<k8s_openapi::jiff::Timestamp>().ok())
-                .and_then(|ts| {
-                    let secs = u64::try_from(ts.as_second()).ok()?;
-                    let nanos = u32::try_from(ts.subsec_nanosecond()).ok()?;
-                    Some(UNIX_EPOCH + Duration::new(secs, nanos))
-                })
-            else {
-                continue;
-            };
-            if self.seen.get(key) != Some(&t) && t >= self.start {
-                self.pending.insert((t, key.clone()));
+    fn note(&mut self, triggers: &TriggerTimes) {
+        for (key, t) in triggers {
+            if self.seen.get(key) != Some(t) && *t >= self.start {
+                self.pending.insert((*t, key.clone()));
             }
-            now_seen.insert(key.clone(), t);
         }
-        self.seen = now_seen;
+        self.seen = triggers.clone();
     }
 }
 
@@ -384,7 +396,7 @@ impl Metrics {
             .get_or_create(&[("traffic_policy", "external")])
             .set(gauge_value(r.local.no_local_external));
         let mut triggers = m.triggers.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        triggers.note(r.store);
+        triggers.note(r.triggers);
         if r.failed_frontends > 0 {
             m.sync_errors.inc();
             return;
@@ -623,7 +635,7 @@ mod tests {
             failed_frontends: 0,
             manifest_errors: 4,
             model_warnings: 5,
-            store: &store,
+            triggers: &trigger_times(&store),
             local: &local,
         };
         m.record_sync(&report);
@@ -694,7 +706,7 @@ mod tests {
                     failed_frontends: failed,
                     manifest_errors: 0,
                     model_warnings: 0,
-                    store,
+                    triggers: &trigger_times(store),
                     local: &local,
                 },
                 now,

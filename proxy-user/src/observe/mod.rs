@@ -35,7 +35,7 @@
 //!     failed_frontends: outcome.errors.len(),
 //!     manifest_errors: loaded.errors.len(),
 //!     model_warnings: warnings.len(),
-//!     store: &loaded.store,
+//!     triggers: &observe::trigger_times(&loaded.store),
 //!     local: &local,
 //! });
 //! if let Some(node) = loaded.store.nodes.get(&cfg.node_name) {
@@ -57,7 +57,7 @@ use std::net::SocketAddr;
 pub use hcnode::{HcServers, HcService, LocalPolicy, local_policy};
 pub use health::{HealthState, serve_health};
 pub use http::ServerHandle;
-pub use metrics::{Metrics, MetricsConfig, SyncReport, serve_metrics};
+pub use metrics::{Metrics, MetricsConfig, SyncReport, TriggerTimes, serve_metrics, trigger_times};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

@@ -30,6 +30,8 @@
 //! # Ok(()) }
 //! ```
 
+pub mod apiserver;
+
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::fs::{self, File, OpenOptions};
@@ -1154,6 +1156,8 @@ pub fn sluice_has_agent(bin: &Path) -> bool {
 pub struct AgentConfig {
     /// The `sluice` binary.
     pub bin: PathBuf,
+    /// `--manifests`; an empty path leaves the flag out (the source is then
+    /// in `extra_args`, e.g. `--kubeconfig`; see [`AgentConfig::with_kubeconfig`]).
     pub manifests: PathBuf,
     pub node_name: String,
     pub bpffs_root: PathBuf,
@@ -1194,10 +1198,35 @@ impl AgentConfig {
         }
     }
 
+    /// Like [`AgentConfig::new`], with an API server as the source:
+    /// `--kubeconfig KUBECONFIG` instead of `--manifests`.
+    pub fn with_kubeconfig(
+        bin: impl Into<PathBuf>,
+        node: &Node,
+        kubeconfig: &Path,
+        bpffs: &BpffsMount,
+        cgroup: Option<&TestCgroup>,
+        dir: &TestDir,
+    ) -> AgentConfig {
+        AgentConfig {
+            bin: bin.into(),
+            manifests: PathBuf::new(),
+            node_name: node.name().to_owned(),
+            bpffs_root: bpffs.path().join("sluice"),
+            cgroup_root: cgroup.map(|c| c.path().to_owned()),
+            cni_conf_dir: Some(dir.join("cni-net.d")),
+            log: dir.join(format!("agent-{}.log", node.name())),
+            extra_args: vec!["--kubeconfig".to_owned(), kubeconfig.display().to_string()],
+            rust_log: "info".to_owned(),
+        }
+    }
+
     /// The agent's argument list (without the binary).
     pub fn args(&self) -> Vec<std::ffi::OsString> {
-        let mut a: Vec<std::ffi::OsString> =
-            vec!["agent".into(), "--manifests".into(), self.manifests.clone().into()];
+        let mut a: Vec<std::ffi::OsString> = vec!["agent".into()];
+        if !self.manifests.as_os_str().is_empty() {
+            a.extend(["--manifests".into(), self.manifests.clone().into()]);
+        }
         a.extend(["--node-name".into(), self.node_name.clone().into()]);
         a.extend(["--bpffs-root".into(), self.bpffs_root.clone().into()]);
         if let Some(c) = &self.cgroup_root {
