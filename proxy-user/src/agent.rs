@@ -236,6 +236,8 @@ struct Agent {
     /// The last messages about bad input, so each is logged once, not every sync.
     last_complaints: BTreeSet<String>,
     needs_retry: bool,
+    /// When the last sync started.
+    last_sync: Instant,
 }
 
 /// Runs the agent until SIGTERM or SIGINT. Pinned state is left in place.
@@ -277,6 +279,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         reconciler,
         last_complaints: BTreeSet::new(),
         needs_retry: false,
+        last_sync: Instant::now(),
     };
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
@@ -298,7 +301,12 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             _ = sigint.recv() => { info!("SIGINT: stopping, pinned state left in place"); break; }
             Some(()) = rx.recv() => {
                 agent.queued();
-                sleep(DEBOUNCE).await;
+                // Leading edge: an isolated change is applied at once; a
+                // burst is coalesced into at most one sync per DEBOUNCE.
+                let since = agent.last_sync.elapsed();
+                if since < DEBOUNCE {
+                    sleep(DEBOUNCE - since).await;
+                }
                 while rx.try_recv().is_ok() {}
                 agent.sync();
             }
@@ -328,6 +336,7 @@ impl Agent {
     /// Takes the source's current state and makes the maps match.
     fn sync(&mut self) {
         let start = Instant::now();
+        self.last_sync = start;
         let Snapshot {
             desired,
             complaints,

@@ -149,7 +149,7 @@ fn demo(demo_args: &[String]) -> Result<()> {
 /// Benchmarks: `datapath` (per-packet cost against the number of services).
 /// More join as the issues add them.
 fn bench(quick: bool, target: Option<&str>) -> Result<()> {
-    const TARGETS: [&str; 1] = ["datapath"];
+    const TARGETS: [&str; 2] = ["datapath", "control"];
     let targets: Vec<&str> = match target {
         None => TARGETS.to_vec(),
         Some(t) if TARGETS.contains(&t) => vec![t],
