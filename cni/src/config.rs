@@ -25,6 +25,10 @@ pub struct Env {
     pub ifname: Option<String>,
     pub args: Option<String>,
     pub path: Option<String>,
+    /// `SLUICE_CNI_TEST_FAIL_AFTER`: for tests of ADD's rollback only; makes
+    /// ADD fail right after the named step (`ipam`, `veth`, `node`, `pod`,
+    /// `endpoint`, `attach`).
+    pub fail_after: Option<String>,
 }
 
 impl Env {
@@ -40,6 +44,7 @@ impl Env {
             ifname: get("CNI_IFNAME"),
             args: get("CNI_ARGS"),
             path: get("CNI_PATH"),
+            fail_after: get("SLUICE_CNI_TEST_FAIL_AFTER"),
         }
     }
 
@@ -82,6 +87,14 @@ impl Env {
         self.netns
             .as_deref()
             .ok_or(Error::InvalidEnv { var: "CNI_NETNS", reason: "not set".into() })
+    }
+
+    /// An injected failure after `step` (see `fail_after`).
+    pub fn fail_point(&self, step: &str) -> Result<()> {
+        if self.fail_after.as_deref() == Some(step) {
+            return Err(Error::Internal(format!("injected failure after step {step}")));
+        }
+        Ok(())
     }
 
     /// The directories of `CNI_PATH`.

@@ -42,7 +42,7 @@ pub enum Error {
     AgentNotReady { root: PathBuf, missing: PathBuf },
     /// A netlink request failed.
     #[error("netlink: {what}: {reason}")]
-    Netlink { what: String, reason: String },
+    Netlink { what: String, reason: String, errno: Option<i32> },
     /// The IPAM store cannot be read or written.
     #[error("IPAM store {path}: {reason}")]
     IpamStore { path: PathBuf, reason: String },
@@ -175,7 +175,7 @@ impl Error {
 
     pub(crate) fn netlink(what: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> Error {
         let what = what.into();
-        move |e| Error::Netlink { what, reason: netlink_reason(&e) }
+        move |e| Error::Netlink { what, reason: netlink_reason(&e), errno: netlink_errno(&e) }
     }
 }
 

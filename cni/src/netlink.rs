@@ -58,6 +58,7 @@ pub fn connect() -> Result<Handle> {
     let (conn, handle, _) = rtnetlink::new_connection().map_err(|e| Error::Netlink {
         what: "opening a netlink socket".into(),
         reason: e.to_string(),
+        errno: e.raw_os_error(),
     })?;
     tokio::spawn(conn);
     Ok(handle)
@@ -346,6 +347,11 @@ pub fn ensure_sysctl(key: &str, value: &str) -> Result<()> {
         return Ok(());
     }
     std::fs::write(&path, value).map_err(Error::io(&path))
+}
+
+/// `true` when a netlink request failed because the object exists already.
+pub fn is_exists(e: &Error) -> bool {
+    matches!(e, Error::Netlink { errno: Some(libc::EEXIST), .. })
 }
 
 /// Formats a MAC as `aa:bb:cc:dd:ee:ff`.

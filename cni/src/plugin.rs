@@ -201,8 +201,8 @@ async fn add(env: &Env, conf: &NetConf) -> Result<Value> {
     let host_if = host_veth_name(container_id, ifname);
 
     // A host veth of this attachment is a leftover of an earlier ADD (the
-    // name is derived from it): replace it.
-    netlink::delete_link(&node, &host_if).await?;
+    // name is derived from it): replace it, with its link pin.
+    teardown(&node, &pins, &host_if, None, None).await?;
     if netlink::link_by_name(&pod, ifname).await?.is_some() {
         return Err(Error::IfnameTaken { ifname: ifname.to_owned(), netns: netns.to_owned() });
     }
@@ -246,6 +246,7 @@ async fn add(env: &Env, conf: &NetConf) -> Result<Value> {
         st.save()?;
         ip
     };
+    env.fail_point("ipam")?;
 
     // Links.
     let mtu = match conf.mtu {
@@ -254,13 +255,16 @@ async fn add(env: &Env, conf: &NetConf) -> Result<Value> {
     };
     netlink::create_veth(&node, &host_if, ifname, &ns, mtu).await?;
     guard.host_if = Some(host_if.clone());
+    env.fail_point("veth")?;
     let host = netlink::link_by_name(&node, &host_if).await?.ok_or_else(|| Error::Netlink {
         what: format!("looking up {host_if}"),
         reason: "created, but gone".into(),
+        errno: None,
     })?;
     let pod_link = netlink::link_by_name(&pod, ifname).await?.ok_or_else(|| Error::Netlink {
         what: format!("looking up {ifname} in {netns}"),
         reason: "created, but gone".into(),
+        errno: None,
     })?;
 
     // Node side.
@@ -269,14 +273,24 @@ async fn add(env: &Env, conf: &NetConf) -> Result<Value> {
     netlink::set_up(&node, host.index, &host_if).await?;
     netlink::add_route(&node, host.index, ip, 32, None).await?;
     netlink::add_neighbour(&node, host.index, ip, pod_link.mac).await?;
+    env.fail_point("node")?;
 
     // Pod side.
     let i = pod_link.index;
     netlink::set_up(&pod, i, ifname).await?;
     netlink::add_address(&pod, i, ip, 32).await?;
-    netlink::add_route(&pod, i, GATEWAY, 32, None).await?;
-    netlink::add_route(&pod, i, Ipv4Addr::UNSPECIFIED, 0, Some(GATEWAY)).await?;
+    // A second sluice interface in the same pod keeps the first one's
+    // gateway and default route (EEXIST): one default route per pod.
+    let routes_added = match netlink::add_route(&pod, i, GATEWAY, 32, None).await {
+        Ok(()) => true,
+        Err(e) if netlink::is_exists(&e) => false,
+        Err(e) => return Err(e),
+    };
+    if routes_added {
+        netlink::add_route(&pod, i, Ipv4Addr::UNSPECIFIED, 0, Some(GATEWAY)).await?;
+    }
     netlink::add_neighbour(&pod, i, GATEWAY, host.mac).await?;
+    env.fail_point("pod")?;
 
     // Data path.
     let info = EndpointInfo {
@@ -288,8 +302,10 @@ async fn add(env: &Env, conf: &NetConf) -> Result<Value> {
     };
     pins.insert_endpoint(ip, info)?;
     guard.endpoint = Some(ip);
+    env.fail_point("endpoint")?;
     pins.attach(&host_if, host.index)?;
     guard.link_pin = Some(host.index);
+    env.fail_point("attach")?;
 
     {
         let mut st = Store::open(&conf.data_dir, &conf.name)?;
@@ -445,10 +461,10 @@ async fn check(env: &Env, conf: &NetConf) -> Result<Value> {
                 diffs.push(format!("{ifname} lacks address {ip}/32 (has {addrs:?})"));
             }
             let routes = netlink::routes(&pod).await?;
+            // Through this interface or another sluice interface of the pod
+            // (the first one owns the default route).
             let has = |dst: Ipv4Addr, prefix: u8, gw: Option<Ipv4Addr>| {
-                routes.iter().any(|r| {
-                    r.dst == dst && r.prefix == prefix && r.gateway == gw && r.oif == Some(p.index)
-                })
+                routes.iter().any(|r| r.dst == dst && r.prefix == prefix && r.gateway == gw)
             };
             if !has(GATEWAY, 32, None) {
                 diffs.push(format!("route {GATEWAY} dev {ifname} is missing in the pod"));
