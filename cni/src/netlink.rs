@@ -208,7 +208,13 @@ pub async fn delete_link(h: &Handle, name: &str) -> Result<bool> {
     let Some(link) = link_by_name(h, name).await? else {
         return Ok(false);
     };
-    match h.link().del(link.index).execute().await {
+    delete_link_index(h, link.index, name).await
+}
+
+/// Deletes the link with index `index` (`name` for messages); `Ok(false)`
+/// when it does not exist.
+pub async fn delete_link_index(h: &Handle, index: u32, name: &str) -> Result<bool> {
+    match h.link().del(index).execute().await {
         Ok(()) => Ok(true),
         Err(e) if netlink_errno(&e) == Some(libc::ENODEV) => Ok(false),
         Err(e) => Err(Error::netlink(format!("deleting link {name}"))(e)),

@@ -189,7 +189,23 @@ impl Drop for AddGuard<'_> {
     }
 }
 
+/// `SLUICE_CNI_TIMING=1`: step timings on stderr (for benchmarks).
+struct Timing(Option<std::time::Instant>);
+
+impl Timing {
+    fn new() -> Self {
+        Timing(std::env::var_os("SLUICE_CNI_TIMING").map(|_| std::time::Instant::now()))
+    }
+
+    fn mark(&self, step: &str) {
+        if let Some(t) = self.0 {
+            eprintln!("sluice-cni: {step} at {:.3} ms", t.elapsed().as_secs_f64() * 1000.0);
+        }
+    }
+}
+
 async fn add(env: &Env, conf: &NetConf) -> Result<Value> {
+    let timing = Timing::new();
     let container_id = env.container_id()?;
     let ifname = env.ifname()?;
     let netns = env.netns()?;
@@ -199,6 +215,7 @@ async fn add(env: &Env, conf: &NetConf) -> Result<Value> {
     let node = netlink::connect()?;
     let pod = netlink::connect_in(&ns, netns)?;
     let host_if = host_veth_name(container_id, ifname);
+    timing.mark("connected");
 
     // A host veth of this attachment is a leftover of an earlier ADD (the
     // name is derived from it): replace it, with its link pin.
@@ -206,6 +223,7 @@ async fn add(env: &Env, conf: &NetConf) -> Result<Value> {
     if netlink::link_by_name(&pod, ifname).await?.is_some() {
         return Err(Error::IfnameTaken { ifname: ifname.to_owned(), netns: netns.to_owned() });
     }
+    timing.mark("stale checked");
 
     let mut guard = AddGuard {
         env,
@@ -247,6 +265,7 @@ async fn add(env: &Env, conf: &NetConf) -> Result<Value> {
         ip
     };
     env.fail_point("ipam")?;
+    timing.mark("ipam");
 
     // Links.
     let mtu = match conf.mtu {
@@ -256,6 +275,7 @@ async fn add(env: &Env, conf: &NetConf) -> Result<Value> {
     netlink::create_veth(&node, &host_if, ifname, &ns, mtu).await?;
     guard.host_if = Some(host_if.clone());
     env.fail_point("veth")?;
+    timing.mark("veth");
     let host = netlink::link_by_name(&node, &host_if).await?.ok_or_else(|| Error::Netlink {
         what: format!("looking up {host_if}"),
         reason: "created, but gone".into(),
@@ -274,6 +294,7 @@ async fn add(env: &Env, conf: &NetConf) -> Result<Value> {
     netlink::add_route(&node, host.index, ip, 32, None).await?;
     netlink::add_neighbour(&node, host.index, ip, pod_link.mac).await?;
     env.fail_point("node")?;
+    timing.mark("node side");
 
     // Pod side.
     let i = pod_link.index;
@@ -291,6 +312,7 @@ async fn add(env: &Env, conf: &NetConf) -> Result<Value> {
     }
     netlink::add_neighbour(&pod, i, GATEWAY, host.mac).await?;
     env.fail_point("pod")?;
+    timing.mark("pod side");
 
     // Data path.
     let info = EndpointInfo {
@@ -303,9 +325,11 @@ async fn add(env: &Env, conf: &NetConf) -> Result<Value> {
     pins.insert_endpoint(ip, info)?;
     guard.endpoint = Some(ip);
     env.fail_point("endpoint")?;
+    timing.mark("endpoint");
     pins.attach(&host_if, host.index)?;
     guard.link_pin = Some(host.index);
     env.fail_point("attach")?;
+    timing.mark("attach");
 
     {
         let mut st = Store::open(&conf.data_dir, &conf.name)?;
@@ -370,14 +394,23 @@ async fn teardown(
             pins.remove_endpoint(ip)?;
         }
     }
+    // The link before its pin: releasing the tcx link of a live interface
+    // waits for an RCU grace period under the RTNL lock, which would stall
+    // the deletion; once the interface is gone the link is defunct and its
+    // release is cheap.
+    if let Some(l) = &link {
+        let t = Timing::new();
+        netlink::delete_link_index(node, l.index, host_if).await?;
+        t.mark("link deleted");
+    }
     if let Some(i) = ifindex {
         pins.detach(i)?;
     }
-    netlink::delete_link(node, host_if).await?;
     Ok(())
 }
 
 async fn del(env: &Env, conf: &NetConf) -> Result<Value> {
+    let timing = Timing::new();
     let container_id = env.container_id()?;
     let ifname = env.ifname()?;
     let host_if = host_veth_name(container_id, ifname);
@@ -391,7 +424,9 @@ async fn del(env: &Env, conf: &NetConf) -> Result<Value> {
             .as_ref()
             .and_then(|p| result::expected(p, ifname, env.netns.as_deref().unwrap_or(""), &host_if).ip)
     });
+    timing.mark("store read");
     teardown(&node, &pins, &host_if, ip, record.as_ref().map(|r| r.host_ifindex)).await?;
+    timing.mark("teardown");
     if conf.ipam.is_some() {
         delegate::exec(env, conf, "DEL", &conf.raw)?;
     }

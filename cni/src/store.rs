@@ -4,12 +4,18 @@
 //! - `lock`: taken with `flock(LOCK_EX)` around every read-modify-write, so
 //!   concurrent plugin processes serialise (the lock dies with the process,
 //!   so a crashed plugin never leaves it held);
-//! - `state-<boot id>.json`: every attachment `(containerID, ifname)` with its
-//!   address, host veth and ifindex, and the allocation cursor per range.
-//!   Written to a temporary file and renamed over the old one (atomic for
-//!   readers and across a crash of the plugin).
+//! - `state-<boot id>.a` and `.b`: every attachment `(containerID, ifname)`
+//!   with its address, host veth and ifindex, and the allocation cursor per
+//!   range, as JSON with a generation number, followed by a line with the
+//!   FNV-1a hash of the JSON. A save writes the generation after the current
+//!   one into the *other* file, in place; a load takes the valid file with
+//!   the highest generation. A plugin killed in the middle of a save leaves
+//!   that file invalid (hash mismatch) and the previous state intact. Readers
+//!   never see a half-written state anyway: they hold the lock. (In place,
+//!   because replacing a file by rename or truncation makes ext4 flush it,
+//!   which costs milliseconds per ADD.)
 //!
-//! The boot id (`/proc/sys/kernel/random/boot_id`) in the file name makes a
+//! The boot id (`/proc/sys/kernel/random/boot_id`) in the file names makes a
 //! reboot start from an empty store: no pod, veth or pinned map of the last
 //! boot survives it, so nothing of it can be in use. Files of other boots are
 //! removed on the next access. This also makes fsync unnecessary: a power
@@ -59,6 +65,9 @@ impl Record {
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct State {
+    /// Incremented by every save.
+    #[serde(default)]
+    pub generation: u64,
     /// Last address handed out per range (allocation continues after it, so
     /// a released address is not reused at once).
     #[serde(default)]
@@ -127,7 +136,9 @@ impl State {
 /// The store of one network, locked for as long as this value lives.
 pub struct Store {
     _lock: Flock<File>,
-    path: PathBuf,
+    /// The two state files; `current` indexes the one loaded (if any).
+    paths: [PathBuf; 2],
+    current: Option<usize>,
     pub state: State,
     dirty: bool,
 }
@@ -142,6 +153,30 @@ fn boot_id() -> String {
 /// `<dataDir>/<network>`.
 pub fn network_dir(data_dir: &Path, network: &str) -> PathBuf {
     data_dir.join(network)
+}
+
+fn fnv1a(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
+/// The file's state when it is complete and intact.
+fn decode(bytes: &[u8]) -> Option<State> {
+    let text = std::str::from_utf8(bytes).ok()?;
+    let (json, hash) = text.trim_end_matches('\n').rsplit_once('\n')?;
+    if u64::from_str_radix(hash, 16).ok()? != fnv1a(json.as_bytes()) {
+        return None;
+    }
+    serde_json::from_str(json).ok()
+}
+
+fn encode(state: &State) -> Vec<u8> {
+    let json = serde_json::to_string(state).expect("State serialises");
+    format!("{json}\n{:016x}\n", fnv1a(json.as_bytes())).into_bytes()
 }
 
 impl Store {
@@ -161,27 +196,45 @@ impl Store {
             path: lock_path.clone(),
             source: e.into(),
         })?;
-        let name = format!("state-{}.json", boot_id());
-        let path = dir.join(&name);
-        // Forget earlier boots.
+        let prefix = format!("state-{}.", boot_id());
+        let paths = [dir.join(format!("{prefix}a")), dir.join(format!("{prefix}b"))];
+        // Forget earlier boots (and the format before the a/b files).
         if let Ok(rd) = fs::read_dir(&dir) {
             for e in rd.flatten() {
                 let n = e.file_name();
                 let n = n.to_string_lossy();
-                if n.starts_with("state-") && n.ends_with(".json") && n != name {
+                let ours = paths.iter().any(|p| p.file_name() == Some(e.file_name().as_os_str()));
+                if n.starts_with("state-") && !ours {
                     let _ = fs::remove_file(e.path());
                 }
             }
         }
-        let state = match fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| Error::IpamStore {
-                path: path.clone(),
-                reason: format!("unreadable ({e}); move it away to start over"),
-            })?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => State::default(),
-            Err(e) => return Err(Error::io(&path)(e)),
+        let mut best: Option<(usize, State)> = None;
+        let mut unreadable = 0;
+        for (i, p) in paths.iter().enumerate() {
+            match fs::read(p) {
+                Ok(bytes) => match decode(&bytes) {
+                    Some(st) if best.as_ref().is_none_or(|(_, b)| st.generation > b.generation) => {
+                        best = Some((i, st));
+                    }
+                    Some(_) => {}
+                    None => unreadable += 1,
+                },
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(Error::io(p)(e)),
+            }
+        }
+        if best.is_none() && unreadable == 2 {
+            return Err(Error::IpamStore {
+                path: dir,
+                reason: "both state files are damaged; move them away to start over".into(),
+            });
+        }
+        let (current, state) = match best {
+            Some((i, st)) => (Some(i), st),
+            None => (None, State::default()),
         };
-        Ok(Store { _lock: lock, path, state, dirty: false })
+        Ok(Store { _lock: lock, paths, current, state, dirty: false })
     }
 
     /// Opens the store only if it exists (for DEL and GC, which must not
@@ -197,25 +250,24 @@ impl Store {
         self.dirty = true;
     }
 
-    /// Writes the state (when changed): temporary file, then rename.
+    /// Writes the state (when changed) into the file not holding the current
+    /// one, in place, never truncating it to zero.
     pub fn save(&mut self) -> Result<()> {
         if !self.dirty {
             return Ok(());
         }
-        let tmp = self.path.with_extension("json.tmp");
-        let bytes = serde_json::to_vec(&self.state).map_err(|e| Error::IpamStore {
-            path: self.path.clone(),
-            reason: e.to_string(),
-        })?;
+        let target = self.current.map_or(0, |c| 1 - c);
+        let path = &self.paths[target];
+        self.state.generation += 1;
+        let bytes = encode(&self.state);
         let write = || -> std::io::Result<()> {
-            let mut f = File::create(&tmp)?;
+            let mut f =
+                OpenOptions::new().create(true).truncate(false).write(true).open(path)?;
             f.write_all(&bytes)?;
-            fs::rename(&tmp, &self.path)
+            f.set_len(bytes.len() as u64)
         };
-        write().map_err(|e| {
-            let _ = fs::remove_file(&tmp);
-            Error::io(&self.path)(e)
-        })?;
+        write().map_err(Error::io(path))?;
+        self.current = Some(target);
         self.dirty = false;
         Ok(())
     }
@@ -266,6 +318,21 @@ mod tests {
         assert_eq!(st.state.find("x", "eth0").unwrap().ip, Ipv4Addr::new(10, 0, 0, 9));
         drop(st);
         assert!(Store::open_existing(&dir, "other").unwrap().is_none());
+        // A save cut short leaves its file invalid; the other one is used.
+        {
+            let mut st = Store::open(&dir, "net").unwrap();
+            st.state.attachments.clear();
+            st.mark_dirty();
+            st.save().unwrap();
+            let damaged = st.paths[st.current.unwrap()].clone();
+            drop(st);
+            let mut bytes = fs::read(&damaged).unwrap();
+            bytes.truncate(bytes.len() / 2);
+            fs::write(&damaged, bytes).unwrap();
+        }
+        let st = Store::open(&dir, "net").unwrap();
+        assert_eq!(st.state.attachments.len(), 1, "the previous generation survives");
+        drop(st);
         fs::remove_dir_all(&dir).unwrap();
     }
 }
