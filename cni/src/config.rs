@@ -51,10 +51,10 @@ impl Env {
     /// `CNI_CONTAINERID`, validated as the spec says (alphanumerics first,
     /// then alphanumerics, `_`, `.`, `-`).
     pub fn container_id(&self) -> Result<&str> {
-        let id = self.container_id.as_deref().ok_or(Error::InvalidEnv {
-            var: "CNI_CONTAINERID",
-            reason: "not set".into(),
-        })?;
+        let id = self
+            .container_id
+            .as_deref()
+            .ok_or(Error::InvalidEnv { var: "CNI_CONTAINERID", reason: "not set".into() })?;
         let mut chars = id.chars();
         let first_ok = chars.next().is_some_and(|c| c.is_ascii_alphanumeric());
         if !first_ok
@@ -77,8 +77,7 @@ impl Env {
             .ifname
             .as_deref()
             .ok_or(Error::InvalidEnv { var: "CNI_IFNAME", reason: "not set".into() })?;
-        validate_ifname(name)
-            .map_err(|reason| Error::InvalidEnv { var: "CNI_IFNAME", reason })?;
+        validate_ifname(name).map_err(|reason| Error::InvalidEnv { var: "CNI_IFNAME", reason })?;
         Ok(name)
     }
 
@@ -281,17 +280,17 @@ impl NetConf {
         }
         let raw: RawNetConf =
             serde_json::from_slice(stdin).map_err(|e| Error::Decode(e.to_string()))?;
-        let version = raw.cni_version.as_deref().ok_or_else(|| {
-            Error::InvalidConfig("cniVersion is missing".into())
-        })?;
-        let cni_version = version::SUPPORTED.iter().copied().find(|v| *v == version).ok_or_else(
-            || {
+        let version = raw
+            .cni_version
+            .as_deref()
+            .ok_or_else(|| Error::InvalidConfig("cniVersion is missing".into()))?;
+        let cni_version =
+            version::SUPPORTED.iter().copied().find(|v| *v == version).ok_or_else(|| {
                 Error::IncompatibleVersion(format!(
                     "cniVersion {version:?} is not supported (supported: {})",
                     version::SUPPORTED.join(", ")
                 ))
-            },
-        )?;
+            })?;
         let name = raw.name.clone().unwrap_or_default();
         if name.is_empty() {
             return Err(Error::InvalidConfig("name is missing".into()));
@@ -329,7 +328,9 @@ impl NetConf {
             Some(v) => {
                 let t = v.get("type").and_then(Value::as_str).unwrap_or("");
                 if t.is_empty() || t.contains('/') {
-                    return Err(Error::InvalidConfig(format!("ipam.type {t:?} is not a plugin name")));
+                    return Err(Error::InvalidConfig(format!(
+                        "ipam.type {t:?} is not a plugin name"
+                    )));
                 }
                 Some(t.to_owned())
             }

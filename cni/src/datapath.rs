@@ -97,7 +97,11 @@ impl Pins {
             return Ok(Vec::new());
         }
         let map = self.endpoints()?;
-        Ok(map.keys().filter_map(std::result::Result::ok).map(proxy_common::addr_from_map).collect())
+        Ok(map
+            .keys()
+            .filter_map(std::result::Result::ok)
+            .map(proxy_common::addr_from_map)
+            .collect())
     }
 
     /// Attaches the pinned pod program to `ifname` (tcx ingress, in the
@@ -116,7 +120,9 @@ impl Pins {
                 TcAttachType::Ingress,
                 TcAttachOptions::TcxOrder(LinkOrder::default()),
             )
-            .map_err(|e| Error::Datapath(format!("attaching {PROG_POD_INGRESS} to {ifname}: {e}")))?;
+            .map_err(|e| {
+                Error::Datapath(format!("attaching {PROG_POD_INGRESS} to {ifname}: {e}"))
+            })?;
         let link = prog
             .take_link(id)
             .map_err(|e| Error::Datapath(format!("taking the link of {ifname}: {e}")))?;

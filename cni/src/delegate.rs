@@ -31,7 +31,10 @@ pub fn exec(env: &Env, conf: &NetConf, verb: &str, stdin: &[u8]) -> Result<Value
     let name = conf.ipam_type.as_deref().unwrap_or("");
     let bin = find_plugin(env, name)?;
     let mut cmd = Command::new(&bin);
-    cmd.env("CNI_COMMAND", verb).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd.env("CNI_COMMAND", verb)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     for (k, v) in [
         ("CNI_CONTAINERID", &env.container_id),
         ("CNI_NETNS", &env.netns),

@@ -30,14 +30,18 @@ mod tests {
     fn stable_and_distinct() {
         // Pinned: changing the hash would orphan every existing pod's veth.
         assert_eq!(host_veth_name("abc", "eth0"), host_veth_name("abc", "eth0"));
-        assert_eq!(host_veth_name("abc", "eth0"), "sl".to_owned() + &{
-            let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-            for b in b"abc/eth0" {
-                h ^= u64::from(*b);
-                h = h.wrapping_mul(0x100_0000_01b3);
-            }
-            format!("{:012x}", h & 0xffff_ffff_ffff)
-        });
+        assert_eq!(
+            host_veth_name("abc", "eth0"),
+            "sl".to_owned()
+                + &{
+                    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+                    for b in b"abc/eth0" {
+                        h ^= u64::from(*b);
+                        h = h.wrapping_mul(0x100_0000_01b3);
+                    }
+                    format!("{:012x}", h & 0xffff_ffff_ffff)
+                }
+        );
         assert_eq!(host_veth_name("", ""), "sla24c860189fe");
         assert_ne!(host_veth_name("abc", "eth0"), host_veth_name("abc", "eth1"));
         assert_eq!(host_veth_name("abc", "eth0").len(), 14);

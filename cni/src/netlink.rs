@@ -18,12 +18,10 @@ use std::path::Path;
 
 use futures_util::TryStreamExt as _;
 use nix::sched::CloneFlags;
+use rtnetlink::packet_route::address::{AddressAttribute, AddressMessage};
 use rtnetlink::packet_route::link::{InfoData, InfoVeth, LinkAttribute, LinkFlags, LinkMessage};
 use rtnetlink::packet_route::neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourState};
-use rtnetlink::packet_route::route::{
-    RouteAddress, RouteAttribute, RouteMessage, RouteScope,
-};
-use rtnetlink::packet_route::address::{AddressAttribute, AddressMessage};
+use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteMessage, RouteScope};
 use rtnetlink::{Handle, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder};
 
 use crate::error::netlink_errno;
@@ -67,17 +65,16 @@ pub fn connect() -> Result<Handle> {
 /// Opens `CNI_NETNS`; a missing path is code 3, anything that is not a
 /// network namespace code 4.
 pub fn open_netns(path: &str) -> Result<File> {
-    let file = File::open(path).map_err(|e| Error::NoSuchNetns {
-        path: path.into(),
-        reason: e.to_string(),
-    })?;
+    let file = File::open(path)
+        .map_err(|e| Error::NoSuchNetns { path: path.into(), reason: e.to_string() })?;
     Ok(file)
 }
 
 /// A netlink connection inside the network namespace `ns` (see the module
 /// docs). Must run on the dedicated thread, inside its runtime.
 pub fn connect_in(ns: &File, ns_path: &str) -> Result<Handle> {
-    let own = File::open("/proc/thread-self/ns/net").map_err(Error::io("/proc/thread-self/ns/net"))?;
+    let own =
+        File::open("/proc/thread-self/ns/net").map_err(Error::io("/proc/thread-self/ns/net"))?;
     nix::sched::setns(ns.as_fd(), CloneFlags::CLONE_NEWNET).map_err(|e| Error::InvalidEnv {
         var: "CNI_NETNS",
         reason: format!("{ns_path} is not a network namespace we can enter: {e}"),

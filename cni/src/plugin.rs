@@ -30,8 +30,8 @@ use serde_json::Value;
 
 use crate::config::{Env, FALLBACK_MTU, NetConf};
 use crate::datapath::Pins;
-use crate::netlink::{self, GATEWAY, mac_string, parse_mac};
 use crate::names::{host_veth_name, is_host_veth_name};
+use crate::netlink::{self, GATEWAY, mac_string, parse_mac};
 use crate::result::{self, Wired};
 use crate::skel::Request;
 use crate::store::{Record, Store};
@@ -178,13 +178,12 @@ impl Drop for AddGuard<'_> {
         if self.delegate_added {
             let _ = delegate::exec(self.env, self.conf, "DEL", &self.conf.raw);
         }
-        if self.record_created || self.delegate_added {
-            if let Ok(mut st) = Store::open(&self.conf.data_dir, &self.conf.name) {
-                if st.state.remove(&self.container_id, &self.ifname).is_some() {
-                    st.mark_dirty();
-                    let _ = st.save();
-                }
-            }
+        if (self.record_created || self.delegate_added)
+            && let Ok(mut st) = Store::open(&self.conf.data_dir, &self.conf.name)
+            && st.state.remove(&self.container_id, &self.ifname).is_some()
+        {
+            st.mark_dirty();
+            let _ = st.save();
         }
     }
 }
@@ -420,9 +419,9 @@ async fn del(env: &Env, conf: &NetConf) -> Result<Value> {
     let mut store = Store::open_existing(&conf.data_dir, &conf.name)?;
     let record = store.as_ref().and_then(|s| s.state.find(container_id, ifname).cloned());
     let ip = record.as_ref().map(|r| r.ip).or_else(|| {
-        conf.prev_result
-            .as_ref()
-            .and_then(|p| result::expected(p, ifname, env.netns.as_deref().unwrap_or(""), &host_if).ip)
+        conf.prev_result.as_ref().and_then(|p| {
+            result::expected(p, ifname, env.netns.as_deref().unwrap_or(""), &host_if).ip
+        })
     });
     timing.mark("store read");
     teardown(&node, &pins, &host_if, ip, record.as_ref().map(|r| r.host_ifindex)).await?;
@@ -546,13 +545,18 @@ async fn check(env: &Env, conf: &NetConf) -> Result<Value> {
             }
         }
         if !pins.link(h.index).exists() {
-            diffs.push(format!("the pod program's link pin {} is missing", pins.link(h.index).display()));
+            diffs.push(format!(
+                "the pod program's link pin {} is missing",
+                pins.link(h.index).display()
+            ));
         }
     }
     match Store::open_existing(&conf.data_dir, &conf.name)? {
         Some(st) => match st.state.find(container_id, ifname) {
             Some(r) if r.ip == ip => {}
-            Some(r) => diffs.push(format!("IPAM has {} for this attachment, prevResult {ip}", r.ip)),
+            Some(r) => {
+                diffs.push(format!("IPAM has {} for this attachment, prevResult {ip}", r.ip));
+            }
             None => diffs.push("IPAM has no allocation for this attachment".into()),
         },
         None => diffs.push("IPAM has no allocation for this attachment".into()),

@@ -58,11 +58,8 @@ pub fn render(version: &str, wired: &Wired, prev: Option<&Value>, dns: Option<&V
         .into_iter()
         .map(|ip| convert_ip(ip, version))
         .collect();
-    let mut routes: Vec<Value> = prev
-        .and_then(|p| p.get("routes"))
-        .and_then(Value::as_array)
-        .cloned()
-        .unwrap_or_default();
+    let mut routes: Vec<Value> =
+        prev.and_then(|p| p.get("routes")).and_then(Value::as_array).cloned().unwrap_or_default();
     let base = interfaces.len();
     interfaces.push(json!({"name": wired.host_if, "mac": wired.host_mac}));
     let mut pod = json!({"name": wired.pod_if, "mac": wired.pod_mac, "sandbox": wired.netns});
@@ -117,8 +114,7 @@ pub fn expected(prev: &Value, pod_if: &str, netns: &str, host_if: &str) -> Expec
             && let Some(Ok(addr)) = a.split('/').next().map(str::parse::<Ipv4Addr>)
         {
             e.ip = Some(addr);
-            e.gateway =
-                ip.get("gateway").and_then(Value::as_str).and_then(|g| g.parse().ok());
+            e.gateway = ip.get("gateway").and_then(Value::as_str).and_then(|g| g.parse().ok());
             break;
         }
     }

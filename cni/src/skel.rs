@@ -117,7 +117,8 @@ mod tests {
 
     #[test]
     fn verbs_check_their_environment() {
-        let conf = br#"{"cniVersion":"0.4.0","name":"n","type":"sluice-cni","podCIDR":"10.0.0.0/24"}"#;
+        let conf =
+            br#"{"cniVersion":"0.4.0","name":"n","type":"sluice-cni","podCIDR":"10.0.0.0/24"}"#;
         for command in ["ADD", "DEL", "CHECK"] {
             let out = run(Some(command), conf.to_vec());
             assert_eq!(out.exit_code, 1);

@@ -192,10 +192,8 @@ impl Store {
             .write(true)
             .open(&lock_path)
             .map_err(Error::io(&lock_path))?;
-        let lock = Flock::lock(file, FlockArg::LockExclusive).map_err(|(_, e)| Error::Io {
-            path: lock_path.clone(),
-            source: e.into(),
-        })?;
+        let lock = Flock::lock(file, FlockArg::LockExclusive)
+            .map_err(|(_, e)| Error::Io { path: lock_path.clone(), source: e.into() })?;
         let prefix = format!("state-{}.", boot_id());
         let paths = [dir.join(format!("{prefix}a")), dir.join(format!("{prefix}b"))];
         // Forget earlier boots (and the format before the a/b files).
@@ -261,8 +259,7 @@ impl Store {
         self.state.generation += 1;
         let bytes = encode(&self.state);
         let write = || -> std::io::Result<()> {
-            let mut f =
-                OpenOptions::new().create(true).truncate(false).write(true).open(path)?;
+            let mut f = OpenOptions::new().create(true).truncate(false).write(true).open(path)?;
             f.write_all(&bytes)?;
             f.set_len(bytes.len() as u64)
         };

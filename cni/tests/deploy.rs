@@ -41,7 +41,8 @@ fn install_script_replaces_the_binary_atomically() {
     }
     let installed = bin_dir.join("sluice-cni");
     assert_eq!(std::fs::read(&installed).unwrap(), std::fs::read(src).unwrap());
-    let names: Vec<_> = std::fs::read_dir(&bin_dir).unwrap().flatten().map(|e| e.file_name()).collect();
+    let names: Vec<_> =
+        std::fs::read_dir(&bin_dir).unwrap().flatten().map(|e| e.file_name()).collect();
     assert_eq!(names, vec![std::ffi::OsString::from("sluice-cni")], "no temporary files left");
     let out = Command::new(&installed).env("CNI_COMMAND", "VERSION").output().unwrap();
     assert!(out.status.success());

@@ -25,7 +25,7 @@ fn add_check_del_in_every_version() {
     sweep_stale();
     for version in ["0.4.0", "1.0.0", "1.1.0"] {
         let fx = Fixture::new("verbs", true);
-        let conf = fx.conf(version, json!({}));
+        let conf = fx.conf(version, &json!({}));
         let a = Netns::new("pod-a").unwrap();
         let b = Netns::new("pod-b").unwrap();
         let ra = fx.add(&conf, "ctr-a", &a, "eth0").expect_ok("ADD a");
@@ -64,7 +64,7 @@ fn add_check_del_in_every_version() {
 
         // CHECK passes against the ADD result, and reports tampering.
         let a_path = a.path().to_str().unwrap().to_owned();
-        let check_conf = fx.conf(version, json!({"prevResult": ra}));
+        let check_conf = fx.conf(version, &json!({"prevResult": ra}));
         let r = fx.verb("CHECK", &check_conf, "ctr-a", &a_path, "eth0");
         assert!(r.ok, "CHECK: {}", r.raw);
         assert_eq!(r.raw.trim(), "", "CHECK prints nothing on success");
@@ -77,13 +77,13 @@ fn add_check_del_in_every_version() {
         assert!(details.contains("is down"), "{details}");
 
         // DEL, DEL again, DEL as containerd's second call (no netns, no prevResult).
-        let del_conf = fx.conf(version, json!({"prevResult": ra}));
+        let del_conf = fx.conf(version, &json!({"prevResult": ra}));
         let r = fx.verb("DEL", &del_conf, "ctr-a", &a_path, "eth0");
         assert!(r.ok && r.raw.trim().is_empty(), "DEL: {}", r.raw);
         assert!(!fx.host_links().contains(&host_if));
         assert!(!fx.endpoint_entries().contains(&ip_a));
         assert!(fx.verb("DEL", &del_conf, "ctr-a", &a_path, "eth0").ok, "second DEL");
-        let plain = fx.conf(version, json!({}));
+        let plain = fx.conf(version, &json!({}));
         let r = fx.run(
             &[("CNI_COMMAND", "DEL"), ("CNI_CONTAINERID", "ctr-a"), ("CNI_IFNAME", "eth0")],
             plain.to_string().as_bytes(),
@@ -106,7 +106,7 @@ fn repeated_add_keeps_the_address_and_chaining_amends() {
         return;
     }
     let fx = Fixture::new("readd", true);
-    let conf = fx.conf("1.1.0", json!({}));
+    let conf = fx.conf("1.1.0", &json!({}));
     let a = Netns::new("pod-a").unwrap();
     let first = result_ip(&fx.add(&conf, "ctr-a", &a, "eth0").expect_ok("ADD"));
     let second = result_ip(&fx.add(&conf, "ctr-a", &a, "eth0").expect_ok("re-ADD"));
@@ -115,7 +115,7 @@ fn repeated_add_keeps_the_address_and_chaining_amends() {
 
     let prev = json!({"cniVersion":"1.1.0","interfaces":[{"name":"lo0"}],
         "ips":[{"address":"192.0.2.1/24","interface":0}],"dns":{"nameservers":["192.0.2.53"]}});
-    let chained = fx.conf("1.1.0", json!({"prevResult": prev}));
+    let chained = fx.conf("1.1.0", &json!({"prevResult": prev}));
     let b = Netns::new("pod-b").unwrap();
     let r = fx.add(&chained, "ctr-b", &b, "net1").expect_ok("chained ADD");
     assert_eq!(r["interfaces"].as_array().unwrap().len(), 3, "{r}");
@@ -139,7 +139,7 @@ fn status_gc_and_agent_readiness() {
         return;
     }
     let bare = Fixture::new("notready", false);
-    let conf = bare.conf("1.1.0", json!({}));
+    let conf = bare.conf("1.1.0", &json!({}));
     let r = bare.run(&[("CNI_COMMAND", "STATUS")], conf.to_string().as_bytes());
     r.expect_code(50, "STATUS without agent");
     let a = Netns::new("pod-a").unwrap();
@@ -151,7 +151,7 @@ fn status_gc_and_agent_readiness() {
     assert_eq!(bare.store_entries(), 0);
 
     let fx = Fixture::new("gc", true);
-    let conf = fx.conf("1.1.0", json!({}));
+    let conf = fx.conf("1.1.0", &json!({}));
     let r = fx.run(&[("CNI_COMMAND", "STATUS")], conf.to_string().as_bytes());
     assert!(r.ok, "STATUS: {}", r.raw);
     let pods: Vec<Netns> = (0..3).map(|i| Netns::new(&format!("gc-{i}")).unwrap()).collect();
@@ -161,12 +161,12 @@ fn status_gc_and_agent_readiness() {
         .map(|(i, p)| result_ip(&fx.add(&conf, &format!("ctr-{i}"), p, "eth0").expect_ok("ADD")))
         .collect();
     // GC before 1.1.0 is refused; GC without the list is refused.
-    let old = fx.conf("1.0.0", json!({"cni.dev/valid-attachments": []}));
+    let old = fx.conf("1.0.0", &json!({"cni.dev/valid-attachments": []}));
     fx.run(&[("CNI_COMMAND", "GC")], old.to_string().as_bytes()).expect_code(1, "GC 1.0.0");
     fx.run(&[("CNI_COMMAND", "GC")], conf.to_string().as_bytes()).expect_code(7, "GC no list");
     let gc = fx.conf(
         "1.1.0",
-        json!({"cni.dev/valid-attachments": [{"containerID": "ctr-1", "ifname": "eth0"}]}),
+        &json!({"cni.dev/valid-attachments": [{"containerID": "ctr-1", "ifname": "eth0"}]}),
     );
     let r = fx.run(&[("CNI_COMMAND", "GC")], gc.to_string().as_bytes());
     assert!(r.ok, "GC: {}", r.raw);
@@ -179,7 +179,7 @@ fn status_gc_and_agent_readiness() {
     let r = fx.run(&[("CNI_COMMAND", "GC")], gc.to_string().as_bytes());
     assert!(r.ok, "GC: {}", r.raw);
     assert_eq!(fx.host_links().len(), 1, "{:?}", fx.host_links());
-    let gc_all = fx.conf("1.1.0", json!({"cni.dev/valid-attachments": []}));
+    let gc_all = fx.conf("1.1.0", &json!({"cni.dev/valid-attachments": []}));
     assert!(fx.run(&[("CNI_COMMAND", "GC")], gc_all.to_string().as_bytes()).ok);
     fx.assert_clean("after GC of everything");
 }
@@ -191,7 +191,7 @@ fn exhausted_pool() {
         return;
     }
     let fx = Fixture::new("full", true);
-    let conf = fx.conf("1.1.0", json!({"podCIDR": "10.244.0.0/30"}));
+    let conf = fx.conf("1.1.0", &json!({"podCIDR": "10.244.0.0/30"}));
     let pods: Vec<Netns> = (0..3).map(|i| Netns::new(&format!("full-{i}")).unwrap()).collect();
     fx.add(&conf, "ctr-0", &pods[0], "eth0").expect_ok("ADD 0");
     fx.add(&conf, "ctr-1", &pods[1], "eth0").expect_ok("ADD 1");
@@ -219,7 +219,7 @@ fn bad_input_matrix() {
     let fx = Fixture::new("bad", true);
     let pod = Netns::new("bad-pod").unwrap();
     let netns = pod.path().to_str().unwrap().to_owned();
-    let good = fx.conf("1.1.0", json!({}));
+    let good = fx.conf("1.1.0", &json!({}));
     let add_env = |id: &'static str, ns: &str, ifn: &str| -> Vec<(String, String)> {
         vec![
             ("CNI_COMMAND".into(), "ADD".into()),
@@ -237,7 +237,8 @@ fn bad_input_matrix() {
     )
     .unwrap();
     let _unmount = Unmount(ro.clone());
-    let cases: Vec<(&str, Vec<(String, String)>, Vec<u8>, u64)> = vec![
+    type Case = (&'static str, Vec<(String, String)>, Vec<u8>, u64);
+    let cases: Vec<Case> = vec![
         ("malformed JSON", add_env("c1", &netns, "eth0"), b"{\"cniVersion\":".to_vec(), 6),
         ("empty stdin", add_env("c1", &netns, "eth0"), Vec::new(), 6),
         (
@@ -275,33 +276,36 @@ fn bad_input_matrix() {
         (
             "unknown cniVersion",
             add_env("c1", &netns, "eth0"),
-            fx.conf("0.3.1", json!({})).to_string().into_bytes(),
+            fx.conf("0.3.1", &json!({})).to_string().into_bytes(),
             1,
         ),
         (
             "CIDR with host bits",
             add_env("c1", &netns, "eth0"),
-            fx.conf("1.1.0", json!({"podCIDR": "10.244.0.7/24"})).to_string().into_bytes(),
+            fx.conf("1.1.0", &json!({"podCIDR": "10.244.0.7/24"})).to_string().into_bytes(),
             7,
         ),
         (
             "not a CIDR",
             add_env("c1", &netns, "eth0"),
-            fx.conf("1.1.0", json!({"podCIDR": "10.244.0/24"})).to_string().into_bytes(),
+            fx.conf("1.1.0", &json!({"podCIDR": "10.244.0/24"})).to_string().into_bytes(),
             7,
         ),
         (
             "overlapping CIDRs",
             add_env("c1", &netns, "eth0"),
-            fx.conf("1.1.0", json!({"podCIDR": Value::Null, "podCIDRs": ["10.244.0.0/16", "10.244.3.0/24"]}))
-                .to_string()
-                .into_bytes(),
+            fx.conf(
+                "1.1.0",
+                &json!({"podCIDR": Value::Null, "podCIDRs": ["10.244.0.0/16", "10.244.3.0/24"]}),
+            )
+            .to_string()
+            .into_bytes(),
             7,
         ),
         (
             "no range at all",
             add_env("c1", &netns, "eth0"),
-            fx.conf("1.1.0", json!({"podCIDR": Value::Null})).to_string().into_bytes(),
+            fx.conf("1.1.0", &json!({"podCIDR": Value::Null})).to_string().into_bytes(),
             7,
         ),
         (
@@ -326,13 +330,13 @@ fn bad_input_matrix() {
         (
             "dataDir not writable",
             add_env("c1", &netns, "eth0"),
-            fx.conf("1.1.0", json!({"dataDir": ro.join("data")})).to_string().into_bytes(),
+            fx.conf("1.1.0", &json!({"dataDir": ro.join("data")})).to_string().into_bytes(),
             5,
         ),
         (
             "delegated IPAM plugin missing",
             add_env("c1", &netns, "eth0"),
-            fx.conf("1.1.0", json!({"ipam": {"type": "no-such-ipam"}})).to_string().into_bytes(),
+            fx.conf("1.1.0", &json!({"ipam": {"type": "no-such-ipam"}})).to_string().into_bytes(),
             4,
         ),
     ];
@@ -362,7 +366,7 @@ fn delegated_host_local() {
     let fx = Fixture::new("delegate", true);
     let ipam = json!({"type": "host-local", "dataDir": fx.dir.join("host-local"),
         "ranges": [[{"subnet": "10.244.7.0/24"}]]});
-    let conf = fx.conf("1.0.0", json!({"podCIDR": Value::Null, "ipam": ipam}));
+    let conf = fx.conf("1.0.0", &json!({"podCIDR": Value::Null, "ipam": ipam}));
     let a = Netns::new("dl-a").unwrap();
     let b = Netns::new("dl-b").unwrap();
     let ra = fx.add(&conf, "ctr-a", &a, "eth0").expect_ok("ADD with host-local");
@@ -371,15 +375,13 @@ fn delegated_host_local() {
     assert!(ip_a.octets()[..3] == [10, 244, 7], "{ip_a}");
     let _srv = EchoServer::start(&b, "pod-b", 8080, 0).unwrap();
     assert_eq!(tcp_request(&a, SocketAddrV4::new(ip_b, 8080), IO).unwrap(), "pod-b");
-    let check = fx.conf("1.0.0", json!({"podCIDR": Value::Null, "ipam": ipam, "prevResult": ra}));
+    let check = fx.conf("1.0.0", &json!({"podCIDR": Value::Null, "ipam": ipam, "prevResult": ra}));
     let r = fx.verb("CHECK", &check, "ctr-a", a.path().to_str().unwrap(), "eth0");
     assert!(r.ok, "CHECK: {}", r.raw);
     let leases = || {
         std::fs::read_dir(fx.dir.join("host-local").join("sluice-test"))
             .map(|rd| {
-                rd.flatten()
-                    .filter(|e| e.file_name().to_string_lossy().starts_with("10."))
-                    .count()
+                rd.flatten().filter(|e| e.file_name().to_string_lossy().starts_with("10.")).count()
             })
             .unwrap_or(0)
     };
@@ -426,7 +428,7 @@ fn failed_add_leaves_nothing() {
         return;
     }
     let fx = Fixture::new("rollback", true);
-    let conf = fx.conf("1.1.0", json!({}));
+    let conf = fx.conf("1.1.0", &json!({}));
     let pod = Netns::new("rb-pod").unwrap();
     let path = pod.path().to_str().unwrap().to_owned();
     for step in ["ipam", "veth", "node", "pod", "endpoint", "attach"] {

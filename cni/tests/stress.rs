@@ -24,7 +24,7 @@ fn parallel_add_del_cycles_leak_nothing() {
     }
     let fx = Arc::new(Fixture::new("stress", true));
     // A small pool: concurrent workers must never get the same address.
-    let conf = fx.conf("1.1.0", json!({"podCIDR": "10.244.0.0/28"}));
+    let conf = fx.conf("1.1.0", &json!({"podCIDR": "10.244.0.0/28"}));
     let pods: Vec<Netns> = (0..WORKERS).map(|i| Netns::new(&format!("st-{i}")).unwrap()).collect();
     let paths: Vec<String> = pods.iter().map(|p| p.path().to_str().unwrap().to_owned()).collect();
     let live = Arc::new(Mutex::new(BTreeSet::new()));

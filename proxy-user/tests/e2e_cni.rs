@@ -72,7 +72,10 @@ fn cni_pods_reach_each_other_and_a_cluster_ip() {
         return;
     }
     let Some(cni_bin) = cni_bin() else {
-        eprintln!("skipping: no sluice-cni binary next to {} (cargo build)", sluice_bin().display());
+        eprintln!(
+            "skipping: no sluice-cni binary next to {} (cargo build)",
+            sluice_bin().display()
+        );
         return;
     };
     sweep_stale();
@@ -132,7 +135,10 @@ fn cni_pods_reach_each_other_and_a_cluster_ip() {
             ServicePort::new("tcp", Protocol::Tcp, 80, 8080),
             ServicePort::new("udp", Protocol::Udp, 53, 5353),
         ],
-        vec![Backend { node_name: Some(node.name().to_owned()), ..Backend::ready("pod-b", ips[1]) }],
+        vec![Backend {
+            node_name: Some(node.name().to_owned()),
+            ..Backend::ready("pod-b", ips[1])
+        }],
     );
     manifests.write_service(&svc).unwrap();
     agent.wait_backends(WAIT, VIP, 80, Protocol::Tcp, 1).unwrap();
@@ -158,12 +164,17 @@ fn cni_pods_reach_each_other_and_a_cluster_ip() {
     assert_eq!(udp_request(&pods[0], SocketAddrV4::new(VIP, 53), IO_TIMEOUT).unwrap(), "pod-b");
 
     // DEL both (twice, the second time as containerd does it).
-    for i in 0..2 {
+    for (i, pod) in pods.iter().enumerate() {
         let id = format!("sandbox{i}");
-        let path = pods[i].path();
+        let path = pod.path();
         let p = path.to_str().unwrap();
         for env in [
-            vec![("CNI_COMMAND", "DEL"), ("CNI_CONTAINERID", &id), ("CNI_NETNS", p), ("CNI_IFNAME", "eth0")],
+            vec![
+                ("CNI_COMMAND", "DEL"),
+                ("CNI_CONTAINERID", &id),
+                ("CNI_NETNS", p),
+                ("CNI_IFNAME", "eth0"),
+            ],
             vec![("CNI_COMMAND", "DEL"), ("CNI_CONTAINERID", &id), ("CNI_IFNAME", "eth0")],
         ] {
             let (ok, v) = cni(&cni_bin, node.netns(), &env, &conf);

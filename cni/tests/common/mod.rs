@@ -81,7 +81,7 @@ impl Fixture {
     }
 
     /// The plugin config in `version` (extra fields merged in).
-    pub fn conf(&self, version: &str, extra: Value) -> Value {
+    pub fn conf(&self, version: &str, extra: &Value) -> Value {
         let mut c = json!({
             "cniVersion": version,
             "name": "sluice-test",
@@ -161,16 +161,14 @@ impl Fixture {
     /// Link pins under `<root>/links`.
     pub fn link_pins(&self) -> Vec<String> {
         std::fs::read_dir(self.root.join("links"))
-            .map(|rd| {
-                rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect()
-            })
+            .map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
             .unwrap_or_default()
     }
 
     /// Attachments recorded in the IPAM store.
     pub fn store_entries(&self) -> usize {
-        let Some(st) = sluice_cni::store::Store::open_existing(&self.data_dir, "sluice-test")
-            .unwrap()
+        let Some(st) =
+            sluice_cni::store::Store::open_existing(&self.data_dir, "sluice-test").unwrap()
         else {
             return 0;
         };
@@ -183,7 +181,11 @@ impl Fixture {
     pub fn assert_clean(&self, what: &str) {
         assert_eq!(self.host_links(), Vec::<String>::new(), "{what}: leaked host links");
         assert_eq!(self.pod_routes(), Vec::<String>::new(), "{what}: leaked routes");
-        assert_eq!(self.endpoint_entries(), Vec::<Ipv4Addr>::new(), "{what}: leaked SL_ENDPOINTS entries");
+        assert_eq!(
+            self.endpoint_entries(),
+            Vec::<Ipv4Addr>::new(),
+            "{what}: leaked SL_ENDPOINTS entries"
+        );
         assert_eq!(self.link_pins(), Vec::<String>::new(), "{what}: leaked link pins");
         assert_eq!(self.store_entries(), 0, "{what}: leaked IPAM records");
     }
