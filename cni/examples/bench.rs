@@ -71,7 +71,8 @@ fn main() -> anyhow::Result<()> {
         (
             "sluice-cni",
             json!({"cniVersion": "1.0.0", "name": "bench-sluice", "type": "sluice-cni",
-                "podCIDR": "10.244.0.0/16", "bpffsRoot": root, "dataDir": dir.join("sluice-data")}),
+                "podCIDR": "10.244.0.0/16", "bpffsRoot": root, "dataDir": dir.join("sluice-data"),
+                "mtu": 1500}),
         ),
         (
             "ptp+host-local",

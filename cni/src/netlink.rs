@@ -18,8 +18,11 @@ use std::path::Path;
 
 use futures_util::TryStreamExt as _;
 use nix::sched::CloneFlags;
+use rtnetlink::packet_route::AddressFamily;
 use rtnetlink::packet_route::address::{AddressAttribute, AddressMessage};
-use rtnetlink::packet_route::link::{InfoData, InfoVeth, LinkAttribute, LinkFlags, LinkMessage};
+use rtnetlink::packet_route::link::{
+    InfoData, InfoVeth, LinkAttribute, LinkExtentMask, LinkFlags, LinkMessage,
+};
 use rtnetlink::packet_route::neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourState};
 use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteMessage, RouteScope};
 use rtnetlink::{Handle, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder};
@@ -138,9 +141,17 @@ pub async fn link_by_index(h: &Handle, index: u32) -> Result<Option<LinkInfo>> {
     }
 }
 
+/// A dump of every link without statistics (a node with many pods has
+/// many links; the statistics are most of each message).
+fn link_dump(
+    h: &Handle,
+) -> impl futures_util::Stream<Item = std::result::Result<LinkMessage, rtnetlink::Error>> {
+    h.link().get().set_filter_mask(AddressFamily::Unspec, vec![LinkExtentMask::SkipStats]).execute()
+}
+
 /// Every link of the namespace.
 pub async fn all_links(h: &Handle) -> Result<Vec<LinkInfo>> {
-    let mut s = h.link().get().execute();
+    let mut s = link_dump(h);
     let mut out = Vec::new();
     while let Some(m) = s.try_next().await.map_err(Error::netlink("listing links"))? {
         out.push(link_info(&m));
@@ -148,10 +159,38 @@ pub async fn all_links(h: &Handle) -> Result<Vec<LinkInfo>> {
     Ok(out)
 }
 
+/// The default pod MTU: the MTU of the device that the node's default
+/// route leaves through (one route lookup and one link lookup), else the
+/// lowest MTU of its devices (a dump of every link: on a node with hundreds
+/// of pods that costs tens of milliseconds, so the conflist should set
+/// `mtu`), else `None`.
+pub async fn default_mtu(h: &Handle) -> Result<Option<u32>> {
+    let probe = RouteMessageBuilder::<Ipv4Addr>::new()
+        .destination_prefix(Ipv4Addr::new(203, 0, 113, 1), 32)
+        .build();
+    let oif = match h.route().get(probe).execute().try_next().await {
+        Ok(Some(m)) => m.attributes.iter().find_map(|a| match a {
+            RouteAttribute::Oif(i) => Some(*i),
+            _ => None,
+        }),
+        // No route there (ENETUNREACH) or another error: fall back.
+        Ok(None) | Err(_) => None,
+    };
+    if let Some(oif) = oif
+        && let Some(link) = link_by_index(h, oif).await?
+        && link.name != "lo"
+        && !link.name.starts_with("sl")
+        && link.mtu > 0
+    {
+        return Ok(Some(link.mtu));
+    }
+    lowest_device_mtu(h).await
+}
+
 /// The lowest MTU of the node's devices that are not loopback and not pod
 /// veths (`sl...`), or `None` when there is none.
 pub async fn lowest_device_mtu(h: &Handle) -> Result<Option<u32>> {
-    let mut s = h.link().get().execute();
+    let mut s = link_dump(h);
     let mut lowest: Option<u32> = None;
     while let Some(m) = s.try_next().await.map_err(Error::netlink("listing links"))? {
         if m.header.flags.contains(LinkFlags::Loopback) {

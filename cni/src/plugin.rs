@@ -269,7 +269,7 @@ async fn add(env: &Env, conf: &NetConf) -> Result<Value> {
     // Links.
     let mtu = match conf.mtu {
         Some(m) => m,
-        None => netlink::lowest_device_mtu(&node).await?.unwrap_or(FALLBACK_MTU),
+        None => netlink::default_mtu(&node).await?.unwrap_or(FALLBACK_MTU),
     };
     netlink::create_veth(&node, &host_if, ifname, &ns, mtu).await?;
     guard.host_if = Some(host_if.clone());

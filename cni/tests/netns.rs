@@ -113,6 +113,16 @@ fn repeated_add_keeps_the_address_and_chaining_amends() {
     assert_eq!(first, second);
     assert_eq!(fx.host_links().len(), 1);
 
+    // The configured MTU on both ends, and in the 1.1.0 result.
+    let m = Netns::new("pod-mtu").unwrap();
+    let r =
+        fx.add(&fx.conf("1.1.0", &json!({"mtu": 1400})), "ctr-m", &m, "eth0").expect_ok("ADD mtu");
+    assert_eq!(r["interfaces"][1]["mtu"], 1400);
+    assert!(m.ip(&["link", "show", "eth0"]).unwrap().contains("mtu 1400"));
+    let host_m = r["interfaces"][0]["name"].as_str().unwrap().to_owned();
+    assert!(fx.node.ip(&["link", "show", &host_m]).unwrap().contains("mtu 1400"));
+    fx.verb("DEL", &conf, "ctr-m", m.path().to_str().unwrap(), "eth0").expect_ok("DEL mtu");
+
     let prev = json!({"cniVersion":"1.1.0","interfaces":[{"name":"lo0"}],
         "ips":[{"address":"192.0.2.1/24","interface":0}],"dns":{"nameservers":["192.0.2.53"]}});
     let chained = fx.conf("1.1.0", &json!({"prevResult": prev}));
