@@ -134,16 +134,16 @@ fn main() -> anyhow::Result<()> {
     }
     eprintln!("DEL x {pods} per plugin, interleaved with bare veth deletions ...");
     let pins = sluice_cni::datapath::Pins::new(&root);
-    for i in 0..pods {
+    for (i, pod_ns) in netns[0].iter().enumerate() {
         let veth = format!("bv{i}");
         node.ip(&["link", "add", &veth, "type", "veth", "peer", "name", &format!("bp{i}")])?;
         // A second one with the pod program attached, as every pod's has.
         // Its peer in a pod namespace, both ends up, like a pod's pair.
         let tcx = format!("bt{i}");
-        let peer_ns = netns[0][i].name();
+        let peer_ns = pod_ns.name();
         node.ip(&["link", "add", &tcx, "type", "veth", "peer", "name", "bq0", "netns", peer_ns])?;
         node.ip(&["link", "set", &tcx, "up"])?;
-        netns[0][i].ip(&["link", "set", "bq0", "up"])?;
+        pod_ns.ip(&["link", "set", "bq0", "up"])?;
         let (p2, t2) = (pins.clone(), tcx.clone());
         let tcx_index = node.exec(Duration::from_secs(10), move || -> anyhow::Result<u32> {
             let index = nix::net::if_::if_nametoindex(t2.as_str())?;
