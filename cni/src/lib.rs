@@ -2,13 +2,23 @@
 //!
 //! Shaped like the reference plugins (containernetworking/plugins): [`skel`]
 //! reads the CNI environment and stdin and dispatches on the verb; [`plugin`]
-//! has one function per verb; [`error`] is the spec's error object with its
-//! codes. This version answers VERSION; the other verbs report that they are
-//! not implemented yet.
+//! has one function per verb (and documents the wiring); [`error`] is the
+//! spec's error object with its codes. [`config`] parses the network
+//! configuration, [`store`] is the file-backed attachment store and built-in
+//! IPAM, [`netlink`] creates links, addresses and routes (and switches
+//! namespaces), [`datapath`] hooks pods into the agent's pinned BPF state,
+//! [`delegate`] runs a delegated IPAM plugin, [`result`] renders results.
 
+pub mod config;
+pub mod datapath;
+pub mod delegate;
 pub mod error;
+pub mod names;
+pub mod netlink;
 pub mod plugin;
+pub mod result;
 pub mod skel;
+pub mod store;
 pub mod version;
 
 pub use error::{Error, Result};

@@ -5,9 +5,11 @@ use std::io::{IsTerminal as _, Read as _};
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    let command = std::env::var("CNI_COMMAND").ok();
-    let outcome = sluice_cni::skel::run(command.as_deref(), read_stdin());
-    println!("{}", outcome.stdout);
+    let env = sluice_cni::config::Env::from_process();
+    let outcome = sluice_cni::skel::run_env(&env, read_stdin());
+    if !outcome.stdout.is_null() {
+        println!("{}", outcome.stdout);
+    }
     ExitCode::from(outcome.exit_code)
 }
 

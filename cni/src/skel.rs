@@ -4,6 +4,7 @@
 
 use serde_json::Value;
 
+use crate::config::Env;
 use crate::{Error, Result, plugin, version};
 
 /// The spec's verbs.
@@ -33,25 +34,33 @@ impl Verb {
     }
 }
 
-/// One invocation: the verb and the network configuration from stdin.
+/// One invocation: the verb, the CNI environment and the network
+/// configuration from stdin.
 #[derive(Debug, Clone)]
 pub struct Request {
     pub verb: Verb,
+    pub env: Env,
     /// Raw stdin (the network configuration; for VERSION often just `{"cniVersion": ..}`).
     pub stdin: Vec<u8>,
 }
 
-/// What the process prints on stdout and how it exits.
+/// What the process prints on stdout (nothing for `Null`) and how it exits.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Outcome {
     pub stdout: Value,
     pub exit_code: u8,
 }
 
-/// Runs one invocation: `command` is `CNI_COMMAND` (None when unset), `stdin` the config.
+/// Runs one invocation with only `CNI_COMMAND` set (`None`: unset).
 pub fn run(command: Option<&str>, stdin: Vec<u8>) -> Outcome {
+    run_env(&Env { command: command.map(str::to_owned), ..Env::default() }, stdin)
+}
+
+/// Runs one invocation: `env` is the CNI environment, `stdin` the config.
+pub fn run_env(env: &Env, stdin: Vec<u8>) -> Outcome {
     let reply_version = version::reply_version(&stdin);
-    let result = Verb::from_env_value(command).and_then(|verb| dispatch(&Request { verb, stdin }));
+    let result = Verb::from_env_value(env.command.as_deref())
+        .and_then(|verb| dispatch(&Request { verb, env: env.clone(), stdin }));
     match result {
         Ok(stdout) => Outcome { stdout, exit_code: 0 },
         Err(err) => Outcome {
@@ -107,14 +116,18 @@ mod tests {
     }
 
     #[test]
-    fn other_verbs_are_not_implemented_yet() {
-        for command in ["ADD", "DEL", "CHECK", "STATUS", "GC"] {
-            let out = run(Some(command), br#"{"cniVersion":"0.4.0"}"#.to_vec());
+    fn verbs_check_their_environment() {
+        let conf =
+            br#"{"cniVersion":"0.4.0","name":"n","type":"sluice-cni","podCIDR":"10.0.0.0/24"}"#;
+        for command in ["ADD", "DEL", "CHECK"] {
+            let out = run(Some(command), conf.to_vec());
             assert_eq!(out.exit_code, 1);
-            assert_eq!(out.stdout["code"], 100);
+            assert_eq!(out.stdout["code"], 4, "{command}: {}", out.stdout);
             assert_eq!(out.stdout["cniVersion"], "0.4.0");
-            let details = out.stdout["details"].as_str().unwrap();
-            assert!(details.starts_with(command), "{details}");
+        }
+        for command in ["STATUS", "GC"] {
+            let out = run(Some(command), conf.to_vec());
+            assert_eq!(out.stdout["code"], 1, "{command} needs 1.1.0: {}", out.stdout);
         }
     }
 }

@@ -56,10 +56,21 @@ fn missing_command_is_code_4() {
 }
 
 #[test]
-fn add_is_not_implemented_yet() {
-    let config = br#"{"cniVersion":"1.0.0","name":"k8s","type":"sluice-cni"}"#;
+fn add_without_a_container_id_is_code_4() {
+    let config =
+        br#"{"cniVersion":"1.0.0","name":"k8s","type":"sluice-cni","podCIDR":"10.244.0.0/24"}"#;
     let (output, stdout) = invoke(Some("ADD"), config);
     assert!(!output.status.success());
     assert_eq!(stdout["cniVersion"], "1.0.0");
-    assert_eq!(stdout["code"], 100);
+    assert_eq!(stdout["code"], 4);
+    assert!(stdout["details"].as_str().unwrap().contains("CNI_CONTAINERID"), "{stdout}");
+}
+
+#[test]
+fn malformed_config_is_code_6_and_unknown_version_code_1() {
+    let (output, stdout) = invoke(Some("ADD"), b"{not json");
+    assert!(!output.status.success());
+    assert_eq!(stdout["code"], 6);
+    let (_, stdout) = invoke(Some("DEL"), br#"{"cniVersion":"9.9.9","name":"k8s"}"#);
+    assert_eq!(stdout["code"], 1);
 }

@@ -1,0 +1,231 @@
+//! Benchmark: ADD and DEL latency (p50/p99) of `sluice-cni` against the
+//! reference `ptp`+`host-local` and `bridge`+`host-local` (from
+//! /usr/lib/cni), interleaved in one run, plus the kernel's own deletion
+//! time of a bare veth pair and of a pod-like one (peer in a pod namespace,
+//! pod program attached with tcx) as DEL's floors. Needs root; everything
+//! happens in namespaces it creates.
+//!
+//! ```text
+//! cargo build --release -p sluice-cni --examples
+//! sudo target/release/examples/bench [--pods N] [--plugin-bin PATH]
+//! ```
+//! Default 500 pods per plugin; `--plugin-bin` defaults to `sluice-cni`
+//! next to this example's directory (`target/<profile>/sluice-cni`).
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use sluice::datapath::PinPaths;
+use sluice::datapath::loader::Datapath;
+use sluice::testbed::{BpffsMount, Netns, TestDir, require_root, sweep_stale};
+
+const REF_DIR: &str = "/usr/lib/cni";
+
+fn main() -> anyhow::Result<()> {
+    if !require_root() {
+        std::process::exit(1);
+    }
+    let mut pods = 500usize;
+    let mut plugin_bin: Option<PathBuf> = None;
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--pods" => pods = args.next().unwrap_or_default().parse()?,
+            "--plugin-bin" => plugin_bin = args.next().map(PathBuf::from),
+            other => anyhow::bail!("unknown argument {other:?} (--pods N, --plugin-bin PATH)"),
+        }
+    }
+    let exe = std::env::current_exe()?;
+    let plugin_bin = plugin_bin.unwrap_or_else(|| {
+        exe.parent().and_then(Path::parent).map(|d| d.join("sluice-cni")).unwrap_or_default()
+    });
+    anyhow::ensure!(
+        plugin_bin.exists(),
+        "{} missing: cargo build -p sluice-cni",
+        plugin_bin.display()
+    );
+    for p in ["ptp", "bridge", "host-local"] {
+        anyhow::ensure!(
+            Path::new(REF_DIR).join(p).exists(),
+            "{REF_DIR}/{p} missing: apt-get install containernetworking-plugins"
+        );
+    }
+    sweep_stale();
+
+    let dir = TestDir::new("cni-bench")?;
+    let bpffs = BpffsMount::new_in(&dir)?;
+    let root = bpffs.path().join("sluice");
+    drop(Datapath::load(&PinPaths::new(&root))?);
+    let node = Netns::new("bench-node")?;
+    // sluice's tmpfs-free dataDir and host-local's live in the test directory.
+    let bin_dir = dir.join("bin");
+    std::fs::create_dir_all(&bin_dir)?;
+    std::fs::copy(&plugin_bin, bin_dir.join("sluice-cni"))?;
+    for p in ["ptp", "bridge", "host-local"] {
+        std::os::unix::fs::symlink(Path::new(REF_DIR).join(p), bin_dir.join(p))?;
+    }
+    let host_local = |subnet: &str| json!({"type": "host-local", "subnet": subnet, "dataDir": dir.join("host-local")});
+    let plugins: Vec<(&str, Value)> = vec![
+        (
+            "sluice-cni",
+            json!({"cniVersion": "1.0.0", "name": "bench-sluice", "type": "sluice-cni",
+                "podCIDR": "10.244.0.0/16", "bpffsRoot": root, "dataDir": dir.join("sluice-data"),
+                "mtu": 1500}),
+        ),
+        (
+            "ptp+host-local",
+            json!({"cniVersion": "1.0.0", "name": "bench-ptp", "type": "ptp",
+                "ipam": host_local("10.245.0.0/16")}),
+        ),
+        (
+            "bridge+host-local",
+            json!({"cniVersion": "1.0.0", "name": "bench-bridge", "type": "bridge",
+                "bridge": "benchbr0", "isGateway": true, "ipam": host_local("10.246.0.0/16")}),
+        ),
+    ];
+
+    eprintln!("creating {} pod namespaces ...", pods * plugins.len());
+    let netns: Vec<Vec<Netns>> = (0..plugins.len())
+        .map(|p| (0..pods).map(|i| Netns::new(&format!("b{p}-{i}"))).collect())
+        .collect::<anyhow::Result<_>>()?;
+
+    let mut add: Vec<Vec<Duration>> = vec![Vec::new(); plugins.len()];
+    let mut del: Vec<Vec<Duration>> = vec![Vec::new(); plugins.len()];
+    let mut veth_del: Vec<Duration> = Vec::new();
+    let mut veth_tcx_del: Vec<Duration> = Vec::new();
+    let run = |p: usize, verb: &str, i: usize| -> anyhow::Result<Duration> {
+        let (name, conf) = &plugins[p];
+        let bin = bin_dir.join(conf["type"].as_str().unwrap_or_default());
+        let path = netns[p][i].path();
+        let mut cmd = node.command(&bin)?;
+        cmd.env_clear()
+            .env("CNI_COMMAND", verb)
+            .env("CNI_CONTAINERID", format!("bench{i}"))
+            .env("CNI_NETNS", &path)
+            .env("CNI_IFNAME", "eth0")
+            .env("CNI_PATH", &bin_dir)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let input = conf.to_string();
+        let start = Instant::now();
+        let mut child = cmd.spawn()?;
+        child.stdin.take().expect("piped").write_all(input.as_bytes())?;
+        let out = child.wait_with_output()?;
+        let took = start.elapsed();
+        anyhow::ensure!(
+            out.status.success(),
+            "{name} {verb} pod {i}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(took)
+    };
+
+    eprintln!("ADD x {pods} per plugin, interleaved ...");
+    for i in 0..pods {
+        for k in 0..plugins.len() {
+            let p = (i + k) % plugins.len();
+            add[p].push(run(p, "ADD", i)?);
+        }
+    }
+    eprintln!("DEL x {pods} per plugin, interleaved with bare veth deletions ...");
+    let pins = sluice_cni::datapath::Pins::new(&root);
+    for (i, pod_ns) in netns[0].iter().enumerate() {
+        let veth = format!("bv{i}");
+        node.ip(&["link", "add", &veth, "type", "veth", "peer", "name", &format!("bp{i}")])?;
+        // A second one with the pod program attached, as every pod's has.
+        // Its peer in a pod namespace, both ends up, like a pod's pair.
+        let tcx = format!("bt{i}");
+        let peer_ns = pod_ns.name();
+        node.ip(&["link", "add", &tcx, "type", "veth", "peer", "name", "bq0", "netns", peer_ns])?;
+        node.ip(&["link", "set", &tcx, "up"])?;
+        pod_ns.ip(&["link", "set", "bq0", "up"])?;
+        let (p2, t2) = (pins.clone(), tcx.clone());
+        let tcx_index = node.exec(Duration::from_secs(10), move || -> anyhow::Result<u32> {
+            let index = nix::net::if_::if_nametoindex(t2.as_str())?;
+            p2.attach(&t2, index)?;
+            Ok(index)
+        })??;
+        for k in 0..plugins.len() + 2 {
+            let p = (i + k) % (plugins.len() + 2);
+            if p == plugins.len() {
+                // The kernel's own veth deletion: one netlink request from
+                // inside this process (no process spawn).
+                veth_del.push(kernel_veth_del(&node, &veth)?);
+            } else if p == plugins.len() + 1 {
+                veth_tcx_del.push(kernel_veth_del(&node, &tcx)?);
+                pins.detach(tcx_index)?;
+            } else {
+                del[p].push(run(p, "DEL", i)?);
+            }
+        }
+    }
+
+    let pct = |v: &mut Vec<Duration>, q: f64| -> f64 {
+        v.sort();
+        let idx = ((v.len() as f64 - 1.0) * q).round() as usize;
+        v[idx].as_secs_f64() * 1000.0
+    };
+    println!("{pods} pods per plugin; milliseconds, spawn to exit");
+    println!(
+        "{:<20} {:>9} {:>9} {:>9} {:>9}",
+        "plugin", "ADD p50", "ADD p99", "DEL p50", "DEL p99"
+    );
+    let mut rows = Vec::new();
+    for (p, (name, _)) in plugins.iter().enumerate() {
+        let row = (
+            pct(&mut add[p], 0.5),
+            pct(&mut add[p], 0.99),
+            pct(&mut del[p], 0.5),
+            pct(&mut del[p], 0.99),
+        );
+        println!("{name:<20} {:>9.2} {:>9.2} {:>9.2} {:>9.2}", row.0, row.1, row.2, row.3);
+        rows.push(row);
+    }
+    let (v50, v99) = (pct(&mut veth_del, 0.5), pct(&mut veth_del, 0.99));
+    println!("{:<20} {:>9} {:>9} {v50:>9.2} {v99:>9.2}", "veth del (kernel)", "-", "-");
+    let (t50, t99) = (pct(&mut veth_tcx_del, 0.5), pct(&mut veth_tcx_del, 0.99));
+    println!("{:<20} {:>9} {:>9} {t50:>9.2} {t99:>9.2}", "pod veth+tcx (kernel)", "-", "-");
+    let ok_add = rows[0].0 <= rows[1].0 / 2.0;
+    println!(
+        "goal ADD p50 <= ptp/2: {} ({:.2} vs {:.2})",
+        if ok_add { "met" } else { "MISSED" },
+        rows[0].0,
+        rows[1].0 / 2.0
+    );
+    for (what, floor) in [("veth del", v50), ("pod veth+tcx del", t50)] {
+        println!(
+            "goal DEL p50 <= {what} + 2 ms: {} ({:.2} vs {:.2})",
+            if rows[0].2 <= floor + 2.0 { "met" } else { "MISSED" },
+            rows[0].2,
+            floor + 2.0
+        );
+    }
+    // Dropping the namespaces and the node removes everything.
+    drop(netns);
+    Ok(())
+}
+
+/// Deletes `name` in `node` with one netlink request; the time it took.
+fn kernel_veth_del(node: &Netns, name: &str) -> anyhow::Result<Duration> {
+    let ns = std::fs::File::open(node.path())?;
+    let (name, path) = (name.to_owned(), node.path().display().to_string());
+    let took = sluice_cni::netlink::run(move || async move {
+        let h = sluice_cni::netlink::connect_in(&ns, &path)?;
+        let link = sluice_cni::netlink::link_by_name(&h, &name)
+            .await?
+            .ok_or_else(|| sluice_cni::Error::Internal(format!("{name} not found")))?;
+        let start = Instant::now();
+        h.link()
+            .del(link.index)
+            .execute()
+            .await
+            .map_err(|e| sluice_cni::Error::Internal(e.to_string()))?;
+        Ok(start.elapsed())
+    })?;
+    Ok(took)
+}

@@ -1,0 +1,203 @@
+//! End-to-end with the CNI plugin: `sluice agent` runs in a node namespace;
+//! `sluice-cni` (run as a runtime would, in the node's namespace) wires two
+//! pods; they reach each other and a ClusterIP Service served by the agent
+//! with the second pod as backend; DEL leaves nothing behind. Needs root.
+//!
+//! The plugin binary is `target/<profile>/sluice-cni`, next to the `sluice`
+//! binary of this test; when it is missing the test builds it with
+//! `cargo build -p sluice-cni` (a plain `cargo build` of the workspace
+//! builds it as well).
+
+use std::io::Write as _;
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use sluice::testbed::{
+    Agent, AgentConfig, Backend, BpffsMount, ClusterIpService, EchoServer, ManifestDir, Netns,
+    Node, Protocol, ServicePort, TestCgroup, TestDir, require_root, sluice_has_agent, sweep_stale,
+    tcp_request, udp_request,
+};
+
+const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 20);
+const IO_TIMEOUT: Duration = Duration::from_secs(1);
+const WAIT: Duration = Duration::from_secs(20);
+
+fn sluice_bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_sluice"))
+}
+
+/// `target/<profile>/sluice-cni`, built if missing.
+fn cni_bin() -> Option<PathBuf> {
+    let bin = sluice_bin().with_file_name("sluice-cni");
+    if !bin.exists() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut cmd = std::process::Command::new(cargo);
+        cmd.args(["build", "-p", "sluice-cni"]);
+        if sluice_bin().parent().and_then(Path::file_name).is_some_and(|p| p == "release") {
+            cmd.arg("--release");
+        }
+        let _ = sluice::testbed::run_with_timeout(&mut cmd, Duration::from_secs(600));
+    }
+    bin.exists().then_some(bin)
+}
+
+/// Runs the plugin inside `node` as a runtime would.
+fn cni(bin: &Path, node: &Netns, env: &[(&str, &str)], conf: &Value) -> (bool, Value) {
+    let mut cmd = node.command(bin).unwrap();
+    cmd.env_clear().stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd.envs(env.iter().copied());
+    let mut child = cmd.spawn().unwrap();
+    child.stdin.take().unwrap().write_all(conf.to_string().as_bytes()).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while child.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "sluice-cni {env:?} hangs");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let v = if text.trim().is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap() };
+    (out.status.success(), v)
+}
+
+#[test]
+fn cni_pods_reach_each_other_and_a_cluster_ip() {
+    if !require_root() {
+        return;
+    }
+    if !sluice_has_agent(sluice_bin()) {
+        eprintln!("skipping: {} has no `agent` command", sluice_bin().display());
+        return;
+    }
+    let Some(cni_bin) = cni_bin() else {
+        eprintln!(
+            "skipping: no sluice-cni binary next to {} (cargo build)",
+            sluice_bin().display()
+        );
+        return;
+    };
+    sweep_stale();
+    let dir = TestDir::new("e2e-cni").unwrap();
+    let bpffs = BpffsMount::new_in(&dir).unwrap();
+    let cgroup = TestCgroup::new("e2e-cni").unwrap();
+    let node = Node::new("node-a").unwrap();
+    let manifests = ManifestDir::new_in(&dir).unwrap();
+    manifests.write_node(&node).unwrap();
+    let cfg = AgentConfig::new(sluice_bin(), &node, &manifests, &bpffs, Some(&cgroup), &dir);
+    let root = cfg.bpffs_root.clone();
+    let conf = json!({
+        "cniVersion": "1.1.0", "name": "k8s-pod-network", "type": "sluice-cni",
+        "podCIDR": node.pod_cidr(), "bpffsRoot": root, "dataDir": dir.join("cni-data"),
+    });
+
+    // Before the agent: STATUS 50, ADD 11.
+    let (ok, v) = cni(&cni_bin, node.netns(), &[("CNI_COMMAND", "STATUS")], &conf);
+    assert!(!ok && v["code"] == 50, "{v}");
+    let mut agent = Agent::start(&node, cfg).unwrap();
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let (ok, v) = cni(&cni_bin, node.netns(), &[("CNI_COMMAND", "STATUS")], &conf);
+        if ok {
+            break;
+        }
+        assert!(Instant::now() < deadline, "agent never became ready for the CNI: {v}");
+        assert!(agent.try_wait().unwrap().is_none(), "agent exited: {}", agent.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    let pods: Vec<Netns> = ["pod-a", "pod-b"].iter().map(|n| Netns::new(n).unwrap()).collect();
+    let mut ips = Vec::new();
+    for (i, p) in pods.iter().enumerate() {
+        let id = format!("sandbox{i}");
+        let path = p.path();
+        let env = [
+            ("CNI_COMMAND", "ADD"),
+            ("CNI_CONTAINERID", id.as_str()),
+            ("CNI_NETNS", path.to_str().unwrap()),
+            ("CNI_IFNAME", "eth0"),
+        ];
+        let (ok, v) = cni(&cni_bin, node.netns(), &env, &conf);
+        assert!(ok, "ADD: {v}");
+        let ip: Ipv4Addr =
+            v["ips"][0]["address"].as_str().unwrap().split('/').next().unwrap().parse().unwrap();
+        ips.push(ip);
+    }
+    let _srv = EchoServer::start(&pods[1], "pod-b", 8080, 5353).unwrap();
+    let got = tcp_request(&pods[0], SocketAddrV4::new(ips[1], 8080), IO_TIMEOUT).unwrap();
+    assert_eq!(got, "pod-b");
+
+    let svc = ClusterIpService::new(
+        "echo",
+        VIP,
+        vec![
+            ServicePort::new("tcp", Protocol::Tcp, 80, 8080),
+            ServicePort::new("udp", Protocol::Udp, 53, 5353),
+        ],
+        vec![Backend {
+            node_name: Some(node.name().to_owned()),
+            ..Backend::ready("pod-b", ips[1])
+        }],
+    );
+    manifests.write_service(&svc).unwrap();
+    agent.wait_backends(WAIT, VIP, 80, Protocol::Tcp, 1).unwrap();
+    let vip = SocketAddrV4::new(VIP, 80);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match tcp_request(&pods[0], vip, IO_TIMEOUT) {
+            Ok(a) => {
+                assert_eq!(a, "pod-b");
+                break;
+            }
+            Err(e) if Instant::now() < deadline => {
+                eprintln!("connection to {vip}: {e}; retrying");
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            Err(e) => panic!("no connection to {vip}: {e}"),
+        }
+    }
+    for _ in 0..20 {
+        assert_eq!(tcp_request(&pods[0], vip, IO_TIMEOUT).unwrap(), "pod-b");
+    }
+    agent.wait_backends(WAIT, VIP, 53, Protocol::Udp, 1).unwrap();
+    assert_eq!(udp_request(&pods[0], SocketAddrV4::new(VIP, 53), IO_TIMEOUT).unwrap(), "pod-b");
+
+    // DEL both (twice, the second time as containerd does it).
+    for (i, pod) in pods.iter().enumerate() {
+        let id = format!("sandbox{i}");
+        let path = pod.path();
+        let p = path.to_str().unwrap();
+        for env in [
+            vec![
+                ("CNI_COMMAND", "DEL"),
+                ("CNI_CONTAINERID", &id),
+                ("CNI_NETNS", p),
+                ("CNI_IFNAME", "eth0"),
+            ],
+            vec![("CNI_COMMAND", "DEL"), ("CNI_CONTAINERID", &id), ("CNI_IFNAME", "eth0")],
+        ] {
+            let (ok, v) = cni(&cni_bin, node.netns(), &env, &conf);
+            assert!(ok, "DEL: {v}");
+        }
+    }
+    let links = node.netns().ip(&["-o", "link", "show"]).unwrap();
+    assert!(!links.contains(": sl"), "host veths left: {links}");
+    let routes = node.netns().ip(&["route", "show"]).unwrap();
+    assert!(!routes.contains("10.244."), "routes left: {routes}");
+    let pins: Vec<_> = std::fs::read_dir(root.join("links")).unwrap().flatten().collect();
+    assert!(pins.is_empty(), "link pins left: {pins:?}");
+    let eps = sluice_cni_endpoints(&root);
+    assert_eq!(eps, 0, "SL_ENDPOINTS entries left");
+    let status = agent.stop().unwrap();
+    assert!(status.success(), "agent: {status}; log:\n{}", agent.log());
+}
+
+/// Number of entries in the pinned `SL_ENDPOINTS`.
+fn sluice_cni_endpoints(root: &Path) -> usize {
+    use aya::maps::{HashMap, Map, MapData};
+    let data = MapData::from_pin(root.join("maps/SL_ENDPOINTS")).unwrap();
+    let map: HashMap<MapData, u32, proxy_common::EndpointInfo> =
+        HashMap::try_from(Map::from_map_data(data).unwrap()).unwrap();
+    map.keys().count()
+}
