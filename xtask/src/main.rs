@@ -146,10 +146,11 @@ fn demo(demo_args: &[String]) -> Result<()> {
     cmd::check("the demo", status)
 }
 
-/// Benchmarks: `datapath` (per-packet cost against the number of services).
-/// More join as the issues add them.
+/// Benchmarks: `datapath` (per-packet cost against the number of services),
+/// `control` (the agent fed by the test API server: cold start, one change,
+/// peak RSS), `cni` (ADD/DEL latency against the reference plugins).
 fn bench(quick: bool, target: Option<&str>) -> Result<()> {
-    const TARGETS: [&str; 2] = ["datapath", "control"];
+    const TARGETS: [&str; 3] = ["datapath", "control", "cni"];
     let targets: Vec<&str> = match target {
         None => TARGETS.to_vec(),
         Some(t) if TARGETS.contains(&t) => vec![t],
@@ -157,9 +158,15 @@ fn bench(quick: bool, target: Option<&str>) -> Result<()> {
     };
     for t in targets {
         let mut run = cmd::cargo();
-        run.args(["run", "--release", "-p", "sluice", "--example", &format!("bench_{t}")]);
-        if quick {
-            run.args(["--", "--quick"]);
+        if t == "cni" {
+            // sluice-cni vs bridge+host-local and ptp+host-local, interleaved.
+            run.args(["run", "--release", "-p", "sluice-cni", "--example", "bench", "--"]);
+            run.args(["--pods", if quick { "50" } else { "500" }]);
+        } else {
+            run.args(["run", "--release", "-p", "sluice", "--example", &format!("bench_{t}")]);
+            if quick {
+                run.args(["--", "--quick"]);
+            }
         }
         let mut command = in_private_mount_ns(run);
         say(format!("bench {t}: {}", cmd::display(&command)));

@@ -12,8 +12,25 @@ use crate::cmd::{self, say};
 
 /// Debian packages: Debian's rustc with a prebuilt `core` for the BPF targets,
 /// the LLVM that bpf-linker links against, and the tools the tests use.
-const APT_PACKAGES: &[&str] =
-    &["rustc-web", "cargo-web", "libstd-rust-web-dev-bpf", "llvm-22-dev", "iproute2", "bpftool"];
+const APT_PACKAGES: &[&str] = &[
+    // The eBPF toolchain (../shared/TOOLCHAIN.md).
+    "rustc-web",
+    "cargo-web",
+    "libstd-rust-web-dev-bpf",
+    "llvm-22-dev",
+    // Test hosts and inspection.
+    "iproute2",
+    "bpftool",
+    "python3",
+    // The CNI tests and benchmark: reference plugins (host-local, loopback,
+    // bridge, ptp), a real runtime (containerd + runc, a busybox image), and
+    // protoc for the CRI client crate.
+    "containernetworking-plugins",
+    "containerd",
+    "runc",
+    "busybox-static",
+    "protobuf-compiler",
+];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
