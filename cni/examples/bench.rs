@@ -58,7 +58,7 @@ fn main() -> anyhow::Result<()> {
     let dir = TestDir::new("cni-bench")?;
     let bpffs = BpffsMount::new_in(&dir)?;
     let root = bpffs.path().join("sluice");
-    drop(Datapath::load(&PinPaths::new(&root))?);
+    drop(Datapath::load(&PinPaths::new(&root), &sluice::datapath::MapSizes::small())?);
     let node = Netns::new("bench-node")?;
     // sluice's tmpfs-free dataDir and host-local's live in the test directory.
     let bin_dir = dir.join("bin");

@@ -71,7 +71,8 @@ impl Fixture {
         let root = bpffs.path().join("sluice");
         std::fs::create_dir_all(&root).unwrap();
         if pinned {
-            let dp = Datapath::load(&PinPaths::new(&root)).unwrap();
+            let dp = Datapath::load(&PinPaths::new(&root), &sluice::datapath::MapSizes::small())
+                .unwrap();
             drop(dp);
         }
         let node = Netns::new(&format!("{label}-node")).unwrap();
