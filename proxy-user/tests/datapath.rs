@@ -4,11 +4,7 @@
 //! valid checksums go in; what comes out is parsed and its checksums
 //! recomputed. Nothing is attached to any interface. Needs root.
 
-use std::{
-    net::Ipv4Addr,
-    path::PathBuf,
-    sync::atomic::{AtomicU32, Ordering},
-};
+use std::net::Ipv4Addr;
 
 use aya::programs::{SchedClassifier, TestRun, TestRunOptions};
 use proxy_common::{CtKey, DropReason, PROG_POD_INGRESS};
@@ -22,6 +18,7 @@ use sluice::{
     manifest::ObjectKey,
     model::{BackendSpec, BackendState, Desired, Frontend, FrontendKey, Protocol},
     pktgen::{self, Ipv4Spec, TCP, UDP},
+    testbed::BpffsMount,
 };
 
 const TC_ACT_UNSPEC: u32 = u32::MAX; // -1: continue
@@ -44,68 +41,24 @@ fn is_root() -> bool {
     }
 }
 
-/// A bpffs mounted on a fresh directory for one test; unmounted and
-/// removed on drop, also when the test fails.
-struct Bpffs {
-    dir: PathBuf,
-    owned: bool,
-}
-
-impl Bpffs {
-    fn new() -> Self {
-        static N: AtomicU32 = AtomicU32::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "sluice-dp-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        nix::mount::mount(
-            Some("bpf"),
-            &dir,
-            Some("bpf"),
-            nix::mount::MsFlags::empty(),
-            None::<&str>,
-        )
-        .expect("mount bpffs");
-        Self { dir, owned: true }
-    }
-}
-
-impl Bpffs {
-    /// A handle on a bpffs another guard owns (does not unmount).
-    fn adopt(paths: &PinPaths) -> Self {
-        Self { dir: paths.root.clone(), owned: false }
-    }
-}
-
-impl Drop for Bpffs {
-    fn drop(&mut self) {
-        if !self.owned {
-            return;
-        }
-        let _ = nix::mount::umount2(&self.dir, nix::mount::MntFlags::MNT_DETACH);
-        let _ = std::fs::remove_dir(&self.dir);
-    }
-}
-
 /// The loaded program with its maps, programmed through the reconciler.
 struct Harness {
     prog: SchedClassifier,
     reconciler: Reconciler<PinnedMaps>,
     paths: PinPaths,
     _datapath: Datapath,
-    _fs: Bpffs,
+    /// The test's bpffs (`None` for a harness over another one's pins).
+    _fs: Option<BpffsMount>,
 }
 
 impl Harness {
     fn new() -> Self {
-        let fs = Bpffs::new();
-        let paths = PinPaths::new(&fs.dir);
+        let fs = BpffsMount::new().expect("mount a bpffs");
+        let paths = PinPaths::new(fs.path());
         let datapath = Datapath::load(&paths, &MapSizes::small()).expect("load programs");
         let prog = SchedClassifier::from_pin(paths.prog(PROG_POD_INGRESS)).expect("pinned program");
         let (reconciler, _) = Reconciler::restore(PinnedMaps::open(&paths).unwrap()).unwrap();
-        Self { prog, reconciler, paths, _datapath: datapath, _fs: fs }
+        Self { prog, reconciler, paths, _datapath: datapath, _fs: Some(fs) }
     }
 
     /// Programs one frontend per (port, proto) with the given backends.
@@ -581,8 +534,8 @@ fn full_service_map_fails_clearly_and_shows_no_half_service() {
     if !is_root() {
         return;
     }
-    let fs = Bpffs::new();
-    let paths = PinPaths::new(&fs.dir);
+    let fs = BpffsMount::new().expect("mount a bpffs");
+    let paths = PinPaths::new(fs.path());
     let sizes = MapSizes { services: 4, ..MapSizes::small() };
     let _dp = Datapath::load(&paths, &sizes).unwrap();
     let (mut rec, _) = Reconciler::restore(PinnedMaps::open(&paths).unwrap()).unwrap();
@@ -631,13 +584,8 @@ fn reload_adopts_pinned_state_and_flows() {
     let (rec2, restored) = Reconciler::restore(PinnedMaps::open(&paths).unwrap()).unwrap();
     assert_eq!((restored.frontends, restored.backends, restored.pruned), (1, 3, 0));
     let prog2 = SchedClassifier::from_pin(paths.prog(PROG_POD_INGRESS)).unwrap();
-    let h2 = Harness {
-        prog: prog2,
-        reconciler: rec2,
-        paths: paths.clone(),
-        _datapath: dp2,
-        _fs: Bpffs::adopt(&paths),
-    };
+    let h2 =
+        Harness { prog: prog2, reconciler: rec2, paths: paths.clone(), _datapath: dp2, _fs: None };
     for _ in 0..10 {
         assert_eq!(dnat_target(&h2, 53000), before, "flow moved across the reload");
     }

@@ -1,13 +1,9 @@
 //! The metrics collector reads the real pinned maps at scrape time: entries,
 //! capacities and drop counters. The object is loaded with its maps pinned
-//! on a bpffs of the test's own (unmounted on drop); nothing is attached to
+//! on a bpffs of the test's own (testbed's guard, unmounted on drop); nothing is attached to
 //! any interface. Needs root; skipped otherwise.
 
-use std::{
-    net::Ipv4Addr,
-    path::PathBuf,
-    sync::atomic::{AtomicU32, Ordering},
-};
+use std::net::Ipv4Addr;
 
 use proxy_common::{DropReason, MAP_BACKENDS, MAP_SERVICES};
 use sluice::{
@@ -17,38 +13,6 @@ use sluice::{
     observe::{LocalPolicy, Metrics, MetricsConfig, SyncReport},
     pktgen,
 };
-
-struct Bpffs {
-    dir: PathBuf,
-}
-
-impl Bpffs {
-    fn new() -> Self {
-        static N: AtomicU32 = AtomicU32::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "sluice-obs-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        nix::mount::mount(
-            Some("bpf"),
-            &dir,
-            Some("bpf"),
-            nix::mount::MsFlags::empty(),
-            None::<&str>,
-        )
-        .expect("mount bpffs");
-        Self { dir }
-    }
-}
-
-impl Drop for Bpffs {
-    fn drop(&mut self) {
-        let _ = nix::mount::umount2(&self.dir, nix::mount::MntFlags::MNT_DETACH);
-        let _ = std::fs::remove_dir(&self.dir);
-    }
-}
 
 fn value(text: &str, series: &str) -> u64 {
     text.lines()
@@ -64,8 +28,8 @@ fn map_occupancy_and_drops_are_read_at_scrape_time() {
         eprintln!("skipping: loading BPF maps needs root");
         return;
     }
-    let fs = Bpffs::new();
-    let paths = PinPaths::new(&fs.dir);
+    let fs = sluice::testbed::BpffsMount::new().expect("mount a bpffs");
+    let paths = PinPaths::new(fs.path());
     let _datapath =
         Datapath::load(&paths, &sluice::datapath::MapSizes::small()).expect("load programs");
     let metrics =

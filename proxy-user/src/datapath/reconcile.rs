@@ -87,6 +87,21 @@ pub struct Reconciler<M> {
     vips: BTreeMap<Ipv4Addr, u32>,
 }
 
+/// Hands out ids in increasing order (wrapping, skipping 0 and ids in use),
+/// so a removed id is not reused soon: a flow that still names it in
+/// conntrack finds it gone rather than pointing at another backend. Among
+/// `used + 1` consecutive candidates one is free.
+fn alloc_id(used: &mut BTreeSet<u32>, next: &mut u32) -> Option<u32> {
+    for _ in 0..=used.len() + 1 {
+        let id = *next;
+        *next = id.wrapping_add(1).max(1);
+        if id != 0 && used.insert(id) {
+            return Some(id);
+        }
+    }
+    None
+}
+
 fn state_to_map(state: BackendState) -> u8 {
     match state {
         BackendState::Active => BACKEND_STATE_ACTIVE,
@@ -299,30 +314,14 @@ impl<M: LbMaps> Reconciler<M> {
         outcome
     }
 
-    // Ids are handed out in increasing order (wrapping, skipping 0 and ids in
-    // use), so a removed id is not reused soon: a flow that still names it
-    // in conntrack finds it gone rather than pointing at another backend.
-    // Among `used + 1` consecutive candidates one is free.
     fn alloc_backend_id(&mut self) -> Result<u32> {
-        for _ in 0..=self.used_backend_ids.len() + 1 {
-            let id = self.next_backend_id;
-            self.next_backend_id = id.wrapping_add(1).max(1);
-            if id != 0 && self.used_backend_ids.insert(id) {
-                return Ok(id);
-            }
-        }
-        Err(Error::IdsExhausted("backend"))
+        alloc_id(&mut self.used_backend_ids, &mut self.next_backend_id)
+            .ok_or(Error::IdsExhausted("backend"))
     }
 
     fn alloc_rev_nat(&mut self) -> Result<u32> {
-        for _ in 0..=self.used_rev_nats.len() + 1 {
-            let id = self.next_rev_nat;
-            self.next_rev_nat = id.wrapping_add(1).max(1);
-            if id != 0 && self.used_rev_nats.insert(id) {
-                return Ok(id);
-            }
-        }
-        Err(Error::IdsExhausted("reverse-NAT"))
+        alloc_id(&mut self.used_rev_nats, &mut self.next_rev_nat)
+            .ok_or(Error::IdsExhausted("reverse-NAT"))
     }
 
     /// Returns whether anything was written.
