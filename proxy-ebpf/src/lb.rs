@@ -3,8 +3,8 @@
 
 use aya_ebpf::{helpers::bpf_get_prandom_u32, programs::TcContext};
 use proxy_common::{
-    Backend, CT_DIR_REPLY, CT_DIR_SERVICE, CT_FLAG_HAIRPIN, DropReason, SVC_FLAG_AFFINITY,
-    ServiceKey, ServiceValue, proto,
+    BACKEND_STATE_ACTIVE, Backend, CT_DIR_REPLY, CT_DIR_SERVICE, CT_FLAG_HAIRPIN, DropReason,
+    SVC_FLAG_AFFINITY, ServiceKey, ServiceValue, proto,
 };
 
 use crate::{
@@ -66,7 +66,8 @@ pub fn handle_pod_egress(ctx: &TcContext) -> Result<Action, DropReason> {
         }
         return Ok(Action::Pass);
     };
-    let Some(flow) = backend_for_flow(&ip, sport, dport, &svc)? else {
+    let syn = is_tcp_syn(ctx, &ip);
+    let Some(flow) = backend_for_flow(&ip, sport, dport, &svc, syn)? else {
         // No usable endpoint: reject at once, never a silent timeout.
         return reject(ctx, &ip, DropReason::NoBackend);
     };
@@ -79,6 +80,15 @@ pub fn handle_pod_egress(ctx: &TcContext) -> Result<Action, DropReason> {
     }
     stats::account(svc.rev_nat_index, flow.backend_id, Direction::Forward, ctx.len(), flow.new);
     Ok(Action::Pass)
+}
+
+/// Whether this is a TCP SYN without ACK (a connection's first packet).
+#[inline(always)]
+fn is_tcp_syn(ctx: &TcContext, ip: &Ipv4) -> bool {
+    if ip.proto != proto::TCP || ip.frag == parse::Frag::Later {
+        return false;
+    }
+    parse::read::<u8>(ctx, ip.l4_off + 13).is_ok_and(|flags| flags & 0x12 == 0x02)
 }
 
 #[inline(always)]
@@ -103,12 +113,16 @@ fn backend_for_flow(
     sport: u16,
     dport: u16,
     svc: &ServiceValue,
+    syn: bool,
 ) -> Result<Option<Flow>, DropReason> {
     let fkey = ct::key(ip.saddr, ip.daddr, sport, dport, ip.proto, CT_DIR_SERVICE);
     if let Some(entry) = ct::lookup(&fkey)
         && entry.rev_nat_index == svc.rev_nat_index
         // SAFETY: Backend is plain data, copied out at once.
         && let Some(b) = unsafe { SL_BACKENDS.get(entry.backend_id) }.copied()
+        // A SYN on a tuple whose old flow went to a terminating backend is
+        // a new connection (a reused port): it must not go there.
+        && !(syn && b.state != BACKEND_STATE_ACTIVE)
     {
         // Established flows keep their backend, also a terminating one.
         return Ok(Some(Flow { backend_id: entry.backend_id, backend: b, new: false }));

@@ -19,6 +19,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::{
     cli::{AgentArgs, device_matches},
+    cniconf,
     datapath::{
         MapSizes, PinPaths,
         loader::{self, Datapath},
@@ -57,6 +58,7 @@ pub struct Config {
     pub socket_lb_cgroup: Option<PathBuf>,
     pub health_bind: SocketAddr,
     pub metrics_bind: SocketAddr,
+    pub cni_conf_dir: PathBuf,
 }
 
 impl Config {
@@ -111,6 +113,7 @@ impl Config {
             format!("--metrics-bind {:?}: not an address:port", args.metrics_bind)
         })?;
         Ok(Self {
+            cni_conf_dir: args.cni_conf_dir.clone(),
             health_bind,
             metrics_bind,
             socket_lb_cgroup,
@@ -193,6 +196,8 @@ struct Snapshot {
     triggers: observe::TriggerTimes,
     /// Whether this node may receive traffic, when its Node object is known.
     node_eligible: Option<bool>,
+    /// This node's IPv4 pod CIDRs, when its Node object is known.
+    pod_cidrs: Option<Vec<String>>,
 }
 
 /// Everything a snapshot takes from a store, while the store is at hand.
@@ -214,6 +219,7 @@ fn snapshot(
         local: observe::local_policy(store, node),
         triggers: observe::trigger_times(store),
         node_eligible: store.nodes.get(node).map(observe::health::node_eligible),
+        pod_cidrs: store.nodes.get(node).map(cniconf::pod_cidrs),
     }
 }
 
@@ -346,6 +352,7 @@ impl Agent {
             local,
             triggers,
             node_eligible,
+            pod_cidrs,
         } = match self.source.desired(&self.cfg.node_name) {
             Ok(s) => s,
             Err(NotNow::Waiting(kinds)) => {
@@ -394,6 +401,7 @@ impl Agent {
         if let Some(eligible) = node_eligible {
             self.health.set_node_eligible(eligible);
         }
+        self.write_cni_conf(pod_cidrs.as_deref());
         if outcome.errors.is_empty() {
             self.health.synced();
             // Every source has been listed and applied once.
@@ -413,6 +421,25 @@ impl Agent {
             );
         } else {
             debug!(frontends = desired.len(), "in sync");
+        }
+    }
+
+    /// Writes this node's CNI conflist when its pod CIDRs are known (and
+    /// changed); a node without pod CIDRs keeps whatever is there.
+    fn write_cni_conf(&mut self, pod_cidrs: Option<&[String]>) {
+        let Some(cidrs) = pod_cidrs.filter(|c| !c.is_empty()) else {
+            return;
+        };
+        let text = cniconf::conflist(cidrs, &self.cfg.paths.root).to_string();
+        match cniconf::write(&self.cfg.cni_conf_dir, &text) {
+            Ok(true) => {
+                info!(dir = %self.cfg.cni_conf_dir.display(), ?cidrs, "CNI conflist written")
+            }
+            Ok(false) => {}
+            Err(e) => {
+                warn!(dir = %self.cfg.cni_conf_dir.display(), error = %e, "cannot write the CNI conflist; will retry");
+                self.needs_retry = true;
+            }
         }
     }
 

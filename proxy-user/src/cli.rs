@@ -91,7 +91,7 @@ pub struct AgentArgs {
     /// Address of Prometheus /metrics.
     #[arg(long, default_value = "0.0.0.0:10249")]
     pub metrics_bind: String,
-    /// Where the agent writes this node's CNI conflist (not yet written).
+    /// Where the agent writes this node's CNI conflist (from the Node's podCIDRs).
     #[arg(long, default_value = "/etc/cni/net.d")]
     pub cni_conf_dir: PathBuf,
     /// Max entries of SL_SERVICES: frontends plus one slot per active backend.

@@ -6,6 +6,7 @@
 //! a half-built service.
 pub mod agent;
 pub mod cli;
+pub mod cniconf;
 pub mod datapath;
 pub mod ebpf;
 pub mod inspect;

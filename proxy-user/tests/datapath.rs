@@ -631,3 +631,41 @@ fn removing_a_udp_backend_flushes_its_conntrack() {
     assert_eq!(out.ct_flushed, 2 * gone);
     assert_eq!(h.ct_entries(), 2 * by_backend[&backend_ip(1)]);
 }
+
+// Expect: a terminating backend keeps its established flow, takes no new
+// flow, and a SYN that reuses the tuple of its old flow goes to an active one.
+#[test]
+fn terminating_backend_keeps_flows_but_not_new_connections() {
+    if !is_root() {
+        return;
+    }
+    let mut h = Harness::new();
+    let (a, b) = (backend_ip(1), backend_ip(2));
+    h.program(&[(80, Protocol::Tcp, 8080, &[a, b])]);
+    // A flow that went to b.
+    let sport = (55000..55200).find(|&p| dnat_target(&h, p) == b).expect("some flow picks b");
+    let desired: Desired = [(
+        FrontendKey { addr: VIP, port: 80, proto: Protocol::Tcp },
+        Frontend {
+            service: ObjectKey { namespace: "default".into(), name: "svc".into() },
+            port_name: String::new(),
+            backends: vec![
+                BackendSpec { addr: a, port: 8080, state: BackendState::Active },
+                BackendSpec { addr: b, port: 8080, state: BackendState::Terminating },
+            ],
+            affinity_timeout: None,
+        },
+    )]
+    .into_iter()
+    .collect();
+    assert!(h.reconciler.sync(&desired).errors.is_empty());
+    for _ in 0..10 {
+        assert_eq!(dnat_target(&h, sport), b, "the established flow stays on b");
+    }
+    let (_, out) = h.run(&tcp_frame(CLIENT, sport, VIP, 80, 0x02));
+    assert_eq!(pktgen::parse(&out).dst, a, "a new connection on the old tuple");
+    for p in 56000..56050 {
+        let (_, out) = h.run(&tcp_frame(CLIENT, p, VIP, 80, 0x02));
+        assert_eq!(pktgen::parse(&out).dst, a, "new flows never go to b");
+    }
+}

@@ -147,6 +147,13 @@ fn pod_reaches_itself_through_its_service() {
     }
     let got = sluice::testbed::udp_request(&pod, SocketAddrV4::new(VIP, 53), IO_TIMEOUT).unwrap();
     assert_eq!(got, "selfish");
+    // The agent wrote this node's CNI conflist from its Node object.
+    let conf = std::fs::read_to_string(dir.join("cni-net.d").join(sluice::cniconf::FILE_NAME))
+        .expect("conflist written");
+    let conf: serde_json::Value = serde_json::from_str(&conf).unwrap();
+    assert_eq!(conf["plugins"][0]["type"], "sluice-cni");
+    assert_eq!(conf["plugins"][0]["podCIDRs"][0], node.pod_cidr());
+    assert_eq!(conf["plugins"][0]["bpffsRoot"], agent.config().bpffs_root.display().to_string());
     let status = agent.stop().unwrap();
     assert!(status.success(), "agent exit status {status}; log:\n{}", agent.log());
 }
