@@ -415,8 +415,15 @@ fn containerd_cri_sandboxes_get_wired_by_sluice_cni() {
     assert!(!links.contains(": sl"), "host veths left: {links}");
     let routes = node.netns().ip(&["route", "show"]).unwrap();
     assert!(!routes.contains("10.244."), "routes left: {routes}");
-    let pins: Vec<_> = fs::read_dir(root.join("links")).unwrap().flatten().collect();
-    assert!(pins.is_empty(), "link pins left: {pins:?}");
+    // Pod interface links (the agent's own cgroup links stay).
+    let pins: Vec<_> = fs::read_dir(root.join("links"))
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            e.file_name().to_string_lossy().starts_with(proxy_common::pins::POD_LINK_PREFIX)
+        })
+        .collect();
+    assert!(pins.is_empty(), "pod link pins left: {pins:?}");
     assert_eq!(
         sluice_cni::datapath::Pins::new(&root).endpoint_addrs().unwrap(),
         Vec::<Ipv4Addr>::new()

@@ -433,7 +433,7 @@ impl Agent {
         let text = cniconf::conflist(cidrs, &self.cfg.paths.root).to_string();
         match cniconf::write(&self.cfg.cni_conf_dir, &text) {
             Ok(true) => {
-                info!(dir = %self.cfg.cni_conf_dir.display(), ?cidrs, "CNI conflist written")
+                info!(dir = %self.cfg.cni_conf_dir.display(), ?cidrs, "CNI conflist written");
             }
             Ok(false) => {}
             Err(e) => {
