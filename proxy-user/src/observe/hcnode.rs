@@ -57,6 +57,17 @@ pub struct LocalPolicy {
 /// the model's semantics (same skipped services, same endpoint choice).
 #[must_use]
 pub fn local_policy(store: &Store, node_name: &str) -> LocalPolicy {
+    // Only Services with a Local traffic policy count here; most clusters
+    // have few or none, so skip the endpoint pass when there are none.
+    let any_local = store.services.values().any(|svc| {
+        svc.spec.as_ref().is_some_and(|spec| {
+            spec.internal_traffic_policy.as_deref() == Some("Local")
+                || spec.external_traffic_policy.as_deref() == Some("Local")
+        })
+    });
+    if !any_local {
+        return LocalPolicy::default();
+    }
     let mut ignored = Vec::new();
     let zone = store
         .nodes
