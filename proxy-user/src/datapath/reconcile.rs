@@ -429,13 +429,7 @@ impl<M: LbMaps> Reconciler<M> {
             .map(|(k, b)| (*k, b.id))
             .collect();
         for (k, id) in unwanted {
-            self.maps.delete_backend(id)?;
-            if fk.proto == Protocol::Udp {
-                self.removed_udp_backends.insert(id);
-            }
-            self.maps.delete_stats(StatsMap::Backend, id)?;
-            self.entry(fk).backends.remove(&k);
-            self.used_backend_ids.remove(&id);
+            self.delete_backend(fk, k, id)?;
         }
 
         Ok(self.applied[fk] != before)
@@ -464,13 +458,7 @@ impl<M: LbMaps> Reconciler<M> {
         let ids: Vec<((Ipv4Addr, u16), u32)> =
             self.applied[fk].backends.iter().map(|(k, b)| (*k, b.id)).collect();
         for (k, id) in ids {
-            self.maps.delete_backend(id)?;
-            if fk.proto == Protocol::Udp {
-                self.removed_udp_backends.insert(id);
-            }
-            self.maps.delete_stats(StatsMap::Backend, id)?;
-            self.entry(fk).backends.remove(&k);
-            self.used_backend_ids.remove(&id);
+            self.delete_backend(fk, k, id)?;
         }
         let rev = self.applied[fk].rev_nat_index;
         if self.applied[fk].rev_nat_written {
@@ -479,6 +467,19 @@ impl<M: LbMaps> Reconciler<M> {
         self.maps.delete_stats(StatsMap::Service, rev)?;
         self.applied.remove(fk);
         self.used_rev_nats.remove(&rev);
+        Ok(())
+    }
+
+    /// Removes one backend of `fk` (its entry, then its counters), and
+    /// remembers UDP ones for the conntrack flush.
+    fn delete_backend(&mut self, fk: &FrontendKey, key: (Ipv4Addr, u16), id: u32) -> Result<()> {
+        self.maps.delete_backend(id)?;
+        if fk.proto == Protocol::Udp {
+            self.removed_udp_backends.insert(id);
+        }
+        self.maps.delete_stats(StatsMap::Backend, id)?;
+        self.entry(fk).backends.remove(&key);
+        self.used_backend_ids.remove(&id);
         Ok(())
     }
 
