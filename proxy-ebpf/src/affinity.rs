@@ -36,7 +36,7 @@ pub fn backend(
         remember(&key, a.backend_id, now);
         return Ok(Some((a.backend_id, b)));
     }
-    let picked = lb::select_backend(ip, dport, svc)?;
+    let picked = lb::select_backend(ip.daddr, dport, ip.proto, svc)?;
     if let Some((id, _)) = picked {
         remember(&key, id, now);
     }

@@ -66,8 +66,7 @@ pub fn handle_pod_egress(ctx: &TcContext) -> Result<Action, DropReason> {
         }
         return Ok(Action::Pass);
     };
-    let syn = is_tcp_syn(ctx, &ip);
-    let Some(flow) = backend_for_flow(&ip, sport, dport, &svc, syn)? else {
+    let Some(flow) = backend_for_flow(ctx, &ip, sport, dport, &svc)? else {
         // No usable endpoint: reject at once, never a silent timeout.
         return reject(ctx, &ip, DropReason::NoBackend);
     };
@@ -109,11 +108,11 @@ struct Flow {
 /// service has no backend for a new flow.
 #[inline(always)]
 fn backend_for_flow(
+    ctx: &TcContext,
     ip: &Ipv4,
     sport: u16,
     dport: u16,
     svc: &ServiceValue,
-    syn: bool,
 ) -> Result<Option<Flow>, DropReason> {
     let fkey = ct::key(ip.saddr, ip.daddr, sport, dport, ip.proto, CT_DIR_SERVICE);
     if let Some(entry) = ct::lookup(&fkey)
@@ -121,8 +120,9 @@ fn backend_for_flow(
         // SAFETY: Backend is plain data, copied out at once.
         && let Some(b) = unsafe { SL_BACKENDS.get(entry.backend_id) }.copied()
         // A SYN on a tuple whose old flow went to a terminating backend is
-        // a new connection (a reused port): it must not go there.
-        && !(syn && b.state != BACKEND_STATE_ACTIVE)
+        // a new connection (a reused port): it must not go there. (The flags
+        // are read only in that case, not for every packet.)
+        && (b.state == BACKEND_STATE_ACTIVE || !is_tcp_syn(ctx, ip))
     {
         // Established flows keep their backend, also a terminating one.
         return Ok(Some(Flow { backend_id: entry.backend_id, backend: b, new: false }));
@@ -130,7 +130,7 @@ fn backend_for_flow(
     let picked = if svc.flags & SVC_FLAG_AFFINITY != 0 {
         affinity::backend(ip, dport, svc)?
     } else {
-        select_backend(ip, dport, svc)?
+        select_backend(ip.daddr, dport, ip.proto, svc)?
     };
     let Some((backend_id, backend)) = picked else {
         return Ok(None);
@@ -150,8 +150,9 @@ fn backend_for_flow(
 /// Picks a backend slot uniformly at random.
 #[inline(always)]
 pub fn select_backend(
-    ip: &Ipv4,
+    addr: u32,
     dport: u16,
+    proto: u8,
     svc: &ServiceValue,
 ) -> Result<Option<(u32, Backend)>, DropReason> {
     let count = u32::from(svc.count);
@@ -160,7 +161,7 @@ pub fn select_backend(
     }
     // SAFETY: a plain helper call.
     let slot = unsafe { bpf_get_prandom_u32() } % count + 1;
-    let key = service_key(ip.daddr, dport, ip.proto, slot as u16);
+    let key = service_key(addr, dport, proto, slot as u16);
     // SAFETY: plain data, copied out at once.
     let Some(slot) = (unsafe { SL_SERVICES.get(key) }).copied() else {
         return Err(DropReason::BackendMissing);
@@ -173,6 +174,6 @@ pub fn select_backend(
 }
 
 #[inline(always)]
-fn service_key(addr: u32, dport: u16, proto: u8, backend_slot: u16) -> ServiceKey {
+pub fn service_key(addr: u32, dport: u16, proto: u8, backend_slot: u16) -> ServiceKey {
     ServiceKey { addr, dport, backend_slot, proto, scope: 0, _pad: [0; 2] }
 }

@@ -10,15 +10,14 @@
 
 use aya_ebpf::{
     EbpfContext as _,
-    helpers::{bpf_get_prandom_u32, bpf_get_socket_cookie, bpf_set_retval},
+    helpers::{bpf_get_socket_cookie, bpf_set_retval},
     programs::SockAddrContext,
 };
-use proxy_common::{
-    BACKEND_STATE_ACTIVE, SVC_FLAG_AFFINITY, ServiceKey, SockRevNat, SockRevNatKey, proto,
-};
+use proxy_common::{SVC_FLAG_AFFINITY, SockRevNat, SockRevNatKey, proto};
 
 use crate::{
-    maps::{SL_BACKENDS, SL_SERVICES, SL_SOCK_REVNAT, SL_VIPS},
+    lb,
+    maps::{SL_SERVICES, SL_SOCK_REVNAT, SL_VIPS},
     stats,
 };
 
@@ -38,9 +37,9 @@ pub fn to_backend(ctx: &SockAddrContext) -> i32 {
     if !matches!(proto, proto::TCP | proto::UDP) {
         return ALLOW;
     }
-    let key = ServiceKey { addr: daddr, dport, backend_slot: 0, proto, scope: 0, _pad: [0; 2] };
     // SAFETY: plain data, copied out at once.
-    let Some(svc) = (unsafe { SL_SERVICES.get(key) }).copied() else {
+    let Some(svc) = (unsafe { SL_SERVICES.get(lb::service_key(daddr, dport, proto, 0)) }).copied()
+    else {
         if SL_VIPS.get_ptr(daddr).is_some() {
             return refuse();
         }
@@ -49,24 +48,12 @@ pub fn to_backend(ctx: &SockAddrContext) -> i32 {
     if svc.flags & SVC_FLAG_AFFINITY != 0 {
         return ALLOW;
     }
-    if svc.count == 0 {
-        return refuse();
-    }
-    // SAFETY: plain helper call.
-    let slot = unsafe { bpf_get_prandom_u32() } % u32::from(svc.count) + 1;
-    let slot_key = ServiceKey { backend_slot: slot as u16, ..key };
-    // SAFETY: plain data, copied out at once.
-    let Some(slot) = (unsafe { SL_SERVICES.get(slot_key) }).copied() else {
+    let (backend_id, backend) = match lb::select_backend(daddr, dport, proto, &svc) {
+        Ok(Some(picked)) => picked,
+        Ok(None) => return refuse(),
         // Mid-update: leave it to the per-packet path.
-        return ALLOW;
+        Err(_) => return ALLOW,
     };
-    // SAFETY: plain data, copied out at once.
-    let Some(backend) = (unsafe { SL_BACKENDS.get(slot.backend_id) }).copied() else {
-        return ALLOW;
-    };
-    if backend.state != BACKEND_STATE_ACTIVE {
-        return ALLOW;
-    }
     // SAFETY: plain helper call on our context.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     let rkey = SockRevNatKey { cookie, addr: backend.addr, port: backend.port, _pad: 0 };
@@ -81,7 +68,7 @@ pub fn to_backend(ctx: &SockAddrContext) -> i32 {
         (*sa).user_ip4 = backend.addr;
         (*sa).user_port = u32::from(backend.port);
     }
-    stats::socket_flow(svc.rev_nat_index, slot.backend_id);
+    stats::socket_flow(svc.rev_nat_index, backend_id);
     ALLOW
 }
 
