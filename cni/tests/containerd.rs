@@ -416,13 +416,7 @@ fn containerd_cri_sandboxes_get_wired_by_sluice_cni() {
     let routes = node.netns().ip(&["route", "show"]).unwrap();
     assert!(!routes.contains("10.244."), "routes left: {routes}");
     // Pod interface links (the agent's own cgroup links stay).
-    let pins: Vec<_> = fs::read_dir(root.join("links"))
-        .unwrap()
-        .flatten()
-        .filter(|e| {
-            e.file_name().to_string_lossy().starts_with(proxy_common::pins::POD_LINK_PREFIX)
-        })
-        .collect();
+    let pins = sluice::datapath::PinPaths::new(&root).pod_links().unwrap();
     assert!(pins.is_empty(), "pod link pins left: {pins:?}");
     assert_eq!(
         sluice_cni::datapath::Pins::new(&root).endpoint_addrs().unwrap(),

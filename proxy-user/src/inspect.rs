@@ -264,10 +264,8 @@ pub fn status(paths: &PinPaths) -> Status {
             capacity: capacity(paths, name).ok(),
         })
         .collect();
-    let mut attached: Vec<u32> = std::fs::read_dir(paths.links())
-        .map(|rd| rd.filter_map(|e| PinPaths::pod_link_ifindex(&e.ok()?.path())).collect())
-        .unwrap_or_default();
-    attached.sort_unstable();
+    let attached: Vec<u32> =
+        paths.pod_links().unwrap_or_default().into_iter().map(|(ifindex, _)| ifindex).collect();
     let drops = read_drops(paths)
         .map(|d| d.into_iter().map(|(r, n)| (r.name(), n)).collect())
         .unwrap_or_default();

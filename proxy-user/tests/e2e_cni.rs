@@ -186,13 +186,7 @@ fn cni_pods_reach_each_other_and_a_cluster_ip() {
     let routes = node.netns().ip(&["route", "show"]).unwrap();
     assert!(!routes.contains("10.244."), "routes left: {routes}");
     // Pod interface links (the agent's own cgroup links stay).
-    let pins: Vec<_> = std::fs::read_dir(root.join("links"))
-        .unwrap()
-        .flatten()
-        .filter(|e| {
-            e.file_name().to_string_lossy().starts_with(proxy_common::pins::POD_LINK_PREFIX)
-        })
-        .collect();
+    let pins = sluice::datapath::PinPaths::new(&root).pod_links().unwrap();
     assert!(pins.is_empty(), "pod link pins left: {pins:?}");
     let eps = sluice_cni_endpoints(&root);
     assert_eq!(eps, 0, "SL_ENDPOINTS entries left");

@@ -293,11 +293,7 @@ impl Datapath {
     /// already defunct) or no longer selected.
     pub fn prune_links(&mut self, keep: &BTreeSet<u32>) -> Result<()> {
         let dir = self.paths.links();
-        for entry in fs::read_dir(&dir).map_err(io_err(&dir))? {
-            let path: PathBuf = entry.map_err(io_err(&dir))?.path();
-            let Some(ifindex) = PinPaths::pod_link_ifindex(&path) else {
-                continue;
-            };
+        for (ifindex, path) in self.paths.pod_links().map_err(io_err(&dir))? {
             if !keep.contains(&ifindex) {
                 fs::remove_file(&path).map_err(io_err(&path))?;
                 self.attached.remove(&ifindex);

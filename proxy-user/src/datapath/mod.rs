@@ -120,6 +120,25 @@ impl PinPaths {
         self.links().join(format!("cgroup-{prog}"))
     }
 
+    /// The pod link pins present, as (interface index, pin path); an
+    /// absent links directory is none.
+    pub fn pod_links(&self) -> std::io::Result<Vec<(u32, PathBuf)>> {
+        let entries = match std::fs::read_dir(self.links()) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(e),
+        };
+        let mut links = Vec::new();
+        for entry in entries {
+            let path = entry?.path();
+            if let Some(ifindex) = Self::pod_link_ifindex(&path) {
+                links.push((ifindex, path));
+            }
+        }
+        links.sort_unstable();
+        Ok(links)
+    }
+
     /// Parses an interface index back out of a pod link pin's file name.
     #[must_use]
     pub fn pod_link_ifindex(path: &Path) -> Option<u32> {
