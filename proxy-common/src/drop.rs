@@ -26,6 +26,12 @@ pub enum DropReason {
     /// A packet to a service address on a port/protocol that no service
     /// serves: rejected like a service without endpoints.
     NoServicePort = 8,
+    /// A Local traffic policy and no local endpoint while the service has
+    /// endpoints elsewhere: dropped, as kube-proxy does (not rejected).
+    NoLocalBackend = 9,
+    /// An external flow to a backend on another node could not be SNATed:
+    /// no node address known, or no free source port.
+    SnatFailed = 10,
 }
 
 impl DropReason {
@@ -33,7 +39,7 @@ impl DropReason {
     pub const COUNT: u32 = 16;
 
     /// Every reason, in value order.
-    pub const ALL: [DropReason; 8] = [
+    pub const ALL: [DropReason; 10] = [
         DropReason::InvalidIpHeader,
         DropReason::Truncated,
         DropReason::NoBackend,
@@ -42,6 +48,8 @@ impl DropReason {
         DropReason::NatFailed,
         DropReason::IcmpErrorUntranslatable,
         DropReason::NoServicePort,
+        DropReason::NoLocalBackend,
+        DropReason::SnatFailed,
     ];
 
     /// A stable snake_case name for metrics and the CLI.
@@ -56,8 +64,10 @@ impl DropReason {
             DropReason::NatFailed => "nat_failed",
             DropReason::IcmpErrorUntranslatable => "icmp_error_untranslatable",
             DropReason::NoServicePort => "no_service_port",
+            DropReason::NoLocalBackend => "no_local_backend",
+            DropReason::SnatFailed => "snat_failed",
         }
     }
 }
 
-const _: () = assert!((DropReason::NoServicePort as u32) < DropReason::COUNT);
+const _: () = assert!((DropReason::SnatFailed as u32) < DropReason::COUNT);

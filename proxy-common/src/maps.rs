@@ -31,9 +31,15 @@ pub const MAP_AFFINITY: &str = "SL_AFFINITY";
 /// Socket-level LB: (socket cookie, backend) -> the frontend the socket
 /// asked for, for recvmsg/getpeername.
 pub const MAP_SOCK_REVNAT: &str = "SL_SOCK_REVNAT";
+/// This node's addresses (`u32`, network order) -> `NODE_ADDR_*` flags:
+/// which of them serve NodePorts. Written by the agent from `--devices` and
+/// `--nodeport-addresses`, kept current while it runs.
+pub const MAP_NODE_ADDRS: &str = "SL_NODE_ADDRS";
+/// One `DatapathConfig` at index 0: settings of the node's agent.
+pub const MAP_CONFIG: &str = "SL_CONFIG";
 
 /// All pinned map names, for the CLI and for checks.
-pub const ALL_MAPS: [&str; 12] = [
+pub const ALL_MAPS: [&str; 14] = [
     MAP_SERVICES,
     MAP_BACKENDS,
     MAP_REVNAT,
@@ -46,10 +52,16 @@ pub const ALL_MAPS: [&str; 12] = [
     MAP_FRAGS,
     MAP_DROPS,
     MAP_ENDPOINTS,
+    MAP_NODE_ADDRS,
+    MAP_CONFIG,
 ];
 
 /// Name of the tc program for traffic leaving pods (host side veth ingress).
 pub const PROG_POD_INGRESS: &str = "sl_pod_ingress";
+/// Name of the tc program for traffic arriving from outside (ingress of
+/// `--devices`): NodePort, externalIPs, LoadBalancer IPs, replies of SNATed
+/// and cross-node flows.
+pub const PROG_EXT_INGRESS: &str = "sl_ext_ingress";
 /// The socket-level load-balancing programs (cgroup hooks), by attach type.
 pub const PROG_SOCK_CONNECT4: &str = "sl_sock_connect4";
 pub const PROG_SOCK_SENDMSG4: &str = "sl_sock_sendmsg4";
@@ -81,6 +93,8 @@ pub const VIPS_MAX: u32 = 131_072;
 pub const AFFINITY_MAX: u32 = 262_144;
 /// `SL_SOCK_REVNAT`: sockets connected (or sending) through a service.
 pub const SOCK_REVNAT_MAX: u32 = 262_144;
+/// `SL_NODE_ADDRS`: addresses of this node.
+pub const NODE_ADDRS_MAX: u32 = 1_024;
 
 /// Map flag: allocate entries on insert instead of up front.
 pub const BPF_F_NO_PREALLOC: u32 = 1;
@@ -105,6 +119,39 @@ pub struct ServiceKey {
 /// `ServiceValue::flags`: the service has `sessionAffinity: ClientIP`; its
 /// master entry's `backend_id` holds the timeout in seconds.
 pub const SVC_FLAG_AFFINITY: u16 = 1;
+/// `ServiceValue::flags`: without a backend, drop instead of rejecting
+/// (kube-proxy: a Local traffic policy without local endpoints while the
+/// service has endpoints elsewhere).
+pub const SVC_FLAG_DROP_EMPTY: u16 = 2;
+/// `ServiceValue::flags`: an external frontend (NodePort, externalIP,
+/// LoadBalancer IP), not a ClusterIP: its address is not in `SL_VIPS`, and
+/// flows from outside the node to a backend on another node are SNATed.
+pub const SVC_FLAG_EXTERNAL: u16 = 4;
+/// `ServiceValue::flags`: `externalTrafficPolicy: Local`: the client's
+/// address is preserved (never SNATed).
+pub const SVC_FLAG_LOCAL: u16 = 8;
+
+/// The address of NodePort frontends in `SL_SERVICES`: "any address in
+/// `SL_NODE_ADDRS` with `NODE_ADDR_NODEPORT`".
+pub const NODEPORT_ADDR: u32 = 0;
+
+/// `SL_NODE_ADDRS` flag: NodePorts are served on this address.
+pub const NODE_ADDR_NODEPORT: u32 = 1;
+
+/// Value of `SL_CONFIG` (one entry, index 0).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct DatapathConfig {
+    /// The node address external flows to backends on other nodes are
+    /// SNATed to (network order); 0: none known, such flows are dropped.
+    pub snat_addr: u32,
+    pub _pad: u32,
+}
+
+/// Source ports of SNATed flows: `SNAT_PORT_MIN..=SNAT_PORT_MAX`, above the
+/// kernel's default ephemeral range (32768-60999) and the NodePort range.
+pub const SNAT_PORT_MIN: u16 = 61_000;
+pub const SNAT_PORT_MAX: u16 = 65_535;
 
 /// Value of `SL_SERVICES`.
 #[repr(C)]
@@ -162,7 +209,17 @@ pub const CT_DIR_REPLY: u8 = 1;
 /// `CtEntry::flags`: the client is its own backend (a pod reaching itself
 /// through its Service). Requests are also SNATed to `HAIRPIN_ADDR`, and
 /// replies, addressed to it, are sent back to the client.
-pub const CT_FLAG_HAIRPIN: u32 = 1;
+pub const CT_FLAG_HAIRPIN: u16 = 1;
+/// `CtEntry::flags`: the flow's source is SNATed to the node. In the
+/// service entry `nat_addr:nat_port` is the source the backend sees; in the
+/// reply entry it is the client's original address and port.
+pub const CT_FLAG_SNAT: u16 = 2;
+/// `CtEntry::flags`: the frontend is an external one whose address is in
+/// `frontend_addr` (for a NodePort the node address the client used). Its
+/// replies carry a local source address, so they are routed by FIB lookup
+/// and redirect instead of through the stack, which would drop them as
+/// martians.
+pub const CT_FLAG_EXTERNAL: u16 = 4;
 
 /// The source address of hairpinned requests (link-local, never a pod's),
 /// as octets. Cilium uses the same "service loopback" address.
@@ -191,7 +248,13 @@ pub struct CtEntry {
     /// The frontend to restore on replies.
     pub rev_nat_index: u32,
     /// `CT_FLAG_*` bits.
-    pub flags: u32,
+    pub flags: u16,
+    /// With `CT_FLAG_SNAT`: see there (network order).
+    pub nat_port: u16,
+    /// With `CT_FLAG_SNAT`: see there (network order).
+    pub nat_addr: u32,
+    /// With `CT_FLAG_EXTERNAL`: the frontend address replies come from.
+    pub frontend_addr: u32,
     pub _pad: u32,
     /// `bpf_ktime_get_ns()` when the flow was created (or re-balanced).
     pub created_ns: u64,
@@ -302,7 +365,8 @@ const _: () = {
     assert!(core::mem::size_of::<Backend>() == 12);
     assert!(core::mem::size_of::<RevNat>() == 8);
     assert!(core::mem::size_of::<CtKey>() == 16);
-    assert!(core::mem::size_of::<CtEntry>() == 24);
+    assert!(core::mem::size_of::<CtEntry>() == 32);
+    assert!(core::mem::size_of::<DatapathConfig>() == 8);
     assert!(core::mem::size_of::<FragKey>() == 12);
     assert!(core::mem::size_of::<FragPorts>() == 4);
 };
@@ -330,6 +394,7 @@ mod user {
     unsafe impl aya::Pod for super::SockRevNatKey {}
     unsafe impl aya::Pod for super::SockRevNat {}
     unsafe impl aya::Pod for super::AffinityValue {}
+    unsafe impl aya::Pod for super::DatapathConfig {}
 
     /// An address as stored in maps (network byte order).
     #[must_use]
@@ -387,14 +452,23 @@ mod user {
         }
 
         /// The master entry, with session affinity when `affinity_timeout`
-        /// (seconds) is given.
+        /// (seconds) is given, and the other `SVC_FLAG_*` bits in `flags`.
         #[must_use]
-        pub fn master_with(count: u16, rev_nat_index: u32, affinity_timeout: Option<u32>) -> Self {
+        pub fn master_with(
+            count: u16,
+            rev_nat_index: u32,
+            affinity_timeout: Option<u32>,
+            flags: u16,
+        ) -> Self {
+            let flags = flags & !super::SVC_FLAG_AFFINITY;
             match affinity_timeout {
-                Some(t) => {
-                    Self { backend_id: t, rev_nat_index, count, flags: super::SVC_FLAG_AFFINITY }
-                }
-                None => Self::master(count, rev_nat_index),
+                Some(t) => Self {
+                    backend_id: t,
+                    rev_nat_index,
+                    count,
+                    flags: flags | super::SVC_FLAG_AFFINITY,
+                },
+                None => Self { backend_id: 0, rev_nat_index, count, flags },
             }
         }
 
@@ -501,7 +575,7 @@ mod tests {
         assert_eq!(core::mem::size_of::<ServiceValue>(), 12);
         assert_eq!(core::mem::size_of::<Backend>(), 12);
         assert_eq!(core::mem::size_of::<CtKey>(), 16);
-        assert_eq!(core::mem::size_of::<CtEntry>(), 24);
+        assert_eq!(core::mem::size_of::<CtEntry>(), 32);
         assert_eq!(core::mem::align_of::<CtEntry>(), 8);
     }
 }
@@ -516,4 +590,6 @@ pub mod pins {
     /// `<root>/links/<POD_LINK_PREFIX><ifindex>`: one tcx link per pod interface.
     pub const LINKS_DIR: &str = "links";
     pub const POD_LINK_PREFIX: &str = "pod-ingress-";
+    /// `<root>/links/<EXT_LINK_PREFIX><ifindex>`: one tcx link per external device.
+    pub const EXT_LINK_PREFIX: &str = "ext-ingress-";
 }

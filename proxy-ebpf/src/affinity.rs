@@ -18,6 +18,7 @@ use crate::{
 #[inline(always)]
 pub fn backend(
     ip: &Ipv4,
+    svc_addr: u32,
     dport: u16,
     svc: &ServiceValue,
 ) -> Result<Option<(u32, Backend)>, DropReason> {
@@ -36,7 +37,7 @@ pub fn backend(
         remember(&key, a.backend_id, now);
         return Ok(Some((a.backend_id, b)));
     }
-    let picked = lb::select_backend(ip.daddr, dport, ip.proto, svc)?;
+    let picked = lb::select_backend(svc_addr, dport, ip.proto, svc)?;
     if let Some((id, _)) = picked {
         remember(&key, id, now);
     }

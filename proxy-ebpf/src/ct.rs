@@ -3,20 +3,25 @@
 //! A new flow to a service creates two entries: one keyed by the tuple the
 //! client sent (direction `CT_DIR_SERVICE`: which backend the flow uses) and
 //! one keyed by the tuple the backend replies with (`CT_DIR_REPLY`: which
-//! frontend to restore). Both carry the backend id and the reverse-NAT index.
+//! frontend to restore). Both carry the backend id and the reverse-NAT index;
+//! SNATed flows also carry the other end's address and port.
 
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 use proxy_common::{
-    CT_DIR_REPLY, CT_DIR_SERVICE, CT_FLAG_HAIRPIN, CtEntry, CtKey, DropReason, HAIRPIN_ADDR,
+    CT_DIR_REPLY, CT_DIR_SERVICE, CT_FLAG_EXTERNAL, CT_FLAG_HAIRPIN, CT_FLAG_SNAT, CtEntry, CtKey,
+    DropReason, HAIRPIN_ADDR,
 };
+
+use crate::maps::SL_CT;
+
+/// `BPF_NOEXIST`: insert only if the key is not there yet.
+const BPF_NOEXIST: u64 = 1;
 
 /// `HAIRPIN_ADDR` as stored in packets and maps.
 #[inline(always)]
 pub fn hairpin_addr() -> u32 {
     u32::from_ne_bytes(HAIRPIN_ADDR)
 }
-
-use crate::maps::SL_CT;
 
 #[inline(always)]
 pub fn key(saddr: u32, daddr: u32, sport: u16, dport: u16, proto: u8, dir: u8) -> CtKey {
@@ -29,30 +34,64 @@ pub fn lookup(key: &CtKey) -> Option<CtEntry> {
     unsafe { SL_CT.get(key) }.copied()
 }
 
+/// A flow about to be recorded. Addresses and ports are raw (network order).
+pub struct NewFlow {
+    pub client: (u32, u16),
+    pub frontend: (u32, u16),
+    pub backend: (u32, u16),
+    pub proto: u8,
+    pub backend_id: u32,
+    pub rev_nat_index: u32,
+    /// The client is its own backend: requests are SNATed to `HAIRPIN_ADDR`.
+    pub hairpin: bool,
+    /// The frontend is an external one (`CT_FLAG_EXTERNAL`).
+    pub external: bool,
+    /// The source the backend sees when the flow is SNATed to the node.
+    pub snat: Option<(u32, u16)>,
+}
+
 /// Records a new (or re-balanced) flow in both directions. Fails closed: a
 /// flow that cannot be tracked cannot be reverse-translated, so it is dropped.
-/// For a hairpinned flow the backend replies to `HAIRPIN_ADDR`, so that is
-/// the reply entry's destination.
+/// The reply entry is keyed by what the backend replies to: the client, the
+/// hairpin address, or the SNAT address and port. For an SNATed flow the
+/// reply entry must be new (`Err(SnatFailed)` when the port is taken), so
+/// two flows never share a source port towards one backend.
 #[inline(always)]
-pub fn create(
-    client: (u32, u16),
-    frontend: (u32, u16),
-    backend: (u32, u16),
-    proto: u8,
-    backend_id: u32,
-    rev_nat_index: u32,
-    hairpin: bool,
-) -> Result<(), DropReason> {
-    let entry = CtEntry {
-        backend_id,
-        rev_nat_index,
-        flags: if hairpin { CT_FLAG_HAIRPIN } else { 0 },
+pub fn create(flow: &NewFlow) -> Result<(), DropReason> {
+    let mut flags = 0;
+    if flow.hairpin {
+        flags |= CT_FLAG_HAIRPIN;
+    }
+    if flow.external {
+        flags |= CT_FLAG_EXTERNAL;
+    }
+    // SAFETY: a plain helper call.
+    let created_ns = unsafe { bpf_ktime_get_ns() };
+    let mut entry = CtEntry {
+        backend_id: flow.backend_id,
+        rev_nat_index: flow.rev_nat_index,
+        flags,
+        nat_port: 0,
+        nat_addr: 0,
+        frontend_addr: flow.frontend.0,
         _pad: 0,
-        // SAFETY: a plain helper call.
-        created_ns: unsafe { bpf_ktime_get_ns() },
+        created_ns,
     };
-    let fwd = key(client.0, frontend.0, client.1, frontend.1, proto, CT_DIR_SERVICE);
-    let reply_to = if hairpin { hairpin_addr() } else { client.0 };
+    let (client, backend, proto) = (flow.client, flow.backend, flow.proto);
+    let fwd = key(client.0, flow.frontend.0, client.1, flow.frontend.1, proto, CT_DIR_SERVICE);
+    if let Some((snat_addr, snat_port)) = flow.snat {
+        entry.flags |= CT_FLAG_SNAT;
+        // The reply entry restores the client.
+        entry.nat_addr = client.0;
+        entry.nat_port = client.1;
+        let rev = key(backend.0, snat_addr, backend.1, snat_port, proto, CT_DIR_REPLY);
+        SL_CT.insert(&rev, &entry, BPF_NOEXIST).map_err(|_| DropReason::SnatFailed)?;
+        // The service entry gives later packets the same source.
+        entry.nat_addr = snat_addr;
+        entry.nat_port = snat_port;
+        return SL_CT.insert(&fwd, &entry, 0).map_err(|_| DropReason::CtCreateFailed);
+    }
+    let reply_to = if flow.hairpin { hairpin_addr() } else { client.0 };
     let rev = key(backend.0, reply_to, backend.1, client.1, proto, CT_DIR_REPLY);
     SL_CT.insert(&rev, &entry, 0).map_err(|_| DropReason::CtCreateFailed)?;
     SL_CT.insert(&fwd, &entry, 0).map_err(|_| DropReason::CtCreateFailed)

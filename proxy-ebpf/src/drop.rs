@@ -12,6 +12,8 @@ pub enum Action {
     /// The packet was replaced by an answer (a reject) and redirected: the
     /// original is counted as dropped for `reason`, the verdict returned.
     Answered(DropReason, i32),
+    /// The packet was redirected (to another interface): the verdict.
+    Redirect(i32),
 }
 
 /// Turns a handler's result into a tc verdict, counting drops by reason.
@@ -23,6 +25,7 @@ pub fn verdict(res: Result<Action, DropReason>) -> i32 {
             count(reason);
             verdict
         }
+        Ok(Action::Redirect(verdict)) => verdict,
         Err(reason) => {
             count(reason);
             TC_ACT_SHOT as i32

@@ -1,17 +1,21 @@
 //! Service load balancing for traffic leaving pods: reverse NAT of replies
-//! from backends, and DNAT of requests to service frontends.
+//! from backends, and DNAT of requests to service frontends. The lookups and
+//! the backend choice are shared with the external path (`nodeport`) and
+//! socket-level LB (`sock`).
 
 use aya_ebpf::{helpers::bpf_get_prandom_u32, programs::TcContext};
 use proxy_common::{
-    BACKEND_STATE_ACTIVE, Backend, CT_DIR_REPLY, CT_DIR_SERVICE, CT_FLAG_HAIRPIN, DropReason,
-    SVC_FLAG_AFFINITY, ServiceKey, ServiceValue, proto,
+    BACKEND_STATE_ACTIVE, Backend, CT_DIR_REPLY, CT_DIR_SERVICE, CT_FLAG_EXTERNAL,
+    CT_FLAG_HAIRPIN, CtEntry, DropReason, NODE_ADDR_NODEPORT, NODEPORT_ADDR, SVC_FLAG_AFFINITY,
+    SVC_FLAG_DROP_EMPTY, SVC_FLAG_EXTERNAL, ServiceKey, ServiceValue, proto,
 };
 
 use crate::{
-    affinity, ct,
+    affinity,
+    ct::{self, NewFlow},
     drop::Action,
-    frag, icmp,
-    maps::{SL_BACKENDS, SL_REVNAT, SL_SERVICES, SL_VIPS},
+    fib, frag, icmp,
+    maps::{SL_BACKENDS, SL_NODE_ADDRS, SL_REVNAT, SL_SERVICES, SL_VIPS},
     nat::{self, Side},
     parse::{self, Ipv4},
     reject,
@@ -38,27 +42,26 @@ pub fn handle_pod_egress(ctx: &TcContext) -> Result<Action, DropReason> {
     if let Some(entry) = ct::lookup(&rkey) {
         // SAFETY: RevNat is plain data, copied out at once.
         if let Some(rn) = unsafe { SL_REVNAT.get(entry.rev_nat_index) }.copied() {
+            let mut client = ip.daddr;
             if entry.flags & CT_FLAG_HAIRPIN != 0 {
                 // Back to the client, which is the backend itself.
                 nat::rewrite(ctx, &ip, Side::Destination, (ip.daddr, dport), (ip.saddr, dport))?;
+                client = ip.saddr;
             }
-            nat::rewrite(ctx, &ip, Side::Source, (ip.saddr, sport), (rn.addr, rn.port))?;
-            stats::account(
-                entry.rev_nat_index,
-                entry.backend_id,
-                Direction::Reverse,
-                ctx.len(),
-                false,
-            );
+            let frontend = frontend_addr(&entry, rn.addr);
+            nat::rewrite(ctx, &ip, Side::Source, (ip.saddr, sport), (frontend, rn.port))?;
+            account_reply(ctx, &entry);
+            if entry.flags & CT_FLAG_EXTERNAL != 0 {
+                // The source may now be a node address: not for the stack.
+                return fib::redirect(ctx, ip.proto, frontend, client);
+            }
         }
         // Else the service is gone: nothing to restore.
         return Ok(Action::Pass);
     }
 
     // A request to a service frontend: pick (or keep) a backend, DNAT.
-    let skey = service_key(ip.daddr, dport, ip.proto, 0);
-    // SAFETY: ServiceValue is plain data, copied out at once.
-    let Some(svc) = (unsafe { SL_SERVICES.get(skey) }).copied() else {
+    let Some((svc, svc_addr)) = lookup_service(ip.daddr, dport, ip.proto) else {
         // A service address, but no service on this port: reject, as
         // kube-proxy does for cluster IPs.
         if SL_VIPS.get_ptr(ip.daddr).is_some() {
@@ -66,19 +69,77 @@ pub fn handle_pod_egress(ctx: &TcContext) -> Result<Action, DropReason> {
         }
         return Ok(Action::Pass);
     };
-    let Some(flow) = backend_for_flow(ctx, &ip, sport, dport, &svc)? else {
-        // No usable endpoint: reject at once, never a silent timeout.
-        return reject(ctx, &ip, DropReason::NoBackend);
+    let (backend_id, backend, new) = match established(ctx, &ip, sport, dport, &svc) {
+        Some((entry, backend)) => (entry.backend_id, backend, false),
+        None => {
+            let Some((backend_id, backend)) = pick(&ip, svc_addr, dport, &svc)? else {
+                return no_backend(ctx, &ip, &svc);
+            };
+            let hairpin = backend.addr == ip.saddr;
+            ct::create(&NewFlow {
+                client: (ip.saddr, sport),
+                frontend: (ip.daddr, dport),
+                backend: (backend.addr, backend.port),
+                proto: ip.proto,
+                backend_id,
+                rev_nat_index: svc.rev_nat_index,
+                hairpin,
+                external: svc.flags & SVC_FLAG_EXTERNAL != 0,
+                snat: None,
+            })?;
+            (backend_id, backend, true)
+        }
     };
-    let backend = flow.backend;
     nat::rewrite(ctx, &ip, Side::Destination, (ip.daddr, dport), (backend.addr, backend.port))?;
     if backend.addr == ip.saddr {
         // Hairpin: the pod reached itself. Its stack would drop a packet
         // from its own address, so the source becomes the hairpin address.
         nat::rewrite(ctx, &ip, Side::Source, (ip.saddr, sport), (ct::hairpin_addr(), sport))?;
     }
-    stats::account(svc.rev_nat_index, flow.backend_id, Direction::Forward, ctx.len(), flow.new);
+    stats::account(svc.rev_nat_index, backend_id, Direction::Forward, ctx.len(), new);
     Ok(Action::Pass)
+}
+
+/// The address replies of a flow come from: the frontend address the client
+/// used, recorded at the flow's start (a NodePort's is the node address).
+#[inline(always)]
+pub fn frontend_addr(entry: &CtEntry, rev_nat_addr: u32) -> u32 {
+    if entry.frontend_addr != 0 { entry.frontend_addr } else { rev_nat_addr }
+}
+
+#[inline(always)]
+pub fn account_reply(ctx: &TcContext, entry: &CtEntry) {
+    stats::account(entry.rev_nat_index, entry.backend_id, Direction::Reverse, ctx.len(), false);
+}
+
+/// The service a destination belongs to, and the address its entries are
+/// keyed by: the destination itself, or `NODEPORT_ADDR` for a NodePort on
+/// one of the node's NodePort addresses.
+#[inline(always)]
+pub fn lookup_service(daddr: u32, dport: u16, proto: u8) -> Option<(ServiceValue, u32)> {
+    // SAFETY: ServiceValue is plain data, copied out at once.
+    if let Some(svc) = unsafe { SL_SERVICES.get(service_key(daddr, dport, proto, 0)) }.copied() {
+        return Some((svc, daddr));
+    }
+    // SAFETY: plain data, copied out at once.
+    let flags = unsafe { SL_NODE_ADDRS.get(daddr) }.copied()?;
+    if flags & NODE_ADDR_NODEPORT == 0 {
+        return None;
+    }
+    // SAFETY: plain data, copied out at once.
+    let svc = unsafe { SL_SERVICES.get(service_key(NODEPORT_ADDR, dport, proto, 0)) }.copied()?;
+    Some((svc, NODEPORT_ADDR))
+}
+
+/// What to do with a packet of a service that has no backend for it.
+#[inline(always)]
+pub fn no_backend(ctx: &TcContext, ip: &Ipv4, svc: &ServiceValue) -> Result<Action, DropReason> {
+    if svc.flags & SVC_FLAG_DROP_EMPTY != 0 {
+        // A Local policy without a local endpoint: kube-proxy drops.
+        return Err(DropReason::NoLocalBackend);
+    }
+    // No usable endpoint: reject at once, never a silent timeout.
+    reject(ctx, ip, DropReason::NoBackend)
 }
 
 /// Whether this is a TCP SYN without ACK (a connection's first packet).
@@ -91,60 +152,50 @@ fn is_tcp_syn(ctx: &TcContext, ip: &Ipv4) -> bool {
 }
 
 #[inline(always)]
-fn reject(ctx: &TcContext, ip: &Ipv4, reason: DropReason) -> Result<Action, DropReason> {
+pub fn reject(ctx: &TcContext, ip: &Ipv4, reason: DropReason) -> Result<Action, DropReason> {
     reject::port_unreachable(ctx, ip, reason).map(|verdict| Action::Answered(reason, verdict))
 }
 
-/// The backend a packet goes to.
-struct Flow {
-    backend_id: u32,
-    backend: Backend,
-    /// Whether this packet started (or re-balanced) the flow.
-    new: bool,
-}
-
-/// The backend of an established flow if it still exists (also when it is
-/// terminating), else a new pick recorded in conntrack; `None` when the
-/// service has no backend for a new flow.
+/// The conntrack entry and backend of an established flow if the backend
+/// still exists (also when it is terminating); `None` when the packet starts
+/// a new flow.
 #[inline(always)]
-fn backend_for_flow(
+pub fn established(
     ctx: &TcContext,
     ip: &Ipv4,
     sport: u16,
     dport: u16,
     svc: &ServiceValue,
-) -> Result<Option<Flow>, DropReason> {
+) -> Option<(CtEntry, Backend)> {
     let fkey = ct::key(ip.saddr, ip.daddr, sport, dport, ip.proto, CT_DIR_SERVICE);
-    if let Some(entry) = ct::lookup(&fkey)
-        && entry.rev_nat_index == svc.rev_nat_index
-        // SAFETY: Backend is plain data, copied out at once.
-        && let Some(b) = unsafe { SL_BACKENDS.get(entry.backend_id) }.copied()
-        // A SYN on a tuple whose old flow went to a terminating backend is
-        // a new connection (a reused port): it must not go there. (The flags
-        // are read only in that case, not for every packet.)
-        && (b.state == BACKEND_STATE_ACTIVE || !is_tcp_syn(ctx, ip))
-    {
-        // Established flows keep their backend, also a terminating one.
-        return Ok(Some(Flow { backend_id: entry.backend_id, backend: b, new: false }));
+    let entry = ct::lookup(&fkey)?;
+    if entry.rev_nat_index != svc.rev_nat_index {
+        return None;
     }
-    let picked = if svc.flags & SVC_FLAG_AFFINITY != 0 {
-        affinity::backend(ip, dport, svc)?
+    // SAFETY: Backend is plain data, copied out at once.
+    let b = unsafe { SL_BACKENDS.get(entry.backend_id) }.copied()?;
+    // A SYN on a tuple whose old flow went to a terminating backend is a new
+    // connection (a reused port): it must not go there. (The flags are read
+    // only in that case, not for every packet.)
+    if b.state != BACKEND_STATE_ACTIVE && is_tcp_syn(ctx, ip) {
+        return None;
+    }
+    Some((entry, b))
+}
+
+/// A backend for a new flow: the client's affine one, or a random pick.
+#[inline(always)]
+pub fn pick(
+    ip: &Ipv4,
+    svc_addr: u32,
+    dport: u16,
+    svc: &ServiceValue,
+) -> Result<Option<(u32, Backend)>, DropReason> {
+    if svc.flags & SVC_FLAG_AFFINITY != 0 {
+        affinity::backend(ip, svc_addr, dport, svc)
     } else {
-        select_backend(ip.daddr, dport, ip.proto, svc)?
-    };
-    let Some((backend_id, backend)) = picked else {
-        return Ok(None);
-    };
-    ct::create(
-        (ip.saddr, sport),
-        (ip.daddr, dport),
-        (backend.addr, backend.port),
-        ip.proto,
-        backend_id,
-        svc.rev_nat_index,
-        backend.addr == ip.saddr,
-    )?;
-    Ok(Some(Flow { backend_id, backend, new: true }))
+        select_backend(svc_addr, dport, ip.proto, svc)
+    }
 }
 
 /// Picks a backend slot uniformly at random.

@@ -11,11 +11,13 @@
 mod affinity;
 mod ct;
 mod drop;
+mod fib;
 mod frag;
 mod icmp;
 mod lb;
 mod maps;
 mod nat;
+mod nodeport;
 mod parse;
 mod reject;
 mod sock;
@@ -34,6 +36,14 @@ use aya_ebpf::{
 #[classifier]
 pub fn sl_pod_ingress(ctx: TcContext) -> i32 {
     drop::verdict(lb::handle_pod_egress(&ctx))
+}
+
+/// tc ingress on the node's external devices (`--devices`): NodePort,
+/// externalIPs and LoadBalancer IPs, and replies of flows whose backend is
+/// on another node.
+#[classifier]
+pub fn sl_ext_ingress(ctx: TcContext) -> i32 {
+    drop::verdict(nodeport::handle_external(&ctx))
 }
 
 /// Socket-level LB: connect() of TCP and UDP sockets in the cgroup.

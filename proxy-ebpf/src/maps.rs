@@ -3,11 +3,11 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{HashMap, LruHashMap, PerCpuArray, PerCpuHashMap},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap},
 };
 use proxy_common::{
-    AffinityKey, AffinityValue, Backend, CtEntry, CtKey, DropReason, EndpointInfo, FragKey,
-    FragPorts, RevNat, ServiceKey, ServiceValue, SockRevNat, SockRevNatKey, TrafficStats,
+    AffinityKey, AffinityValue, Backend, CtEntry, CtKey, DatapathConfig, DropReason, EndpointInfo,
+    FragKey, FragPorts, RevNat, ServiceKey, ServiceValue, SockRevNat, SockRevNatKey, TrafficStats,
 };
 
 #[map]
@@ -63,3 +63,11 @@ pub static SL_AFFINITY: LruHashMap<AffinityKey, AffinityValue> =
 #[map]
 pub static SL_SOCK_REVNAT: LruHashMap<SockRevNatKey, SockRevNat> =
     LruHashMap::pinned(proxy_common::SOCK_REVNAT_MAX, 0);
+
+/// This node's addresses -> `NODE_ADDR_*` flags (written by the agent).
+#[map]
+pub static SL_NODE_ADDRS: HashMap<u32, u32> = HashMap::pinned(proxy_common::NODE_ADDRS_MAX, 0);
+
+/// The agent's settings for the data path (index 0).
+#[map]
+pub static SL_CONFIG: Array<DatapathConfig> = Array::pinned(1, 0);

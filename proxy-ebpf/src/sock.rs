@@ -13,11 +13,11 @@ use aya_ebpf::{
     helpers::{bpf_get_socket_cookie, bpf_set_retval},
     programs::SockAddrContext,
 };
-use proxy_common::{SVC_FLAG_AFFINITY, SockRevNat, SockRevNatKey, proto};
+use proxy_common::{SVC_FLAG_AFFINITY, SVC_FLAG_DROP_EMPTY, SockRevNat, SockRevNatKey, proto};
 
 use crate::{
     lb,
-    maps::{SL_SERVICES, SL_SOCK_REVNAT, SL_VIPS},
+    maps::{SL_SOCK_REVNAT, SL_VIPS},
     stats,
 };
 
@@ -37,9 +37,7 @@ pub fn to_backend(ctx: &SockAddrContext) -> i32 {
     if !matches!(proto, proto::TCP | proto::UDP) {
         return ALLOW;
     }
-    // SAFETY: plain data, copied out at once.
-    let Some(svc) = (unsafe { SL_SERVICES.get(lb::service_key(daddr, dport, proto, 0)) }).copied()
-    else {
+    let Some((svc, svc_addr)) = lb::lookup_service(daddr, dport, proto) else {
         if SL_VIPS.get_ptr(daddr).is_some() {
             return refuse();
         }
@@ -48,8 +46,10 @@ pub fn to_backend(ctx: &SockAddrContext) -> i32 {
     if svc.flags & SVC_FLAG_AFFINITY != 0 {
         return ALLOW;
     }
-    let (backend_id, backend) = match lb::select_backend(daddr, dport, proto, &svc) {
+    let (backend_id, backend) = match lb::select_backend(svc_addr, dport, proto, &svc) {
         Ok(Some(picked)) => picked,
+        // A Local policy without local endpoint: the packet path drops it.
+        Ok(None) if svc.flags & SVC_FLAG_DROP_EMPTY != 0 => return ALLOW,
         Ok(None) => return refuse(),
         // Mid-update: leave it to the per-packet path.
         Err(_) => return ALLOW,

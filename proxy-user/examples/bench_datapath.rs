@@ -87,6 +87,7 @@ fn measure(services: u32) -> Row {
                             state: BackendState::Active,
                         }],
                         affinity_timeout: None,
+                        policy: Default::default(),
                     },
                 )
             })

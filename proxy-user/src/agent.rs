@@ -24,6 +24,7 @@ use crate::{
         MapSizes, PinPaths,
         loader::{self, Datapath},
         maps::PinnedMaps,
+        node::{self, NodeMaps},
         reconcile::Reconciler,
     },
     k8s, manifest, model,
@@ -53,6 +54,10 @@ pub struct Config {
     pub node_name: String,
     pub paths: PinPaths,
     pub pod_devices: Vec<String>,
+    /// `--devices`; empty: the interface of the default route.
+    pub devices: Vec<String>,
+    /// `--nodeport-addresses`; empty: every address of the devices.
+    pub nodeport_ranges: Vec<ipnetwork::Ipv4Network>,
     pub map_sizes: MapSizes,
     /// Where socket-level LB attaches; `None` when it is off.
     pub socket_lb_cgroup: Option<PathBuf>,
@@ -92,6 +97,11 @@ impl Config {
         if args.pod_devices.iter().any(|p| p.is_empty() || p == "+") {
             bail!("--pod-devices: empty pattern or bare `+` would match every interface");
         }
+        if args.devices.iter().any(String::is_empty) {
+            bail!("--devices: empty interface name");
+        }
+        let nodeport_ranges =
+            node::parse_ranges(&args.nodeport_addresses).map_err(anyhow::Error::msg)?;
         let socket_lb_cgroup = if args.socket_lb {
             let root = match &args.cgroup_root {
                 Some(r) => r.clone(),
@@ -121,6 +131,8 @@ impl Config {
             node_name,
             paths: PinPaths::new(&args.bpffs_root),
             pod_devices: args.pod_devices.clone(),
+            devices: args.devices.clone(),
+            nodeport_ranges,
             map_sizes: MapSizes {
                 services: args.map_size_services,
                 backends: args.map_size_backends,
@@ -198,6 +210,8 @@ struct Snapshot {
     node_eligible: Option<bool>,
     /// This node's IPv4 pod CIDRs, when its Node object is known.
     pod_cidrs: Option<Vec<String>>,
+    /// This node's InternalIP (IPv4), when its Node object has one.
+    internal_ip: Option<Ipv4Addr>,
 }
 
 /// Everything a snapshot takes from a store, while the store is at hand.
@@ -220,7 +234,19 @@ fn snapshot(
         triggers: observe::trigger_times(store),
         node_eligible: store.nodes.get(node).map(observe::health::node_eligible),
         pod_cidrs: store.nodes.get(node).map(cniconf::pod_cidrs),
+        internal_ip: store.nodes.get(node).and_then(internal_ipv4),
     }
+}
+
+/// A Node's first IPv4 `InternalIP` address.
+fn internal_ipv4(node: &k8s_openapi::api::core::v1::Node) -> Option<Ipv4Addr> {
+    node.status
+        .as_ref()?
+        .addresses
+        .as_ref()?
+        .iter()
+        .filter(|a| a.type_ == "InternalIP")
+        .find_map(|a| a.address.parse().ok())
 }
 
 /// Why a source has no desired state now; the programmed state is kept.
@@ -239,6 +265,9 @@ struct Agent {
     hc_servers: HcServers,
     datapath: Datapath,
     reconciler: Reconciler<PinnedMaps>,
+    node_maps: NodeMaps,
+    /// This node's InternalIP from its Node object (the preferred SNAT address).
+    internal_ip: Option<Ipv4Addr>,
     /// The last messages about bad input, so each is logged once, not every sync.
     last_complaints: BTreeSet<String>,
     needs_retry: bool,
@@ -266,6 +295,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         None => datapath.detach_socket_lb()?,
     }
     let maps = PinnedMaps::open(&cfg.paths)?;
+    let node_maps = NodeMaps::open(&cfg.paths)?;
     let (reconciler, restored) = Reconciler::restore(maps)?;
     info!(
         frontends = restored.frontends,
@@ -283,6 +313,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         hc_servers,
         datapath,
         reconciler,
+        node_maps,
+        internal_ip: None,
         last_complaints: BTreeSet::new(),
         needs_retry: false,
         last_sync: Instant::now(),
@@ -353,6 +385,7 @@ impl Agent {
             triggers,
             node_eligible,
             pod_cidrs,
+            internal_ip,
         } = match self.source.desired(&self.cfg.node_name) {
             Ok(s) => s,
             Err(NotNow::Waiting(kinds)) => {
@@ -402,6 +435,10 @@ impl Agent {
             self.health.set_node_eligible(eligible);
         }
         self.write_cni_conf(pod_cidrs.as_deref());
+        if internal_ip != self.internal_ip {
+            self.internal_ip = internal_ip;
+            self.scan_devices();
+        }
         if outcome.errors.is_empty() {
             self.health.synced();
             // Every source has been listed and applied once.
@@ -470,6 +507,54 @@ impl Agent {
         }
         if let Err(e) = self.datapath.prune_links(&present) {
             warn!(error = %e, "cannot prune link pins");
+        }
+        self.scan_external(&ifaces);
+    }
+
+    /// Attaches the external program to the devices (`--devices`, else the
+    /// default route's interface) and makes the data path's node addresses
+    /// match theirs.
+    fn scan_external(&mut self, ifaces: &nix::net::if_::Interfaces) {
+        let default_device;
+        let patterns = if self.cfg.devices.is_empty() {
+            default_device = node::default_route_device().into_iter().collect::<Vec<_>>();
+            &default_device
+        } else {
+            &self.cfg.devices
+        };
+        let mut present = BTreeSet::new();
+        let mut names = BTreeSet::new();
+        for iface in ifaces {
+            let name = iface.name().to_string_lossy();
+            if !device_matches(patterns, &name) || device_matches(&self.cfg.pod_devices, &name) {
+                continue;
+            }
+            let index = iface.index();
+            names.insert(name.to_string());
+            present.insert(index);
+            if self.datapath.ext_attached().contains(&index) {
+                continue;
+            }
+            if let Err(e) = self.datapath.attach_ext_device(&name, index) {
+                warn!(ifname = %name, error = %e, "cannot attach the external program; will retry");
+                present.remove(&index);
+            }
+        }
+        if let Err(e) = self.datapath.prune_ext_links(&present) {
+            warn!(error = %e, "cannot prune external link pins");
+        }
+        let addrs = match node::interface_addrs() {
+            Ok(a) => a.into_iter().filter(|(n, _)| names.contains(n)).collect(),
+            Err(e) => {
+                warn!(error = %e, "cannot list interface addresses");
+                return;
+            }
+        };
+        let want = node::node_addrs(&addrs, &self.cfg.nodeport_ranges, self.internal_ip);
+        match self.node_maps.sync(&want) {
+            Ok(true) => info!(nodeport = ?want.nodeport, snat = ?want.snat, "node addresses"),
+            Ok(false) => {}
+            Err(e) => warn!(error = %e, "cannot write the node addresses; will retry"),
         }
     }
 }

@@ -61,11 +61,13 @@ pub struct AgentArgs {
     /// This node's Node object name.
     #[arg(long, env = "NODE_NAME")]
     pub node_name: Option<String>,
-    /// Interfaces that receive external traffic (`eth+` wildcards). Used by
-    /// NodePort, not yet implemented.
+    /// Interfaces that receive external traffic for NodePorts, externalIPs
+    /// and LoadBalancer IPs (`eth+` wildcards); default: the interface of
+    /// the default route.
     #[arg(long, value_delimiter = ',')]
     pub devices: Vec<String>,
-    /// Local address ranges that serve NodePorts (not yet implemented).
+    /// Local address ranges (CIDRs) whose addresses serve NodePorts;
+    /// default: every address of --devices.
     #[arg(long, value_delimiter = ',')]
     pub nodeport_addresses: Vec<String>,
     /// cgroup v2 directory where the socket-level LB hooks attach (every

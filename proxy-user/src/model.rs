@@ -11,9 +11,11 @@
 //! 3. [`categorize_endpoints`]: which of them each traffic policy uses
 //!    (topology.go `CategorizeEndpoints`: ready first, else
 //!    serving-and-terminating; topology hints; Local policies).
-//! 4. One [`Frontend`] per reachable address: today the ClusterIP; NodePort,
-//!    externalIPs and LoadBalancer frontends are added in [`desired_state`]
-//!    next to it and use [`Categorized::for_external`].
+//! 4. One [`Frontend`] per reachable address: the ClusterIP with the
+//!    internal policy's endpoints, and the NodePort (address
+//!    [`NODEPORT_ADDR`]: every NodePort address of the node), each
+//!    externalIP and each LoadBalancer ingress IP (ipMode VIP) with
+//!    [`Categorized::for_external`].
 //!
 //! Only IPv4 is handled for now. Objects the model cannot use (a port 0, an
 //! address that does not parse) give a [`ModelWarning`] and only the bad piece
@@ -123,6 +125,26 @@ pub struct BackendSpec {
     pub state: BackendState,
 }
 
+/// The address NodePort frontends are keyed by: "any NodePort address of
+/// this node" (the data path matches the node's addresses).
+pub const NODEPORT_ADDR: Ipv4Addr = Ipv4Addr::UNSPECIFIED;
+
+/// How a frontend treats traffic beyond picking a backend.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FrontendPolicy {
+    /// A NodePort, externalIP or LoadBalancer IP (not a ClusterIP): traffic
+    /// to other ports of its address is not rejected, and flows from
+    /// outside the node to a backend on another node are SNATed.
+    pub external: bool,
+    /// `externalTrafficPolicy: Local` on an external frontend: the client's
+    /// address is kept (only local endpoints are used).
+    pub local: bool,
+    /// Without a backend, drop instead of rejecting: kube-proxy's behaviour
+    /// for a Local policy whose node has no endpoint while the service has
+    /// endpoints elsewhere.
+    pub drop_when_empty: bool,
+}
+
 /// What one frontend serves.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Frontend {
@@ -134,6 +156,7 @@ pub struct Frontend {
     /// `sessionAffinity: ClientIP`: the timeout in seconds
     /// (`sessionAffinityConfig.clientIP.timeoutSeconds`, default 10800).
     pub affinity_timeout: Option<u32>,
+    pub policy: FrontendPolicy,
 }
 
 /// Everything this node must program, by frontend.
@@ -174,12 +197,35 @@ pub fn desired_state(store: &Store, node_name: &str) -> (Desired, Vec<ModelWarni
             let endpoints = endpoints_for_port(&port, service_slices);
             let categorized = categorize_endpoints(&endpoints, &port, node_name, zone);
 
+            // kube-proxy: a service with no endpoint at all rejects; one
+            // whose policy leaves this node none drops.
+            let has_endpoints = !categorized.all_reachable.is_empty();
             let frontend =
                 FrontendKey { addr: port.cluster_ip, port: port.port, proto: port.protocol };
-            let backends = backends(categorized.for_cluster_ip(&port), &endpoints);
-            insert_frontend(&mut desired, frontend, &port, backends, &mut warnings);
-            // Later: NodePort, externalIPs and LoadBalancer frontends here,
-            // with `categorized.for_external(&port)`.
+            let chosen = categorized.for_cluster_ip(&port);
+            let policy =
+                FrontendPolicy { drop_when_empty: has_endpoints, ..FrontendPolicy::default() };
+            let internal = backends(chosen, &endpoints);
+            insert_frontend(&mut desired, frontend, &port, internal, policy, &mut warnings);
+            if !port.externally_accessible {
+                continue;
+            }
+            let chosen = categorized.for_external(&port);
+            let policy = FrontendPolicy {
+                external: true,
+                local: port.external_policy_local,
+                drop_when_empty: has_endpoints,
+            };
+            let external = backends(chosen, &endpoints);
+            let addrs = (port.node_port != 0)
+                .then_some((NODEPORT_ADDR, port.node_port))
+                .into_iter()
+                .chain(port.external_ips.iter().map(|ip| (*ip, port.port)))
+                .chain(port.load_balancer_ips.iter().map(|ip| (*ip, port.port)));
+            for (addr, number) in addrs {
+                let key = FrontendKey { addr, port: number, proto: port.protocol };
+                insert_frontend(&mut desired, key, &port, external.clone(), policy, &mut warnings);
+            }
         }
     }
     (desired, warnings)
@@ -190,6 +236,7 @@ fn insert_frontend(
     key: FrontendKey,
     port: &ServicePortInfo,
     backends: Vec<BackendSpec>,
+    policy: FrontendPolicy,
     warnings: &mut Vec<ModelWarning>,
 ) {
     if let Some(existing) = desired.get(&key) {
@@ -210,6 +257,7 @@ fn insert_frontend(
             port_name: port.port_name.clone(),
             backends,
             affinity_timeout: port.affinity_timeout,
+            policy,
         },
     );
 }
@@ -273,6 +321,10 @@ pub struct ServicePortInfo {
     pub externally_accessible: bool,
     /// `sessionAffinity: ClientIP` timeout in seconds; `None` without affinity.
     pub affinity_timeout: Option<u32>,
+    /// `spec.externalIPs` (IPv4).
+    pub external_ips: Vec<Ipv4Addr>,
+    /// `status.loadBalancer.ingress[].ip` whose `ipMode` is not `Proxy` (IPv4).
+    pub load_balancer_ips: Vec<Ipv4Addr>,
 }
 
 impl ServicePortInfo {
@@ -309,13 +361,28 @@ pub fn service_ports(
         return Vec::new();
     };
 
-    let lb_ips = service
+    let ingress = service
         .status
         .as_ref()
         .and_then(|s| s.load_balancer.as_ref())
-        .and_then(|lb| lb.ingress.as_ref())
-        .is_some_and(|ingress| ingress.iter().any(|i| i.ip.is_some()));
-    let external_ips = spec.external_ips.as_ref().is_some_and(|ips| !ips.is_empty());
+        .and_then(|lb| lb.ingress.as_deref())
+        .unwrap_or_default();
+    // ipMode Proxy: the load balancer delivers to the node itself, as to a
+    // NodePort; kube-proxy leaves such IPs alone.
+    let load_balancer_ips = ipv4_list(
+        ingress.iter().filter(|i| i.ip_mode.as_deref() != Some("Proxy")).filter_map(|i| i.ip.as_deref()),
+        "status.loadBalancer.ingress[].ip",
+        &object(),
+        warnings,
+    );
+    let external_ips = ipv4_list(
+        spec.external_ips.iter().flatten().map(String::as_str),
+        "spec.externalIPs",
+        &object(),
+        warnings,
+    );
+    let lb_ips = !load_balancer_ips.is_empty();
+    let has_external_ips = !external_ips.is_empty();
     let internal_policy_local = spec.internal_traffic_policy.as_deref() == Some("Local");
     let affinity_timeout = session_affinity(key, spec, warnings);
     let external_local_requested = spec.external_traffic_policy.as_deref() == Some("Local");
@@ -366,7 +433,7 @@ pub fn service_ports(
             );
             continue;
         }
-        let externally_accessible = node_port != 0 || lb_ips || external_ips;
+        let externally_accessible = node_port != 0 || lb_ips || has_external_ips;
         ports.push(ServicePortInfo {
             service: key.clone(),
             port_name,
@@ -378,9 +445,34 @@ pub fn service_ports(
             external_policy_local: externally_accessible && external_local_requested,
             externally_accessible,
             affinity_timeout,
+            external_ips: external_ips.clone(),
+            load_balancer_ips: load_balancer_ips.clone(),
         });
     }
     ports
+}
+
+/// The IPv4 addresses of a list field; IPv6 ones are skipped (IPv4 only for
+/// now), unparsable ones too, with a warning.
+fn ipv4_list<'a>(
+    ips: impl Iterator<Item = &'a str>,
+    field: &str,
+    object: &str,
+    warnings: &mut Vec<ModelWarning>,
+) -> Vec<Ipv4Addr> {
+    let mut out = Vec::new();
+    for ip in ips {
+        match ip.parse::<IpAddr>() {
+            Ok(IpAddr::V4(v4)) if !out.contains(&v4) => out.push(v4),
+            Ok(_) => {}
+            Err(_) => warn(
+                warnings,
+                object.to_owned(),
+                format!("{field} {ip:?} is not an IP address; ignored"),
+            ),
+        }
+    }
+    out
 }
 
 /// kube-proxy's default `sessionAffinityConfig.clientIP.timeoutSeconds`.
@@ -1282,6 +1374,8 @@ mod tests {
             external_policy_local: s.external_local && s.node_port != 0,
             externally_accessible: s.node_port != 0,
             affinity_timeout: None,
+            external_ips: Vec::new(),
+            load_balancer_ips: Vec::new(),
         }
     }
 

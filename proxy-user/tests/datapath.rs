@@ -88,6 +88,7 @@ impl Harness {
                             })
                             .collect(),
                         affinity_timeout,
+                        policy: Default::default(),
                     },
                 )
             })
@@ -553,6 +554,7 @@ fn full_service_map_fails_clearly_and_shows_no_half_service() {
                     })
                     .collect(),
                 affinity_timeout: None,
+                policy: Default::default(),
             },
         )
     };
@@ -621,6 +623,7 @@ fn removing_a_udp_backend_flushes_its_conntrack() {
                 state: BackendState::Active,
             }],
             affinity_timeout: None,
+            policy: Default::default(),
         },
     )]
     .into_iter()
@@ -654,6 +657,7 @@ fn terminating_backend_keeps_flows_but_not_new_connections() {
                 BackendSpec { addr: b, port: 8080, state: BackendState::Terminating },
             ],
             affinity_timeout: None,
+            policy: Default::default(),
         },
     )]
     .into_iter()

@@ -6,7 +6,8 @@
 //! Pins under `<root>`:
 //! - `maps/<MAP_NAME>`: every map (reused when present, so state survives);
 //! - `progs/sl_pod_ingress`: the pod program (the CNI attaches it to new pods);
-//! - `links/pod-ingress-<ifindex>`: one tcx link per attached interface.
+//! - `links/pod-ingress-<ifindex>`: one tcx link per attached interface;
+//! - `links/ext-ingress-<ifindex>`: one per external device (`--devices`).
 
 use std::{
     collections::BTreeSet,
@@ -26,10 +27,11 @@ use aya::{
     util::KernelVersion,
 };
 use proxy_common::{
-    AffinityKey, AffinityValue, Backend, CtEntry, CtKey, EndpointInfo, FragKey, FragPorts,
-    MAP_AFFINITY, MAP_BACKENDS, MAP_BE_STATS, MAP_CT, MAP_DROPS, MAP_ENDPOINTS, MAP_FRAGS,
-    MAP_REVNAT, MAP_SERVICES, MAP_SOCK_REVNAT, MAP_SVC_STATS, MAP_VIPS, PROG_POD_INGRESS, RevNat,
-    SOCK_PROGS, ServiceKey, ServiceValue, SockRevNat, SockRevNatKey, TrafficStats,
+    AffinityKey, AffinityValue, Backend, CtEntry, CtKey, DatapathConfig, EndpointInfo, FragKey,
+    FragPorts, MAP_AFFINITY, MAP_BACKENDS, MAP_BE_STATS, MAP_CONFIG, MAP_CT, MAP_DROPS,
+    MAP_ENDPOINTS, MAP_FRAGS, MAP_NODE_ADDRS, MAP_REVNAT, MAP_SERVICES, MAP_SOCK_REVNAT,
+    MAP_SVC_STATS, MAP_VIPS, PROG_EXT_INGRESS, PROG_POD_INGRESS, RevNat, SOCK_PROGS, ServiceKey,
+    ServiceValue, SockRevNat, SockRevNatKey, TrafficStats,
 };
 use tracing::{debug, info, warn};
 
@@ -42,7 +44,7 @@ const _: () = assert!(MAP_LAYOUTS.len() == proxy_common::ALL_MAPS.len());
 
 /// What each pinned map must look like: (name, key size, value size); its
 /// max entries come from [`MapSizes`].
-pub const MAP_LAYOUTS: [(&str, usize, usize); 12] = [
+pub const MAP_LAYOUTS: [(&str, usize, usize); 14] = [
     (MAP_SERVICES, size_of::<ServiceKey>(), size_of::<ServiceValue>()),
     (MAP_BACKENDS, size_of::<u32>(), size_of::<Backend>()),
     (MAP_REVNAT, size_of::<u32>(), size_of::<RevNat>()),
@@ -55,7 +57,12 @@ pub const MAP_LAYOUTS: [(&str, usize, usize); 12] = [
     (MAP_BE_STATS, size_of::<u32>(), size_of::<TrafficStats>()),
     (MAP_AFFINITY, size_of::<AffinityKey>(), size_of::<AffinityValue>()),
     (MAP_SOCK_REVNAT, size_of::<SockRevNatKey>(), size_of::<SockRevNat>()),
+    (MAP_NODE_ADDRS, size_of::<u32>(), size_of::<u32>()),
+    (MAP_CONFIG, size_of::<u32>(), size_of::<DatapathConfig>()),
 ];
+
+/// The tc programs and where their links are pinned.
+const TC_PROGS: [&str; 2] = [PROG_POD_INGRESS, PROG_EXT_INGRESS];
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
     move |source| Error::Io { path: path.to_path_buf(), source }
@@ -138,6 +145,8 @@ pub struct Datapath {
     ebpf: Ebpf,
     paths: PinPaths,
     attached: BTreeSet<u32>,
+    /// External devices the external program is attached to.
+    ext_attached: BTreeSet<u32>,
 }
 
 impl Datapath {
@@ -153,18 +162,25 @@ impl Datapath {
             loader.map_max_entries(name, sizes.of(name));
         }
         let ebpf = loader.load(crate::ebpf::OBJECT).map_err(|e| Error::Load(Box::new(e)))?;
-        let mut dp = Self { ebpf, paths: paths.clone(), attached: BTreeSet::new() };
-        let prog = dp.pod_program()?;
-        prog.load().map_err(|e| Error::Program { name: PROG_POD_INGRESS, source: Box::new(e) })?;
-        let pin = paths.prog(PROG_POD_INGRESS);
-        match fs::remove_file(&pin) {
-            Ok(()) => debug!(path = %pin.display(), "replacing pinned program"),
-            Err(e) if e.kind() == ErrorKind::NotFound => {}
-            Err(e) => {
-                return Err(Error::Io { path: pin, source: e });
+        let mut dp = Self {
+            ebpf,
+            paths: paths.clone(),
+            attached: BTreeSet::new(),
+            ext_attached: BTreeSet::new(),
+        };
+        for name in TC_PROGS {
+            let prog = dp.tc_program(name)?;
+            prog.load().map_err(|e| Error::Program { name, source: Box::new(e) })?;
+            let pin = paths.prog(name);
+            match fs::remove_file(&pin) {
+                Ok(()) => debug!(path = %pin.display(), "replacing pinned program"),
+                Err(e) if e.kind() == ErrorKind::NotFound => {}
+                Err(e) => {
+                    return Err(Error::Io { path: pin, source: e });
+                }
             }
+            prog.pin(&pin).map_err(|source| Error::Pin { path: pin.clone(), source })?;
         }
-        prog.pin(&pin).map_err(|source| Error::Pin { path: pin.clone(), source })?;
         for name in SOCK_PROGS {
             let prog: &mut CgroupSockAddr = dp
                 .ebpf
@@ -178,12 +194,40 @@ impl Datapath {
         Ok(dp)
     }
 
-    fn pod_program(&mut self) -> Result<&mut SchedClassifier> {
+    fn tc_program(&mut self, name: &'static str) -> Result<&mut SchedClassifier> {
         self.ebpf
-            .program_mut(PROG_POD_INGRESS)
-            .ok_or(Error::ProgramMissing(PROG_POD_INGRESS))?
+            .program_mut(name)
+            .ok_or(Error::ProgramMissing(name))?
             .try_into()
-            .map_err(|e| Error::Program { name: PROG_POD_INGRESS, source: Box::new(e) })
+            .map_err(|e| Error::Program { name, source: Box::new(e) })
+    }
+
+    /// External devices the external program is attached to by this agent.
+    #[must_use]
+    pub fn ext_attached(&self) -> &BTreeSet<u32> {
+        &self.ext_attached
+    }
+
+    /// Attaches the external program to the device `ifname` (tc ingress,
+    /// tcx), replacing an earlier agent's in its pinned link.
+    pub fn attach_ext_device(&mut self, ifname: &str, ifindex: u32) -> Result<()> {
+        let pin = self.paths.ext_link(ifindex);
+        self.attach_tc(PROG_EXT_INGRESS, &pin, ifname, ifindex)?;
+        self.ext_attached.insert(ifindex);
+        Ok(())
+    }
+
+    /// Removes the external program's link pins of devices not in `keep`.
+    pub fn prune_ext_links(&mut self, keep: &BTreeSet<u32>) -> Result<()> {
+        let dir = self.paths.links();
+        for (ifindex, path) in self.paths.ext_links().map_err(io_err(&dir))? {
+            if !keep.contains(&ifindex) {
+                fs::remove_file(&path).map_err(io_err(&path))?;
+                self.ext_attached.remove(&ifindex);
+                info!(ifindex, "external program detached (device gone or no longer selected)");
+            }
+        }
+        Ok(())
     }
 
     /// Interfaces the pod program is attached to by this agent.
@@ -196,19 +240,34 @@ impl Datapath {
     /// by an earlier agent is updated in place, atomically.
     pub fn attach_pod_device(&mut self, ifname: &str, ifindex: u32) -> Result<()> {
         let pin = self.paths.pod_link(ifindex);
+        self.attach_tc(PROG_POD_INGRESS, &pin, ifname, ifindex)?;
+        self.attached.insert(ifindex);
+        Ok(())
+    }
+
+    /// Attaches tc program `name` to `ifname`'s ingress with a tcx link
+    /// pinned at `pin`; a link an earlier agent pinned there is updated in
+    /// place, atomically.
+    fn attach_tc(
+        &mut self,
+        name: &'static str,
+        pin: &Path,
+        ifname: &str,
+        ifindex: u32,
+    ) -> Result<()> {
+        let pin = pin.to_path_buf();
         let attach_err =
             |source| Error::Attach { ifname: ifname.to_string(), source: Box::new(source) };
         match PinnedLink::from_pin(&pin) {
             Ok(old) => {
                 let link = SchedClassifierLink::try_from(FdLink::from(old))
                     .map_err(|source| Error::Link { path: pin.clone(), source })?;
-                let prog = self.pod_program()?;
+                let prog = self.tc_program(name)?;
                 match prog.attach_to_link(link) {
                     Ok(id) => {
                         // The pin keeps the (same, updated) link alive.
                         drop(prog.take_link(id).map_err(attach_err)?);
-                        self.attached.insert(ifindex);
-                        debug!(ifname, ifindex, "pod program replaced in pinned link");
+                        debug!(ifname, ifindex, name, "program replaced in pinned link");
                         return Ok(());
                     }
                     Err(e) => {
@@ -224,7 +283,7 @@ impl Datapath {
                 fs::remove_file(&pin).map_err(io_err(&pin))?;
             }
         }
-        let prog = self.pod_program()?;
+        let prog = self.tc_program(name)?;
         let id = prog
             .attach_with_options(
                 ifname,
@@ -236,8 +295,7 @@ impl Datapath {
         let fd_link =
             FdLink::try_from(link).map_err(|source| Error::Link { path: pin.clone(), source })?;
         fd_link.pin(&pin).map_err(|source| Error::Pin { path: pin.clone(), source })?;
-        self.attached.insert(ifindex);
-        info!(ifname, ifindex, "pod program attached");
+        info!(ifname, ifindex, name, "program attached");
         Ok(())
     }
 

@@ -4,6 +4,7 @@
 //! ([`reconcile`]).
 pub mod loader;
 pub mod maps;
+pub mod node;
 pub mod reconcile;
 
 use std::path::{Path, PathBuf};
@@ -51,6 +52,8 @@ impl MapSizes {
             pc::MAP_FRAGS => pc::FRAGS_MAX,
             pc::MAP_ENDPOINTS => pc::ENDPOINTS_MAX,
             pc::MAP_DROPS => pc::DropReason::COUNT,
+            pc::MAP_NODE_ADDRS => pc::NODE_ADDRS_MAX,
+            pc::MAP_CONFIG => 1,
             _ => 0,
         }
     }
@@ -114,6 +117,17 @@ impl PinPaths {
         self.links().join(format!("{}{ifindex}", proxy_common::pins::POD_LINK_PREFIX))
     }
 
+    /// The pin of the external program's link on interface `ifindex`.
+    #[must_use]
+    pub fn ext_link(&self, ifindex: u32) -> PathBuf {
+        self.links().join(format!("{}{ifindex}", proxy_common::pins::EXT_LINK_PREFIX))
+    }
+
+    /// The external link pins present, as (interface index, pin path).
+    pub fn ext_links(&self) -> std::io::Result<Vec<(u32, PathBuf)>> {
+        self.links_with(proxy_common::pins::EXT_LINK_PREFIX)
+    }
+
     /// The pin of a socket-level LB program's cgroup link.
     #[must_use]
     pub fn sock_link(&self, prog: &str) -> PathBuf {
@@ -123,6 +137,10 @@ impl PinPaths {
     /// The pod link pins present, as (interface index, pin path); an
     /// absent links directory is none.
     pub fn pod_links(&self) -> std::io::Result<Vec<(u32, PathBuf)>> {
+        self.links_with(proxy_common::pins::POD_LINK_PREFIX)
+    }
+
+    fn links_with(&self, prefix: &str) -> std::io::Result<Vec<(u32, PathBuf)>> {
         let entries = match std::fs::read_dir(self.links()) {
             Ok(rd) => rd,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -131,7 +149,8 @@ impl PinPaths {
         let mut links = Vec::new();
         for entry in entries {
             let path = entry?.path();
-            if let Some(ifindex) = Self::pod_link_ifindex(&path) {
+            let ifindex = path.file_name().and_then(|n| n.to_str()?.strip_prefix(prefix)?.parse().ok());
+            if let Some(ifindex) = ifindex {
                 links.push((ifindex, path));
             }
         }

@@ -20,14 +20,15 @@ use std::{
 };
 
 use proxy_common::{
-    BACKEND_STATE_ACTIVE, BACKEND_STATE_TERMINATING, Backend, RevNat, ServiceKey, ServiceValue,
+    BACKEND_STATE_ACTIVE, BACKEND_STATE_TERMINATING, Backend, RevNat, SVC_FLAG_AFFINITY,
+    SVC_FLAG_DROP_EMPTY, SVC_FLAG_EXTERNAL, SVC_FLAG_LOCAL, ServiceKey, ServiceValue,
 };
 
 use super::{
     Error, Result,
     maps::{LbMaps, StatsMap},
 };
-use crate::model::{BackendState, Desired, Frontend, FrontendKey, Protocol};
+use crate::model::{BackendState, Desired, Frontend, FrontendKey, FrontendPolicy, Protocol};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct AppliedBackend {
@@ -44,6 +45,8 @@ struct Applied {
     count: Option<u16>,
     /// The master entry's session affinity timeout.
     affinity: Option<u32>,
+    /// The master entry's `SVC_FLAG_*` bits other than affinity.
+    flags: u16,
     /// Backend id per slot (`slots[0]` is slot 1); 0 = unknown/missing.
     slots: Vec<u32>,
     backends: BTreeMap<(Ipv4Addr, u16), AppliedBackend>,
@@ -113,6 +116,28 @@ fn state_from_map(state: u8) -> BackendState {
     if state == BACKEND_STATE_ACTIVE { BackendState::Active } else { BackendState::Terminating }
 }
 
+/// A frontend's policy as `SVC_FLAG_*` bits.
+fn policy_flags(policy: &FrontendPolicy) -> u16 {
+    let mut flags = 0;
+    if policy.external {
+        flags |= SVC_FLAG_EXTERNAL;
+    }
+    if policy.local {
+        flags |= SVC_FLAG_LOCAL;
+    }
+    if policy.drop_when_empty {
+        flags |= SVC_FLAG_DROP_EMPTY;
+    }
+    flags
+}
+
+/// Whether a frontend's address counts in `SL_VIPS` (only ClusterIPs do:
+/// other ports of a cluster IP are rejected, those of a node address or an
+/// external IP are not ours).
+fn is_vip(flags: u16) -> bool {
+    flags & SVC_FLAG_EXTERNAL == 0
+}
+
 fn service_key(fk: &FrontendKey, slot: u16) -> ServiceKey {
     ServiceKey::new(fk.addr, fk.port, fk.proto.number(), slot)
 }
@@ -150,6 +175,7 @@ impl<M: LbMaps> Reconciler<M> {
                         rev_nat_written: false,
                         count: Some(value.count),
                         affinity: value.affinity_timeout(),
+                        flags: value.flags & !SVC_FLAG_AFFINITY,
                         slots: Vec::new(),
                         backends: BTreeMap::new(),
                     },
@@ -230,8 +256,10 @@ impl<M: LbMaps> Reconciler<M> {
         // Frontend addresses: recount from the restored masters and fix
         // what differs.
         let mut vips: BTreeMap<Ipv4Addr, u32> = BTreeMap::new();
-        for fk in applied.keys() {
-            *vips.entry(fk.addr).or_default() += 1;
+        for (fk, a) in &applied {
+            if is_vip(a.flags) {
+                *vips.entry(fk.addr).or_default() += 1;
+            }
         }
         for (raw, count) in &pinned_vips {
             let addr = proxy_common::addr_from_map(*raw);
@@ -397,19 +425,25 @@ impl<M: LbMaps> Reconciler<M> {
 
         // 4. The master entry, now that everything it points at exists; a
         // new frontend first registers its address.
+        let flags = policy_flags(&frontend.policy);
         if self.applied[fk].count.is_none() {
             self.maps.put_stats(StatsMap::Service, rev)?;
-            let n = self.vips.get(&fk.addr).copied().unwrap_or(0) + 1;
-            self.maps.put_vip(proxy_common::addr_to_map(fk.addr), n)?;
-            self.vips.insert(fk.addr, n);
+            if is_vip(flags) {
+                self.add_vip(fk.addr)?;
+            }
+        } else if is_vip(self.applied[fk].flags) != is_vip(flags) {
+            // A ClusterIP frontend key turned external, or back.
+            if is_vip(flags) { self.add_vip(fk.addr)? } else { self.remove_vip(fk.addr)? }
         }
         let affinity = frontend.affinity_timeout;
-        if self.applied[fk].count != Some(count) || self.applied[fk].affinity != affinity {
-            let master = ServiceValue::master_with(count, rev, affinity);
+        let a = &self.applied[fk];
+        if a.count != Some(count) || a.affinity != affinity || a.flags != flags {
+            let master = ServiceValue::master_with(count, rev, affinity, flags);
             self.maps.put_service(&service_key(fk, 0), &master)?;
             let a = self.entry(fk);
             a.count = Some(count);
             a.affinity = affinity;
+            a.flags = flags;
         }
 
         // 5. Surplus slots.
@@ -440,14 +474,8 @@ impl<M: LbMaps> Reconciler<M> {
         if self.applied[fk].count.is_some() {
             self.maps.delete_service(&service_key(fk, 0))?;
             self.entry(fk).count = None;
-            let n = self.vips.get(&fk.addr).copied().unwrap_or(1).saturating_sub(1);
-            let raw = proxy_common::addr_to_map(fk.addr);
-            if n == 0 {
-                self.maps.delete_vip(raw)?;
-                self.vips.remove(&fk.addr);
-            } else {
-                self.maps.put_vip(raw, n)?;
-                self.vips.insert(fk.addr, n);
+            if is_vip(self.applied[fk].flags) {
+                self.remove_vip(fk.addr)?;
             }
         }
         while let Some(&_id) = self.applied[fk].slots.last() {
@@ -480,6 +508,28 @@ impl<M: LbMaps> Reconciler<M> {
         self.maps.delete_stats(StatsMap::Backend, id)?;
         self.entry(fk).backends.remove(&key);
         self.used_backend_ids.remove(&id);
+        Ok(())
+    }
+
+    /// One more frontend on `addr` in `SL_VIPS`.
+    fn add_vip(&mut self, addr: Ipv4Addr) -> Result<()> {
+        let n = self.vips.get(&addr).copied().unwrap_or(0) + 1;
+        self.maps.put_vip(proxy_common::addr_to_map(addr), n)?;
+        self.vips.insert(addr, n);
+        Ok(())
+    }
+
+    /// One frontend fewer on `addr` in `SL_VIPS`.
+    fn remove_vip(&mut self, addr: Ipv4Addr) -> Result<()> {
+        let n = self.vips.get(&addr).copied().unwrap_or(1).saturating_sub(1);
+        let raw = proxy_common::addr_to_map(addr);
+        if n == 0 {
+            self.maps.delete_vip(raw)?;
+            self.vips.remove(&addr);
+        } else {
+            self.maps.put_vip(raw, n)?;
+            self.vips.insert(addr, n);
+        }
         Ok(())
     }
 

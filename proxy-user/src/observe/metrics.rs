@@ -591,6 +591,7 @@ mod tests {
                         })
                         .collect(),
                     affinity_timeout: None,
+                    policy: Default::default(),
                 },
             )
         };

@@ -24,6 +24,7 @@ fn frontend(backends: &[BackendSpec]) -> Frontend {
         port_name: "http".into(),
         backends: backends.to_vec(),
         affinity_timeout: None,
+        policy: Default::default(),
     }
 }
 

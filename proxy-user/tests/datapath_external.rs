@@ -1,0 +1,270 @@
+//! Packet-level tests of the external program (NodePort, externalIPs and
+//! LoadBalancer IPs on `--devices`) through BPF_PROG_TEST_RUN: the real
+//! object, maps programmed by the real reconciler and node-address writer,
+//! frames with valid checksums in, rewrites checked and checksums
+//! recomputed on what comes out. Nothing is attached anywhere. Needs root.
+
+use std::net::Ipv4Addr;
+
+use aya::{
+    maps::{HashMap, MapData},
+    programs::{SchedClassifier, TestRun, TestRunOptions},
+};
+use proxy_common::{
+    DropReason, EndpointInfo, MAP_ENDPOINTS, PROG_EXT_INGRESS, PROG_POD_INGRESS, SNAT_PORT_MIN,
+};
+use sluice::{
+    datapath::{
+        MapSizes, PinPaths,
+        loader::Datapath,
+        maps::{PinnedMaps, open_pinned, read_drops},
+        node::{NodeAddrs, NodeMaps},
+        reconcile::Reconciler,
+    },
+    manifest::ObjectKey,
+    model::{
+        BackendSpec, BackendState, Desired, Frontend, FrontendKey, FrontendPolicy, NODEPORT_ADDR,
+        Protocol,
+    },
+    pktgen::{self, Ipv4Spec, TCP, UDP},
+    testbed::BpffsMount,
+};
+
+const TC_ACT_SHOT: u32 = 2;
+const TC_ACT_REDIRECT: u32 = 7;
+
+const NODE: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
+const CLIENT: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 10);
+const LOCAL_POD: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 11);
+const REMOTE_POD: Ipv4Addr = Ipv4Addr::new(10, 244, 2, 11);
+const EXTERNAL_IP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
+
+fn is_root() -> bool {
+    if nix::unistd::geteuid().is_root() {
+        true
+    } else {
+        eprintln!("skipping: BPF_PROG_TEST_RUN tests need root");
+        false
+    }
+}
+
+struct Harness {
+    ext: SchedClassifier,
+    pod: SchedClassifier,
+    reconciler: Reconciler<PinnedMaps>,
+    paths: PinPaths,
+    _datapath: Datapath,
+    _fs: BpffsMount,
+}
+
+impl Harness {
+    /// Node address `NODE` serves NodePorts and is the SNAT address;
+    /// `LOCAL_POD` is a pod of this node, `REMOTE_POD` is not.
+    fn new() -> Self {
+        let fs = BpffsMount::new().expect("mount a bpffs");
+        let paths = PinPaths::new(fs.path());
+        let datapath = Datapath::load(&paths, &MapSizes::small()).expect("load programs");
+        let ext = SchedClassifier::from_pin(paths.prog(PROG_EXT_INGRESS)).expect("ext program");
+        let pod = SchedClassifier::from_pin(paths.prog(PROG_POD_INGRESS)).expect("pod program");
+        let (reconciler, _) = Reconciler::restore(PinnedMaps::open(&paths).unwrap()).unwrap();
+        let mut node = NodeMaps::open(&paths).unwrap();
+        node.sync(&NodeAddrs { nodeport: [NODE].into(), snat: Some(NODE) }).unwrap();
+        let mut endpoints: HashMap<MapData, u32, EndpointInfo> =
+            open_pinned(&paths, MAP_ENDPOINTS).unwrap();
+        let info =
+            EndpointInfo { ifindex: 1, flags: 0, mac: [0; 6], node_mac: [0; 6], _pad: [0; 4] };
+        endpoints.insert(proxy_common::addr_to_map(LOCAL_POD), info, 0).unwrap();
+        Self { ext, pod, reconciler, paths, _datapath: datapath, _fs: fs }
+    }
+
+    /// A NodePort 30080 and an externalIP port 80, both to `backends` (8080).
+    fn program(&mut self, backends: &[Ipv4Addr], local: bool) {
+        let frontend = |policy| Frontend {
+            service: ObjectKey { namespace: "default".into(), name: "web".into() },
+            port_name: "http".into(),
+            backends: backends
+                .iter()
+                .map(|a| BackendSpec { addr: *a, port: 8080, state: BackendState::Active })
+                .collect(),
+            affinity_timeout: None,
+            policy,
+        };
+        let policy = FrontendPolicy { external: true, local, drop_when_empty: local };
+        let desired: Desired = [
+            (FrontendKey { addr: NODEPORT_ADDR, port: 30080, proto: Protocol::Tcp }, policy),
+            (FrontendKey { addr: NODEPORT_ADDR, port: 30053, proto: Protocol::Udp }, policy),
+            (FrontendKey { addr: EXTERNAL_IP, port: 80, proto: Protocol::Tcp }, policy),
+        ]
+        .into_iter()
+        .map(|(k, p)| (k, frontend(p)))
+        .collect();
+        let out = self.reconciler.sync(&desired);
+        assert!(out.errors.is_empty(), "{:?}", out.errors);
+    }
+
+    fn run(prog: &SchedClassifier, frame: &[u8]) -> (u32, Vec<u8>) {
+        let mut out = vec![0u8; frame.len() + 256];
+        let opts = TestRunOptions {
+            data_in: Some(frame),
+            data_out: Some(&mut out),
+            ..TestRunOptions::default()
+        };
+        let res = prog.test_run(opts).expect("BPF_PROG_TEST_RUN");
+        out.truncate(res.data_size_out as usize);
+        (res.return_value, out)
+    }
+
+    fn ext(&self, frame: &[u8]) -> (u32, pktgen::Parsed) {
+        let (verdict, out) = Self::run(&self.ext, frame);
+        (verdict, pktgen::parse(&out))
+    }
+
+    fn pod(&self, frame: &[u8]) -> (u32, pktgen::Parsed) {
+        let (verdict, out) = Self::run(&self.pod, frame);
+        (verdict, pktgen::parse(&out))
+    }
+
+    fn drops(&self, reason: DropReason) -> u64 {
+        read_drops(&self.paths).unwrap().into_iter().find(|(r, _)| *r == reason).unwrap().1
+    }
+}
+
+fn tcp_frame(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16, flags: u8) -> Vec<u8> {
+    pktgen::frame(
+        &Ipv4Spec::new(src, dst, TCP),
+        &pktgen::tcp(src, sport, dst, dport, flags, b"hello"),
+    )
+}
+
+fn udp_frame(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16) -> Vec<u8> {
+    pktgen::frame(&Ipv4Spec::new(src, dst, UDP), &pktgen::udp(src, sport, dst, dport, b"q", true))
+}
+
+fn assert_checksums(p: &pktgen::Parsed) {
+    assert!(p.ip_checksum_ok, "IP checksum");
+    assert_eq!(p.l4_checksum_ok, Some(true), "L4 checksum");
+}
+
+// Expect: a SYN to the NodePort on the node address with a remote backend is
+// DNATed to it and SNATed to the node address with a port of the SNAT range;
+// later packets keep the same translation; the backend's reply to that port
+// is translated back to NodePort -> client; checksums valid throughout.
+#[test]
+fn nodeport_to_remote_backend_is_snated_and_back() {
+    if !is_root() {
+        return;
+    }
+    let mut h = Harness::new();
+    h.program(&[REMOTE_POD], false);
+    let (verdict, p) = h.ext(&tcp_frame(CLIENT, 40000, NODE, 30080, 0x02));
+    assert_ne!(verdict, TC_ACT_SHOT);
+    assert_eq!((p.src, p.dst), (NODE, REMOTE_POD));
+    let (sport, dport) = p.ports.unwrap();
+    assert_eq!(dport, 8080);
+    assert!(sport >= SNAT_PORT_MIN, "SNAT port {sport}");
+    assert_checksums(&p);
+
+    let (_, again) = h.ext(&tcp_frame(CLIENT, 40000, NODE, 30080, 0x10));
+    assert_eq!((again.src, again.dst, again.ports), (NODE, REMOTE_POD, Some((sport, 8080))));
+
+    let (verdict, r) = h.ext(&tcp_frame(REMOTE_POD, 8080, NODE, sport, 0x12));
+    assert_ne!(verdict, TC_ACT_SHOT);
+    assert_eq!((r.src, r.dst, r.ports), (NODE, CLIENT, Some((30080, 40000))));
+    assert_checksums(&r);
+}
+
+// Expect: two clients with the same source port get different SNAT ports.
+#[test]
+fn snat_ports_differ_between_flows() {
+    if !is_root() {
+        return;
+    }
+    let mut h = Harness::new();
+    h.program(&[REMOTE_POD], false);
+    let other = Ipv4Addr::new(198, 18, 1, 11);
+    let (_, a) = h.ext(&tcp_frame(CLIENT, 40000, NODE, 30080, 0x02));
+    let (_, b) = h.ext(&tcp_frame(other, 40000, NODE, 30080, 0x02));
+    assert_ne!(a.ports.unwrap().0, b.ports.unwrap().0);
+    // And each reply finds its own client.
+    let (_, ra) = h.ext(&tcp_frame(REMOTE_POD, 8080, NODE, a.ports.unwrap().0, 0x12));
+    let (_, rb) = h.ext(&tcp_frame(REMOTE_POD, 8080, NODE, b.ports.unwrap().0, 0x12));
+    assert_eq!((ra.dst, rb.dst), (CLIENT, other));
+}
+
+// Expect: a NodePort flow to a backend on this node is only DNATed (the
+// backend sees the client); the backend's reply, leaving its pod, comes from
+// the node address and NodePort.
+#[test]
+fn nodeport_to_local_backend_keeps_the_client_address() {
+    if !is_root() {
+        return;
+    }
+    let mut h = Harness::new();
+    h.program(&[LOCAL_POD], false);
+    let (_, p) = h.ext(&tcp_frame(CLIENT, 40001, NODE, 30080, 0x02));
+    assert_eq!((p.src, p.dst, p.ports), (CLIENT, LOCAL_POD, Some((40001, 8080))));
+    assert_checksums(&p);
+    let (verdict, r) = h.pod(&tcp_frame(LOCAL_POD, 8080, CLIENT, 40001, 0x12));
+    assert_ne!(verdict, TC_ACT_SHOT);
+    assert_eq!((r.src, r.dst, r.ports), (NODE, CLIENT, Some((30080, 40001))));
+    assert_checksums(&r);
+}
+
+// Expect: an externalIP frontend and a UDP NodePort translate the same way.
+#[test]
+fn external_ip_and_udp_nodeport_are_translated() {
+    if !is_root() {
+        return;
+    }
+    let mut h = Harness::new();
+    h.program(&[REMOTE_POD], false);
+    let (_, p) = h.ext(&tcp_frame(CLIENT, 40002, EXTERNAL_IP, 80, 0x02));
+    assert_eq!((p.src, p.dst), (NODE, REMOTE_POD));
+    let sport = p.ports.unwrap().0;
+    let (_, r) = h.ext(&tcp_frame(REMOTE_POD, 8080, NODE, sport, 0x12));
+    assert_eq!((r.src, r.dst, r.ports), (EXTERNAL_IP, CLIENT, Some((80, 40002))));
+    assert_checksums(&r);
+
+    let (_, u) = h.ext(&udp_frame(CLIENT, 5000, NODE, 30053));
+    assert_eq!((u.src, u.dst), (NODE, REMOTE_POD));
+    assert_checksums(&u);
+}
+
+// Expect: externalTrafficPolicy Local never SNATs, and with no local
+// endpoint drops (counted as no_local_backend) instead of rejecting.
+#[test]
+fn local_policy_never_snats_and_drops_without_endpoints() {
+    if !is_root() {
+        return;
+    }
+    let mut h = Harness::new();
+    h.program(&[LOCAL_POD], true);
+    let (_, p) = h.ext(&tcp_frame(CLIENT, 40003, NODE, 30080, 0x02));
+    assert_eq!((p.src, p.dst), (CLIENT, LOCAL_POD));
+    h.program(&[], true);
+    let before = h.drops(DropReason::NoLocalBackend);
+    let (verdict, _) = h.ext(&tcp_frame(CLIENT, 40004, NODE, 30080, 0x02));
+    assert_eq!(verdict, TC_ACT_SHOT);
+    assert_eq!(h.drops(DropReason::NoLocalBackend), before + 1);
+}
+
+// Expect: a NodePort port on an address that is not a NodePort address, and
+// traffic to the node that is no service, pass untouched.
+#[test]
+fn other_traffic_passes_untouched() {
+    if !is_root() {
+        return;
+    }
+    let mut h = Harness::new();
+    h.program(&[REMOTE_POD], false);
+    for frame in [
+        tcp_frame(CLIENT, 40005, Ipv4Addr::new(198, 18, 0, 99), 30080, 0x02),
+        tcp_frame(CLIENT, 40005, NODE, 22, 0x02),
+        tcp_frame(CLIENT, 40005, LOCAL_POD, 8080, 0x02),
+    ] {
+        let (verdict, out) = Harness::run(&h.ext, &frame);
+        assert_ne!(verdict, TC_ACT_SHOT);
+        assert_ne!(verdict, TC_ACT_REDIRECT);
+        assert_eq!(out, frame);
+    }
+}

@@ -1,0 +1,394 @@
+//! NodePort, externalIPs and LoadBalancer IPs with real traffic: two node
+//! namespaces and an external client on an underlay bridge (in its own
+//! namespace), one backend pod per node, one agent per node serving the
+//! external device `eth1`. Needs root; skips otherwise.
+//!
+//! Addresses: node i has 198.18.0.(i+1)/24 on `eth1` and pods in
+//! 10.244.i.0/24; the client is 198.18.1.10; routes between the nodes' pod
+//! CIDRs are set up by the test (pod routing is another issue's).
+
+use std::{
+    collections::BTreeSet,
+    io::{ErrorKind, Read as _, Write as _},
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream},
+    path::Path,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use sluice::{
+    datapath::{PinPaths, maps::open_pinned},
+    testbed::{
+        Agent, AgentConfig, BpffsMount, ManifestDir, Netns, Node, NsJoinHandle, Pod, TestDir,
+        require_root, sweep_stale,
+    },
+};
+
+const WAIT: Duration = Duration::from_secs(20);
+const IO_TIMEOUT: Duration = Duration::from_millis(1500);
+const CLIENT: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 10);
+const EXTERNAL_IP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
+const LB_IP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 20);
+const LB_PROXY_IP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 21);
+
+fn sluice_bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_sluice"))
+}
+
+fn device_addr(index: u8) -> Ipv4Addr {
+    Ipv4Addr::new(198, 18, 0, index + 1)
+}
+
+/// A TCP server in a pod that answers each connection with
+/// `<name> <peer address>` and closes it; stopped on drop.
+struct PeerEcho {
+    stop: Arc<AtomicBool>,
+    thread: Option<NsJoinHandle<()>>,
+}
+
+impl PeerEcho {
+    fn start(pod: &Pod, port: u16) -> PeerEcho {
+        let stop = Arc::new(AtomicBool::new(false));
+        let name = pod.name().to_owned();
+        let flag = stop.clone();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let thread = pod
+            .netns()
+            .spawn("peer-echo", move || {
+                let listener = TcpListener::bind((Ipv4Addr::UNSPECIFIED, port)).expect("bind");
+                listener.set_nonblocking(true).expect("nonblocking");
+                ready_tx.send(()).expect("ready");
+                while !flag.load(Ordering::Relaxed) {
+                    match listener.accept() {
+                        Ok((mut s, peer)) => {
+                            let _ = s.set_nonblocking(false);
+                            let _ = writeln!(s, "{name} {}", peer.ip());
+                        }
+                        Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                            std::thread::sleep(Duration::from_millis(5));
+                        }
+                        Err(_) => break,
+                    }
+                }
+            })
+            .expect("spawn");
+        ready_rx.recv_timeout(WAIT).expect("server ready");
+        PeerEcho { stop, thread: Some(thread) }
+    }
+}
+
+impl Drop for PeerEcho {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// One request from `ns` to `addr`: `(backend name, source it saw)`.
+fn ask(ns: &Netns, addr: SocketAddrV4) -> std::io::Result<(String, String)> {
+    ns.exec(IO_TIMEOUT * 2, move || {
+        let mut s = TcpStream::connect_timeout(&SocketAddr::V4(addr), IO_TIMEOUT)?;
+        s.set_read_timeout(Some(IO_TIMEOUT))?;
+        let mut out = String::new();
+        s.read_to_string(&mut out)?;
+        let mut words = out.split_whitespace();
+        match (words.next(), words.next()) {
+            (Some(name), Some(peer)) => Ok((name.to_owned(), peer.to_owned())),
+            _ => Err(std::io::Error::other(format!("bad answer {out:?}"))),
+        }
+    })
+    .map_err(std::io::Error::other)?
+}
+
+/// Asks `n` times; the set of (backend, seen source) answers.
+fn ask_many(ns: &Netns, addr: SocketAddrV4, n: usize) -> BTreeSet<(String, String)> {
+    (0..n).map(|i| ask(ns, addr).unwrap_or_else(|e| panic!("request {i} to {addr}: {e}"))).collect()
+}
+
+/// Retries until `addr` answers (the agent has programmed it), up to WAIT.
+fn wait_answer(ns: &Netns, addr: SocketAddrV4) -> (String, String) {
+    let start = Instant::now();
+    loop {
+        match ask(ns, addr) {
+            Ok(a) => return a,
+            Err(e) if start.elapsed() > WAIT => panic!("{addr} never answered: {e}"),
+            Err(_) => std::thread::sleep(Duration::from_millis(100)),
+        }
+    }
+}
+
+struct Cluster {
+    _underlay: Netns,
+    client: Netns,
+    nodes: Vec<Node>,
+    pods: Vec<Pod>,
+    _servers: Vec<PeerEcho>,
+}
+
+/// The underlay, the client, `n` nodes with one backend pod each (port 8080).
+fn cluster(n: u8) -> Cluster {
+    let underlay = Netns::new("np-ul").unwrap();
+    underlay.ip(&["link", "add", "br0", "type", "bridge"]).unwrap();
+    underlay.ip(&["link", "set", "br0", "up"]).unwrap();
+    let plug = |ns: &Netns, port: &str, dev: &str| {
+        underlay
+            .ip(&["link", "add", port, "type", "veth", "peer", "name", dev, "netns", ns.name()])
+            .unwrap();
+        underlay.ip(&["link", "set", port, "master", "br0", "up"]).unwrap();
+        ns.ip(&["link", "set", dev, "up"]).unwrap();
+    };
+    let client = Netns::new("np-client").unwrap();
+    plug(&client, "ulc", "eth0");
+    client.ip(&["addr", "add", &format!("{CLIENT}/24"), "dev", "eth0"]).unwrap();
+    client.ip(&["route", "add", "198.18.0.0/24", "dev", "eth0"]).unwrap();
+    // The external and load-balancer IPs are routed to node 1.
+    client.ip(&["route", "add", "203.0.113.0/24", "via", &device_addr(1).to_string()]).unwrap();
+
+    let mut nodes = Vec::new();
+    let mut pods = Vec::new();
+    let mut servers = Vec::new();
+    for i in 1..=n {
+        let node = Node::with_index(&format!("np-node{i}"), i).unwrap();
+        let addr = device_addr(i);
+        // The node address moves from lo to the underlay device.
+        node.netns().ip(&["addr", "del", &format!("{addr}/32"), "dev", "lo"]).unwrap();
+        plug(node.netns(), &format!("uln{i}"), "eth1");
+        node.netns().ip(&["addr", "add", &format!("{addr}/24"), "dev", "eth1"]).unwrap();
+        node.netns().ip(&["route", "add", "198.18.1.0/24", "dev", "eth1"]).unwrap();
+        node.netns().sysctl("net.ipv4.conf.eth1.rp_filter", "0").unwrap();
+        let pod = node.add_pod(&format!("be{i}")).unwrap();
+        servers.push(PeerEcho::start(&pod, 8080));
+        pods.push(pod);
+        nodes.push(node);
+    }
+    for a in &nodes {
+        for b in &nodes {
+            if a.name() != b.name() {
+                let via = b.netns().ip(&["-4", "-o", "addr", "show", "eth1"]).unwrap();
+                let via = via.split_whitespace().nth(3).unwrap().split('/').next().unwrap().to_owned();
+                a.netns().ip(&["route", "add", &b.pod_cidr(), "via", &via]).unwrap();
+            }
+        }
+    }
+    Cluster { _underlay: underlay, client, nodes, pods, _servers: servers }
+}
+
+/// A Service `name` (port 80 -> 8080/TCP) with `extra` spec lines, and its
+/// EndpointSlice with `backends` as (pod, node name).
+fn service_yaml(
+    name: &str,
+    cluster_ip: &str,
+    spec_extra: &str,
+    status: &str,
+    backends: &[(&Pod, &Node)],
+) -> String {
+    let mut y = format!(
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\n  namespace: default\nspec:\n  \
+         clusterIP: {cluster_ip}\n  clusterIPs: [{cluster_ip}]\n{spec_extra}{status}---\n\
+         apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {name}-1\n  \
+         namespace: default\n  labels:\n    kubernetes.io/service-name: {name}\naddressType: IPv4\n\
+         ports:\n- name: http\n  protocol: TCP\n  port: 8080\nendpoints:\n"
+    );
+    if backends.is_empty() {
+        y.push_str("[]\n");
+    }
+    for (pod, node) in backends {
+        y.push_str(&format!(
+            "- addresses: [{}]\n  conditions: {{ready: true, serving: true, terminating: false}}\n  nodeName: {}\n",
+            pod.ip(),
+            node.name()
+        ));
+    }
+    y
+}
+
+fn ports(node_port: u16) -> String {
+    format!("  ports:\n  - name: http\n    protocol: TCP\n    port: 80\n    targetPort: 8080\n    nodePort: {node_port}\n")
+}
+
+struct Agents {
+    agents: Vec<Agent>,
+    bpffs: Vec<BpffsMount>,
+}
+
+impl Agents {
+    fn start(c: &Cluster, dir: &TestDir, manifests: &ManifestDir, extra: &[&str]) -> Agents {
+        let mut agents = Vec::new();
+        let mut bpffs = Vec::new();
+        for node in &c.nodes {
+            let mount = BpffsMount::new_in(dir).unwrap();
+            let mut cfg = AgentConfig::new(sluice_bin(), node, manifests, &mount, None, dir);
+            cfg.extra_args = ["--socket-lb=false", "--devices", "eth1"]
+                .iter()
+                .chain(extra)
+                .map(|s| (*s).to_owned())
+                .collect();
+            agents.push(Agent::start(node, cfg).unwrap());
+            bpffs.push(mount);
+        }
+        Agents { agents, bpffs }
+    }
+
+    /// The NodePort addresses node `i` (0-based) has in its pinned map.
+    fn nodeport_addrs(&self, i: usize) -> BTreeSet<Ipv4Addr> {
+        let paths = PinPaths::new(self.bpffs[i].path().join("sluice"));
+        let map: aya::maps::HashMap<aya::maps::MapData, u32, u32> =
+            open_pinned(&paths, proxy_common::MAP_NODE_ADDRS).unwrap();
+        map.keys().map(|k| proxy_common::addr_from_map(k.unwrap())).collect()
+    }
+
+    fn stop(mut self) {
+        for a in &mut self.agents {
+            let status = a.stop().unwrap();
+            assert!(status.success(), "agent exit status {status}; log:\n{}", a.log());
+        }
+    }
+}
+
+// Expect: a NodePort with externalTrafficPolicy Cluster, reached from an
+// external client on node 1's address, balances over the backend on node 1
+// (which sees the client's address) and the backend on node 2 (which sees
+// node 1's address: SNAT), and replies come back from the NodePort; an
+// externalIP and a LoadBalancer IP (ipMode VIP) of the service work the same,
+// a LoadBalancer IP with ipMode Proxy is left alone; a pod on node 1 reaches
+// the NodePort on its node's address too.
+#[test]
+fn nodeport_cluster_policy_snats_only_remote_backends() {
+    if !require_root() {
+        return;
+    }
+    sweep_stale();
+    let dir = TestDir::new("nodeport").unwrap();
+    let c = cluster(2);
+    let manifests = ManifestDir::new_in(&dir).unwrap();
+    for node in &c.nodes {
+        manifests.write_node(node).unwrap();
+    }
+    let status = format!(
+        "status:\n  loadBalancer:\n    ingress:\n    - ip: {LB_IP}\n      ipMode: VIP\n    - ip: {LB_PROXY_IP}\n      ipMode: Proxy\n"
+    );
+    let spec = format!("  type: LoadBalancer\n  externalIPs: [{EXTERNAL_IP}]\n{}", ports(30080));
+    let backends = [(&c.pods[0], &c.nodes[0]), (&c.pods[1], &c.nodes[1])];
+    manifests
+        .write_file("web.yaml", &service_yaml("web", "10.96.0.30", &spec, &status, &backends))
+        .unwrap();
+    let agents = Agents::start(&c, &dir, &manifests, &[]);
+
+    let node1 = SocketAddrV4::new(device_addr(1), 30080);
+    wait_answer(&c.client, node1);
+    let seen = ask_many(&c.client, node1, 40);
+    let expected: BTreeSet<(String, String)> = [
+        ("be1".to_owned(), CLIENT.to_string()),
+        ("be2".to_owned(), device_addr(1).to_string()),
+    ]
+    .into();
+    assert_eq!(seen, expected, "NodePort on node 1: (backend, source seen)");
+
+    for addr in [EXTERNAL_IP, LB_IP] {
+        let seen = ask_many(&c.client, SocketAddrV4::new(addr, 80), 40);
+        assert_eq!(seen, expected, "{addr}:80: (backend, source seen)");
+    }
+    // ipMode Proxy: not programmed (no frontend, so nothing answers).
+    let services = agents.agents[0].services().unwrap();
+    assert!(services.iter().all(|s| s.address != LB_PROXY_IP.to_string()), "{services:?}");
+    assert!(services.iter().any(|s| s.address == LB_IP.to_string()), "{services:?}");
+
+    // A pod on node 1 reaches the NodePort on its node's address.
+    let client_pod = c.nodes[0].add_pod("np-podclient").unwrap();
+    let seen = ask_many(client_pod.netns(), node1, 30);
+    let names: BTreeSet<&str> = seen.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["be1", "be2"].into(), "pod -> NodePort: {seen:?}");
+    // Pods are not SNATed (their addresses are routable in the cluster).
+    assert!(seen.iter().all(|(_, src)| *src == client_pod.ip().to_string()), "{seen:?}");
+    agents.stop();
+}
+
+// Expect: with externalTrafficPolicy Local a NodePort only uses the node's
+// own endpoints and the backend sees the client's address; a node without a
+// local endpoint drops the traffic (a timeout, not a refusal) while the
+// service has endpoints elsewhere.
+#[test]
+fn nodeport_local_policy_keeps_the_client_address() {
+    if !require_root() {
+        return;
+    }
+    sweep_stale();
+    let dir = TestDir::new("np-local").unwrap();
+    let c = cluster(2);
+    let manifests = ManifestDir::new_in(&dir).unwrap();
+    for node in &c.nodes {
+        manifests.write_node(node).unwrap();
+    }
+    let spec = format!("  type: NodePort\n  externalTrafficPolicy: Local\n{}", ports(30081));
+    let both = [(&c.pods[0], &c.nodes[0]), (&c.pods[1], &c.nodes[1])];
+    manifests
+        .write_file("local.yaml", &service_yaml("local", "10.96.0.31", &spec, "", &both))
+        .unwrap();
+    let spec = format!("  type: NodePort\n  externalTrafficPolicy: Local\n{}", ports(30082));
+    let only2 = [(&c.pods[1], &c.nodes[1])];
+    manifests
+        .write_file("only2.yaml", &service_yaml("only2", "10.96.0.32", &spec, "", &only2))
+        .unwrap();
+    let agents = Agents::start(&c, &dir, &manifests, &[]);
+
+    for (i, node) in [(1u8, "be1"), (2, "be2")] {
+        let addr = SocketAddrV4::new(device_addr(i), 30081);
+        wait_answer(&c.client, addr);
+        let seen = ask_many(&c.client, addr, 20);
+        assert_eq!(seen, [(node.to_owned(), CLIENT.to_string())].into(), "node {i}");
+    }
+    let on2 = SocketAddrV4::new(device_addr(2), 30082);
+    assert_eq!(wait_answer(&c.client, on2), ("be2".to_owned(), CLIENT.to_string()));
+    let on1 = SocketAddrV4::new(device_addr(1), 30082);
+    let start = Instant::now();
+    let err = ask(&c.client, on1).expect_err("node 1 has no local endpoint");
+    assert_ne!(err.kind(), ErrorKind::ConnectionRefused, "dropped, not rejected: {err}");
+    assert!(start.elapsed() >= IO_TIMEOUT / 2, "gave up after {:?}: {err}", start.elapsed());
+    agents.stop();
+}
+
+// Expect: NodePorts follow the device's addresses while the agent runs: an
+// address added to eth1 serves NodePorts within seconds, and is no longer a
+// NodePort address once removed; --nodeport-addresses limits which serve.
+#[test]
+fn nodeport_addresses_are_tracked_live() {
+    if !require_root() {
+        return;
+    }
+    sweep_stale();
+    let dir = TestDir::new("np-live").unwrap();
+    let c = cluster(1);
+    let manifests = ManifestDir::new_in(&dir).unwrap();
+    manifests.write_node(&c.nodes[0]).unwrap();
+    let spec = format!("  type: NodePort\n{}", ports(30083));
+    let backends = [(&c.pods[0], &c.nodes[0])];
+    manifests
+        .write_file("live.yaml", &service_yaml("live", "10.96.0.33", &spec, "", &backends))
+        .unwrap();
+    let agents = Agents::start(&c, &dir, &manifests, &["--nodeport-addresses", "198.18.0.0/24"]);
+    let node = c.nodes[0].netns();
+    wait_answer(&c.client, SocketAddrV4::new(device_addr(1), 30083));
+    assert_eq!(agents.nodeport_addrs(0), [device_addr(1)].into());
+
+    let extra = Ipv4Addr::new(198, 18, 0, 50);
+    node.ip(&["addr", "add", &format!("{extra}/24"), "dev", "eth1"]).unwrap();
+    // Outside --nodeport-addresses: never a NodePort address.
+    node.ip(&["addr", "add", "192.0.2.1/24", "dev", "eth1"]).unwrap();
+    let got = wait_answer(&c.client, SocketAddrV4::new(extra, 30083));
+    assert_eq!(got, ("be1".to_owned(), CLIENT.to_string()));
+    assert_eq!(agents.nodeport_addrs(0), [device_addr(1), extra].into());
+
+    node.ip(&["addr", "del", &format!("{extra}/24"), "dev", "eth1"]).unwrap();
+    let start = Instant::now();
+    while agents.nodeport_addrs(0).contains(&extra) {
+        assert!(start.elapsed() < WAIT, "{extra} still a NodePort address");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(agents.nodeport_addrs(0), [device_addr(1)].into());
+    agents.stop();
+}
