@@ -189,6 +189,11 @@ pub struct Backend {
 pub const BACKEND_STATE_ACTIVE: u8 = 0;
 /// Keeps its established flows, never chosen for new ones.
 pub const BACKEND_STATE_TERMINATING: u8 = 1;
+/// The bits of `Backend::state` that hold the `BACKEND_STATE_*` value.
+pub const BACKEND_STATE_MASK: u8 = 0x7f;
+/// `Backend::state` flag: the backend is on this node (its EndpointSlice's
+/// `nodeName`), so external flows to it are not SNATed.
+pub const BACKEND_FLAG_LOCAL: u8 = 0x80;
 
 /// Value of `SL_REVNAT`, keyed by a `u32` reverse-NAT index: the frontend
 /// that replies of a translated flow must appear to come from.

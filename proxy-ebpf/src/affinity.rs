@@ -5,7 +5,7 @@
 
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 use proxy_common::{
-    AffinityKey, AffinityValue, BACKEND_STATE_ACTIVE, Backend, DropReason, ServiceValue,
+    AffinityKey, AffinityValue, Backend, DropReason, ServiceValue,
 };
 
 use crate::{
@@ -31,7 +31,7 @@ pub fn backend(
         && now.wrapping_sub(a.last_used_ns) < timeout_ns
         // SAFETY: plain data, copied out at once.
         && let Some(b) = unsafe { SL_BACKENDS.get(a.backend_id) }.copied()
-        && b.state == BACKEND_STATE_ACTIVE
+        && lb::is_active(&b)
         && b.rev_nat_index == svc.rev_nat_index
     {
         remember(&key, a.backend_id, now);

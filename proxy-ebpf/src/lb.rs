@@ -5,8 +5,8 @@
 
 use aya_ebpf::{helpers::bpf_get_prandom_u32, programs::TcContext};
 use proxy_common::{
-    BACKEND_STATE_ACTIVE, Backend, CT_DIR_REPLY, CT_DIR_SERVICE, CT_FLAG_EXTERNAL,
-    CT_FLAG_HAIRPIN, CtEntry, DropReason, NODE_ADDR_NODEPORT, NODEPORT_ADDR, SVC_FLAG_AFFINITY,
+    BACKEND_STATE_ACTIVE, BACKEND_STATE_MASK, Backend, CT_DIR_REPLY, CT_DIR_SERVICE, CT_FLAG_EXTERNAL,
+    CT_FLAG_HAIRPIN, CT_FLAG_SNAT, CtEntry, DropReason, NODE_ADDR_NODEPORT, NODEPORT_ADDR, SVC_FLAG_AFFINITY,
     SVC_FLAG_DROP_EMPTY, SVC_FLAG_EXTERNAL, ServiceKey, ServiceValue, proto,
 };
 
@@ -43,7 +43,13 @@ pub fn handle_pod_egress(ctx: &TcContext) -> Result<Action, DropReason> {
         // SAFETY: RevNat is plain data, copied out at once.
         if let Some(rn) = unsafe { SL_REVNAT.get(entry.rev_nat_index) }.copied() {
             let mut client = ip.daddr;
-            if entry.flags & CT_FLAG_HAIRPIN != 0 {
+            if entry.flags & CT_FLAG_SNAT != 0 {
+                // An external flow SNATed to the node, answered from a pod
+                // here: back to the client.
+                client = entry.nat_addr;
+                let to = (entry.nat_addr, entry.nat_port);
+                nat::rewrite(ctx, &ip, Side::Destination, (ip.daddr, dport), to)?;
+            } else if entry.flags & CT_FLAG_HAIRPIN != 0 {
                 // Back to the client, which is the backend itself.
                 nat::rewrite(ctx, &ip, Side::Destination, (ip.daddr, dport), (ip.saddr, dport))?;
                 client = ip.saddr;
@@ -177,10 +183,16 @@ pub fn established(
     // A SYN on a tuple whose old flow went to a terminating backend is a new
     // connection (a reused port): it must not go there. (The flags are read
     // only in that case, not for every packet.)
-    if b.state != BACKEND_STATE_ACTIVE && is_tcp_syn(ctx, ip) {
+    if !is_active(&b) && is_tcp_syn(ctx, ip) {
         return None;
     }
     Some((entry, b))
+}
+
+/// Whether new flows may go to `b` (it is not terminating).
+#[inline(always)]
+pub fn is_active(b: &Backend) -> bool {
+    b.state & BACKEND_STATE_MASK == BACKEND_STATE_ACTIVE
 }
 
 /// A backend for a new flow: the client's affine one, or a random pick.
@@ -199,7 +211,11 @@ pub fn pick(
 }
 
 /// Picks a backend slot uniformly at random.
-#[inline(always)]
+///
+/// Not inlined: inlined into the packet paths, LLVM kept the (undefined)
+/// payload of the error case in a register that the verifier then refused
+/// to let the merged code read ("R1 !read_ok").
+#[inline(never)]
 pub fn select_backend(
     addr: u32,
     dport: u16,

@@ -12,7 +12,7 @@
 
 use aya_ebpf::{helpers::bpf_get_prandom_u32, programs::TcContext};
 use proxy_common::{
-    CT_DIR_REPLY, CT_FLAG_SNAT, DropReason, SNAT_PORT_MAX, SNAT_PORT_MIN, SVC_FLAG_LOCAL, proto,
+    BACKEND_FLAG_LOCAL, CT_DIR_REPLY, CT_FLAG_SNAT, DropReason, SNAT_PORT_MAX, SNAT_PORT_MIN, SVC_FLAG_LOCAL, proto,
 };
 
 use crate::{
@@ -92,7 +92,9 @@ pub fn handle_external(ctx: &TcContext) -> Result<Action, DropReason> {
                 external: true,
                 snat: None,
             };
-            let local = SL_ENDPOINTS.get_ptr(backend.addr).is_some();
+            // On this node by its EndpointSlice, or a pod the CNI wired here.
+            let local = backend.state & BACKEND_FLAG_LOCAL != 0
+                || SL_ENDPOINTS.get_ptr(backend.addr).is_some();
             if local || svc.flags & SVC_FLAG_LOCAL != 0 {
                 ct::create(&flow)?;
             } else {

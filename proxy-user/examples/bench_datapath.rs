@@ -85,6 +85,7 @@ fn measure(services: u32) -> Row {
                             addr: Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 244, 128, 0)) + i),
                             port: 8080,
                             state: BackendState::Active,
+                            local: false,
                         }],
                         affinity_timeout: None,
                         policy: Default::default(),

@@ -123,6 +123,9 @@ pub struct BackendSpec {
     pub addr: Ipv4Addr,
     pub port: u16,
     pub state: BackendState,
+    /// On this node (the EndpointSlice's `nodeName`): external flows to it
+    /// are not SNATed.
+    pub local: bool,
 }
 
 /// The address NodePort frontends are keyed by: "any NodePort address of
@@ -268,11 +271,17 @@ fn insert_frontend(
 fn backends(chosen: &[&EndpointInfo], all: &[EndpointInfo]) -> Vec<BackendSpec> {
     let mut backends: Vec<BackendSpec> = chosen
         .iter()
-        .map(|ep| BackendSpec { addr: ep.addr, port: ep.port, state: BackendState::Active })
+        .map(|ep| BackendSpec {
+            addr: ep.addr,
+            port: ep.port,
+            state: BackendState::Active,
+            local: ep.is_local,
+        })
         .chain(all.iter().filter(|ep| ep.serving && ep.terminating).map(|ep| BackendSpec {
             addr: ep.addr,
             port: ep.port,
             state: BackendState::Terminating,
+            local: ep.is_local,
         }))
         .collect();
     // Active sorts before Terminating, so dedup keeps the chosen one.

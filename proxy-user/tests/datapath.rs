@@ -85,6 +85,7 @@ impl Harness {
                                 addr: *a,
                                 port: *target,
                                 state: BackendState::Active,
+                                local: false,
                             })
                             .collect(),
                         affinity_timeout,
@@ -551,6 +552,7 @@ fn full_service_map_fails_clearly_and_shows_no_half_service() {
                         addr: backend_ip(i),
                         port: 8080,
                         state: BackendState::Active,
+                        local: false,
                     })
                     .collect(),
                 affinity_timeout: None,
@@ -621,6 +623,7 @@ fn removing_a_udp_backend_flushes_its_conntrack() {
                 addr: backend_ip(1),
                 port: 5353,
                 state: BackendState::Active,
+                local: false,
             }],
             affinity_timeout: None,
             policy: Default::default(),
@@ -653,8 +656,8 @@ fn terminating_backend_keeps_flows_but_not_new_connections() {
             service: ObjectKey { namespace: "default".into(), name: "svc".into() },
             port_name: String::new(),
             backends: vec![
-                BackendSpec { addr: a, port: 8080, state: BackendState::Active },
-                BackendSpec { addr: b, port: 8080, state: BackendState::Terminating },
+                BackendSpec { addr: a, port: 8080, state: BackendState::Active, local: false },
+                BackendSpec { addr: b, port: 8080, state: BackendState::Terminating, local: false },
             ],
             affinity_timeout: None,
             policy: Default::default(),

@@ -84,7 +84,12 @@ impl Harness {
             port_name: "http".into(),
             backends: backends
                 .iter()
-                .map(|a| BackendSpec { addr: *a, port: 8080, state: BackendState::Active })
+                .map(|a| BackendSpec {
+                    addr: *a,
+                    port: 8080,
+                    state: BackendState::Active,
+                    local: *a == LOCAL_POD,
+                })
                 .collect(),
             affinity_timeout: None,
             policy,

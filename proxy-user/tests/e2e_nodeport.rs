@@ -221,7 +221,7 @@ impl Agents {
         let mut agents = Vec::new();
         let mut bpffs = Vec::new();
         for node in &c.nodes {
-            let mount = BpffsMount::new_in(dir).unwrap();
+            let mount = BpffsMount::new().unwrap();
             let mut cfg = AgentConfig::new(sluice_bin(), node, manifests, &mount, None, dir);
             cfg.extra_args = ["--socket-lb=false", "--devices", "eth1"]
                 .iter()

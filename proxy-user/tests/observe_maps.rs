@@ -55,6 +55,7 @@ fn map_occupancy_and_drops_are_read_at_scrape_time() {
                     addr: Ipv4Addr::new(10, 244, 0, i),
                     port: 8080,
                     state: BackendState::Active,
+                    local: false,
                 })
                 .to_vec(),
             affinity_timeout: None,

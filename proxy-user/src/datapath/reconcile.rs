@@ -20,7 +20,8 @@ use std::{
 };
 
 use proxy_common::{
-    BACKEND_STATE_ACTIVE, BACKEND_STATE_TERMINATING, Backend, RevNat, SVC_FLAG_AFFINITY,
+    BACKEND_FLAG_LOCAL, BACKEND_STATE_ACTIVE, BACKEND_STATE_MASK, BACKEND_STATE_TERMINATING,
+    Backend, RevNat, SVC_FLAG_AFFINITY,
     SVC_FLAG_DROP_EMPTY, SVC_FLAG_EXTERNAL, SVC_FLAG_LOCAL, ServiceKey, ServiceValue,
 };
 
@@ -34,6 +35,7 @@ use crate::model::{BackendState, Desired, Frontend, FrontendKey, FrontendPolicy,
 struct AppliedBackend {
     id: u32,
     state: BackendState,
+    local: bool,
 }
 
 /// What is known to be in the maps for one frontend.
@@ -105,15 +107,21 @@ fn alloc_id(used: &mut BTreeSet<u32>, next: &mut u32) -> Option<u32> {
     None
 }
 
-fn state_to_map(state: BackendState) -> u8 {
-    match state {
+fn state_to_map(state: BackendState, local: bool) -> u8 {
+    let value = match state {
         BackendState::Active => BACKEND_STATE_ACTIVE,
         BackendState::Terminating => BACKEND_STATE_TERMINATING,
-    }
+    };
+    if local { value | BACKEND_FLAG_LOCAL } else { value }
 }
 
-fn state_from_map(state: u8) -> BackendState {
-    if state == BACKEND_STATE_ACTIVE { BackendState::Active } else { BackendState::Terminating }
+fn state_from_map(state: u8) -> (BackendState, bool) {
+    let local = state & BACKEND_FLAG_LOCAL != 0;
+    if state & BACKEND_STATE_MASK == BACKEND_STATE_ACTIVE {
+        (BackendState::Active, local)
+    } else {
+        (BackendState::Terminating, local)
+    }
 }
 
 /// A frontend's policy as `SVC_FLAG_*` bits.
@@ -208,7 +216,10 @@ impl<M: LbMaps> Reconciler<M> {
                 Some(a) if *id != 0 => {
                     a.backends.insert(
                         (b.addr(), b.port()),
-                        AppliedBackend { id: *id, state: state_from_map(b.state) },
+                        {
+                            let (state, local) = state_from_map(b.state);
+                            AppliedBackend { id: *id, state, local }
+                        },
                     );
                     outcome.backends += 1;
                 }
@@ -367,18 +378,21 @@ impl<M: LbMaps> Reconciler<M> {
         for b in &frontend.backends {
             let existing = self.applied[fk].backends.get(&(b.addr, b.port)).copied();
             let id = match existing {
-                Some(ab) if ab.state == b.state => ab.id,
+                Some(ab) if ab.state == b.state && ab.local == b.local => ab.id,
                 Some(ab) => {
-                    let value = Backend::new(b.addr, b.port, proto, state_to_map(b.state), rev);
+                    let state = state_to_map(b.state, b.local);
+                    let value = Backend::new(b.addr, b.port, proto, state, rev);
                     self.maps.put_backend(ab.id, &value)?;
-                    self.entry(fk)
-                        .backends
-                        .insert((b.addr, b.port), AppliedBackend { id: ab.id, state: b.state });
+                    self.entry(fk).backends.insert(
+                        (b.addr, b.port),
+                        AppliedBackend { id: ab.id, state: b.state, local: b.local },
+                    );
                     ab.id
                 }
                 None => {
                     let id = self.alloc_backend_id()?;
-                    let value = Backend::new(b.addr, b.port, proto, state_to_map(b.state), rev);
+                    let state = state_to_map(b.state, b.local);
+                    let value = Backend::new(b.addr, b.port, proto, state, rev);
                     // Counters first, so the kernel counts from the first packet.
                     let written = self
                         .maps
@@ -391,7 +405,7 @@ impl<M: LbMaps> Reconciler<M> {
                     }
                     self.entry(fk)
                         .backends
-                        .insert((b.addr, b.port), AppliedBackend { id, state: b.state });
+                        .insert((b.addr, b.port), AppliedBackend { id, state: b.state, local: b.local });
                     id
                 }
             };

@@ -588,6 +588,7 @@ mod tests {
                             addr: Ipv4Addr::new(10, 244, 0, i),
                             port: 8080,
                             state: BackendState::Active,
+                            local: false,
                         })
                         .collect(),
                     affinity_timeout: None,

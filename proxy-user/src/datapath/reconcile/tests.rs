@@ -15,7 +15,7 @@ fn fk(port: u16) -> FrontendKey {
 }
 
 fn backend(last: u8, state: BackendState) -> BackendSpec {
-    BackendSpec { addr: Ipv4Addr::new(10, 244, 0, last), port: 8080, state }
+    BackendSpec { addr: Ipv4Addr::new(10, 244, 0, last), port: 8080, state, local: false }
 }
 
 fn frontend(backends: &[BackendSpec]) -> Frontend {
