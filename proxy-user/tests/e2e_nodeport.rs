@@ -107,7 +107,16 @@ fn ask(ns: &Netns, addr: SocketAddrV4) -> std::io::Result<(String, String)> {
 
 /// Asks `n` times; the set of (backend, seen source) answers.
 fn ask_many(ns: &Netns, addr: SocketAddrV4, n: usize) -> BTreeSet<(String, String)> {
-    (0..n).map(|i| ask(ns, addr).unwrap_or_else(|e| panic!("request {i} to {addr}: {e}"))).collect()
+    let mut seen = BTreeSet::new();
+    for i in 0..n {
+        match ask(ns, addr) {
+            Ok(a) => {
+                seen.insert(a);
+            }
+            Err(e) => panic!("request {i} to {addr}: {e} (answers so far: {seen:?})"),
+        }
+    }
+    seen
 }
 
 /// Retries until `addr` answers (the agent has programmed it), up to WAIT.
@@ -300,6 +309,8 @@ fn nodeport_cluster_policy_snats_only_remote_backends() {
 
     // A pod on node 1 reaches the NodePort on its node's address.
     let client_pod = c.nodes[0].add_pod("np-podclient").unwrap();
+    // (The agent attaches to the new pod's interface within its 1 s scan.)
+    wait_answer(client_pod.netns(), node1);
     let seen = ask_many(client_pod.netns(), node1, 30);
     let names: BTreeSet<&str> = seen.iter().map(|(n, _)| n.as_str()).collect();
     assert_eq!(names, ["be1", "be2"].into(), "pod -> NodePort: {seen:?}");
