@@ -28,6 +28,7 @@ use crate::{
     },
     k8s, manifest, model,
     observe::{self, HcServers, HealthState, Metrics, MetricsConfig, SyncReport},
+    routing,
 };
 
 /// How often pod interfaces are rescanned (and failed syncs retried).
@@ -59,6 +60,8 @@ pub struct Config {
     pub health_bind: SocketAddr,
     pub metrics_bind: SocketAddr,
     pub cni_conf_dir: PathBuf,
+    /// Pod routing between nodes and egress masquerade.
+    pub network: routing::NetConfig,
 }
 
 impl Config {
@@ -113,6 +116,7 @@ impl Config {
             format!("--metrics-bind {:?}: not an address:port", args.metrics_bind)
         })?;
         Ok(Self {
+            network: routing::NetConfig::from_args(args)?,
             cni_conf_dir: args.cni_conf_dir.clone(),
             health_bind,
             metrics_bind,
@@ -198,6 +202,8 @@ struct Snapshot {
     node_eligible: Option<bool>,
     /// This node's IPv4 pod CIDRs, when its Node object is known.
     pod_cidrs: Option<Vec<String>>,
+    /// Routes to other nodes' pods and the cluster's address space.
+    network: routing::NodeNetwork,
 }
 
 /// Everything a snapshot takes from a store, while the store is at hand.
@@ -220,6 +226,7 @@ fn snapshot(
         triggers: observe::trigger_times(store),
         node_eligible: store.nodes.get(node).map(observe::health::node_eligible),
         pod_cidrs: store.nodes.get(node).map(cniconf::pod_cidrs),
+        network: routing::node_network(node, &store.nodes),
     }
 }
 
@@ -239,6 +246,7 @@ struct Agent {
     hc_servers: HcServers,
     datapath: Datapath,
     reconciler: Reconciler<PinnedMaps>,
+    network: routing::Network,
     /// The last messages about bad input, so each is logged once, not every sync.
     last_complaints: BTreeSet<String>,
     needs_retry: bool,
@@ -276,6 +284,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let (tx, mut rx) = mpsc::channel(64);
     let source = Source::start(&cfg.source, &tx).await?;
     let mut agent = Agent {
+        network: routing::Network::new(cfg.network.clone()),
         cfg,
         source,
         health,
@@ -353,6 +362,7 @@ impl Agent {
             triggers,
             node_eligible,
             pod_cidrs,
+            network,
         } = match self.source.desired(&self.cfg.node_name) {
             Ok(s) => s,
             Err(NotNow::Waiting(kinds)) => {
@@ -402,6 +412,9 @@ impl Agent {
             self.health.set_node_eligible(eligible);
         }
         self.write_cni_conf(pod_cidrs.as_deref());
+        if !self.network.sync(&network) {
+            self.needs_retry = true;
+        }
         if outcome.errors.is_empty() {
             self.health.synced();
             // Every source has been listed and applied once.
