@@ -685,10 +685,8 @@ impl Pod {
 
 /// Prefix length of the node underlay (`198.18.0.0/24`).
 pub const UNDERLAY_PREFIX: u8 = 24;
-/// The external host's address on the underlay: the nodes' gateway to
-/// [`EXTERNAL_ADDR`] ([`Underlay::route_to_external`]).
-pub const EXTERNAL_GATEWAY: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 254);
-/// The external host's own address, outside the cluster (`198.18.1.0/24`).
+/// The external host's address, outside the cluster (`198.18.1.0/24`), on
+/// the same wire as the nodes ([`Underlay::add_external`]).
 pub const EXTERNAL_ADDR: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 1);
 
 /// The switch between nodes: a bridge `br0` in a network namespace of its
@@ -732,22 +730,21 @@ impl Underlay {
         self.plug(node.netns(), &[format!("{}/{UNDERLAY_PREFIX}", node.address())])
     }
 
-    /// A host outside the cluster: a namespace on the underlay with
-    /// [`EXTERNAL_GATEWAY`] and [`EXTERNAL_ADDR`], and no route to any pod.
+    /// A host outside the cluster: a namespace on the underlay with only
+    /// [`EXTERNAL_ADDR`] (so every answer, UDP too, comes from that address),
+    /// a direct route to the node subnet, and no route to any pod.
     pub fn add_external(&self, label: &str) -> anyhow::Result<Netns> {
         let ns = Netns::new(label)?;
-        self.plug(
-            &ns,
-            &[format!("{EXTERNAL_GATEWAY}/{UNDERLAY_PREFIX}"), format!("{EXTERNAL_ADDR}/24")],
-        )?;
+        self.plug(&ns, &[format!("{EXTERNAL_ADDR}/24")])?;
+        ns.ip(&["route", "add", &format!("198.18.0.0/{UNDERLAY_PREFIX}"), "dev", "eth0"])?;
         Ok(ns)
     }
 
-    /// Routes `198.18.1.0/24` (the external host) from `node` via
-    /// [`EXTERNAL_GATEWAY`].
+    /// Routes `198.18.1.0/24` (the external host) from `node` directly out
+    /// of its underlay interface.
     pub fn route_to_external(node: &Node) -> anyhow::Result<()> {
-        let dst = format!("{EXTERNAL_ADDR}/24");
-        node.netns().ip(&["route", "add", &dst, "via", &EXTERNAL_GATEWAY.to_string()])?;
+        let [a, b, c, _] = EXTERNAL_ADDR.octets();
+        node.netns().ip(&["route", "add", &format!("{a}.{b}.{c}.0/24"), "dev", "eth0"])?;
         Ok(())
     }
 }
