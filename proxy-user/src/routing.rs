@@ -576,8 +576,11 @@ impl Network {
                 Ok(()) => {
                     if changed {
                         if self.cfg.masquerade {
-                            let cluster =
-                                self.cfg.cluster_cidr.as_deref().unwrap_or(nodes.pod_cidrs.as_slice());
+                            let cluster = self
+                                .cfg
+                                .cluster_cidr
+                                .as_deref()
+                                .unwrap_or(nodes.pod_cidrs.as_slice());
                             info!(table = %format!("ip {NFT_TABLE}"), ?cluster, node_ips = nodes.node_ips.len(), "egress masquerade installed");
                         } else {
                             debug!(table = %format!("ip {NFT_TABLE}"), "egress masquerade off; table removed");
@@ -798,7 +801,10 @@ mod tests {
             &[net("10.244.1.0/24"), net("10.244.2.0/24")],
             &[ip("198.18.0.2"), ip("198.18.0.3")],
         );
-        assert!(s.starts_with("table ip sluice\ndelete table ip sluice\ntable ip sluice {\n"), "{s}");
+        assert!(
+            s.starts_with("table ip sluice\ndelete table ip sluice\ntable ip sluice {\n"),
+            "{s}"
+        );
         assert!(s.contains("elements = { 10.244.1.0/24, 10.244.2.0/24 }"), "{s}");
         assert!(s.contains("elements = { 198.18.0.2, 198.18.0.3 }"), "{s}");
         assert!(s.contains("type nat hook postrouting priority srcnat; policy accept;"), "{s}");

@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 use sluice::routing::RTPROT_SLUICE;
 use sluice::testbed::{
     Agent, AgentConfig, BpffsMount, EXTERNAL_ADDR, EchoServer, ManifestDir, Netns, Node, Pod,
-    Reply, RouteEntry, TestDir, Underlay, require_root, run_checked, sluice_has_agent,
-    sweep_stale, tcp_request, udp_request,
+    Reply, RouteEntry, TestDir, Underlay, require_root, run_checked, sluice_has_agent, sweep_stale,
+    tcp_request, udp_request,
 };
 
 const TCP: u16 = 8080;
@@ -288,8 +288,8 @@ fn egress_masquerade_uses_node_address() {
     }
     let mut c = Cluster::new("masq", Reply::PeerAddress, true);
     let ext = c.external.as_ref().expect("external host");
-    let _ext_srv = EchoServer::start_replying(ext, "external", TCP, UDP, Reply::PeerAddress)
-        .unwrap();
+    let _ext_srv =
+        EchoServer::start_replying(ext, "external", TCP, UDP, Reply::PeerAddress).unwrap();
     // A server on node 2 itself (host network).
     let _node_srv =
         EchoServer::start_replying(&c.nodes[1], "node-2", TCP, UDP, Reply::PeerAddress).unwrap();
@@ -337,7 +337,13 @@ fn egress_masquerade_uses_node_address() {
     assert_eq!(udp_request(&c.pods[0], node2, IO_TIMEOUT).unwrap(), pod1);
 
     let counters = run_checked(
-        c.nodes[0].netns().command("nft").unwrap().args(["list", "chain", "ip", "sluice", "postrouting"]),
+        c.nodes[0].netns().command("nft").unwrap().args([
+            "list",
+            "chain",
+            "ip",
+            "sluice",
+            "postrouting",
+        ]),
         Duration::from_secs(5),
     )
     .unwrap();

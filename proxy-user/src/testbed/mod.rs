@@ -715,7 +715,18 @@ impl Underlay {
     /// (`a.b.c.d/len`), up.
     pub fn plug(&self, ns: &Netns, addrs: &[String]) -> anyhow::Result<()> {
         let port = format!("p{}", self.next_port.fetch_add(1, Ordering::Relaxed));
-        self.netns.ip(&["link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns", ns.name()])?;
+        self.netns.ip(&[
+            "link",
+            "add",
+            &port,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            ns.name(),
+        ])?;
         self.netns.ip(&["link", "set", &port, "master", "br0", "up"])?;
         for a in addrs {
             ns.ip(&["addr", "add", a, "dev", "eth0"])?;
