@@ -143,6 +143,17 @@ pub struct PodRoute {
     pub via: Ipv4Addr,
 }
 
+impl std::fmt::Display for PodRoute {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} via {}", self.dst, self.via)
+    }
+}
+
+/// `a, b, c` (for logs).
+fn list<T: std::fmt::Display>(items: &[T]) -> String {
+    items.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+}
+
 /// What every Node object says, seen from this node.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct NodeNetwork {
@@ -495,6 +506,8 @@ pub struct Network {
     /// Messages already logged, so each is logged once, not every sync.
     last_warnings: BTreeSet<String>,
     last_errors: BTreeSet<String>,
+    /// Destinations last found covered by a route sluice did not create.
+    last_foreign: BTreeSet<Ipv4Network>,
 }
 
 impl Network {
@@ -506,6 +519,7 @@ impl Network {
             nft_applied: None,
             last_warnings: BTreeSet::new(),
             last_errors: BTreeSet::new(),
+            last_foreign: BTreeSet::new(),
         }
     }
 
@@ -533,19 +547,20 @@ impl Network {
                 Ok(c) => {
                     if c.changed() {
                         info!(
-                            added = ?c.added, replaced = ?c.replaced, removed = ?c.removed,
-                            routes = routes.len(), "pod routes to other nodes updated"
+                            added = %list(&c.added),
+                            replaced = %list(&c.replaced),
+                            removed = %list(&c.removed),
+                            routes = routes.len(),
+                            "pod routes to other nodes updated"
                         );
                     }
-                    for dst in &c.foreign {
-                        // Logged once through the warnings set.
-                        let w = format!(
-                            "a route to {dst} exists that sluice did not create; leaving it in place"
+                    let foreign: BTreeSet<Ipv4Network> = c.foreign.iter().copied().collect();
+                    for dst in foreign.difference(&self.last_foreign) {
+                        warn!(
+                            "pod routing: a route to {dst} exists that sluice did not create; leaving it in place"
                         );
-                        if self.last_warnings.insert(w.clone()) {
-                            warn!("pod routing: {w}");
-                        }
                     }
+                    self.last_foreign = foreign;
                     if c.errors.is_empty() {
                         self.routes_applied = Some((routes.to_vec(), now));
                     } else {
@@ -581,7 +596,12 @@ impl Network {
                                 .cluster_cidr
                                 .as_deref()
                                 .unwrap_or(nodes.pod_cidrs.as_slice());
-                            info!(table = %format!("ip {NFT_TABLE}"), ?cluster, node_ips = nodes.node_ips.len(), "egress masquerade installed");
+                            info!(
+                                table = %format!("ip {NFT_TABLE}"),
+                                cluster = %list(cluster),
+                                node_ips = nodes.node_ips.len(),
+                                "egress masquerade installed"
+                            );
                         } else {
                             debug!(table = %format!("ip {NFT_TABLE}"), "egress masquerade off; table removed");
                         }

@@ -137,17 +137,26 @@ impl Cluster {
         }
     }
 
-    /// One agent per node (own pin directory, own CNI config directory),
-    /// no socket-level LB (this test's traffic is not service traffic).
+    /// One agent per node; see [`Cluster::start_agent`].
     fn start_agents(&mut self) {
-        for n in &self.nodes {
-            let mut cfg =
-                AgentConfig::new(sluice_bin(), n, &self.manifests, &self.bpffs, None, &self.dir);
-            cfg.bpffs_root = self.bpffs.path().join(n.name());
-            cfg.cni_conf_dir = Some(self.dir.join(format!("cni-{}", n.name())));
-            cfg.extra_args = vec!["--socket-lb=false".into()];
-            self.agents.push(Agent::start(n, cfg).unwrap());
+        for i in 0..self.nodes.len() {
+            let agent = self.start_agent(i, &[]);
+            self.agents.push(agent);
         }
+    }
+
+    /// An agent on node `i` (own pin directory, own CNI config directory),
+    /// without socket-level LB (this test's traffic is not service traffic),
+    /// with `extra` flags.
+    fn start_agent(&self, i: usize, extra: &[&str]) -> Agent {
+        let n = &self.nodes[i];
+        let mut cfg =
+            AgentConfig::new(sluice_bin(), n, &self.manifests, &self.bpffs, None, &self.dir);
+        cfg.bpffs_root = self.bpffs.path().join(n.name());
+        cfg.cni_conf_dir = Some(self.dir.join(format!("cni-{}", n.name())));
+        cfg.extra_args = vec!["--socket-lb=false".into()];
+        cfg.extra_args.extend(extra.iter().map(|a| (*a).to_owned()));
+        Agent::start(n, cfg).unwrap()
     }
 
     fn tcp(&self, from: usize, to: usize) -> std::io::Result<String> {
@@ -188,7 +197,8 @@ fn gw(node: &Node) -> String {
 /// every cross-node pod pair talks over TCP and UDP; an InternalIP change
 /// replaces the route; a removed Node's routes go while the others keep
 /// working; routes the agent did not create survive, also one to a pod CIDR
-/// the agent wanted; the agent leaves its routes in place on SIGTERM.
+/// the agent wanted; the agent leaves its routes in place on SIGTERM, and
+/// `--routing none --masquerade false` withdraws only its own.
 #[test]
 fn native_routes_follow_nodes() {
     if !ready() {
@@ -276,6 +286,23 @@ fn native_routes_follow_nodes() {
     assert!(status.success(), "agent 1 exited with {status}");
     assert_eq!(sluice_routes(&c.nodes[0]).unwrap().len(), 1);
     assert_eq!(c.tcp(0, 1).unwrap(), "pod-2");
+
+    // Restarted with `--routing none --masquerade false`: it withdraws its own
+    // routes and nftables table, nothing else.
+    c.agents[0] = c.start_agent(0, &["--routing", "none", "--masquerade", "false"]);
+    let node1 = &c.nodes[0];
+    wait_for(WAIT, "node 1's sluice routes withdrawn", || Ok(sluice_routes(node1)?.is_empty()));
+    wait_for(WAIT, "node 1's table ip sluice removed", || {
+        let listed = sluice::testbed::run_with_timeout(
+            node1.netns().command("nft")?.args(["list", "table", "ip", "sluice"]),
+            Duration::from_secs(5),
+        )?;
+        Ok(!listed.status.success())
+    });
+    let r1 = node1.netns().routes().unwrap();
+    assert!(route_to(&r1, "10.99.0.0/24").is_some(), "node 1's own route survives: {r1:?}");
+    assert!(c.tcp(0, 1).is_err(), "no route from node 1 to node 2's pods any more");
+    assert!(c.agents[0].try_wait().unwrap().is_none(), "agent 1 runs: {}", c.agents[0].log());
 }
 
 /// Pods reach a host outside the cluster with their node's address as the
