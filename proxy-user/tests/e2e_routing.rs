@@ -197,7 +197,8 @@ fn gw(node: &Node) -> String {
 /// every cross-node pod pair talks over TCP and UDP; an InternalIP change
 /// replaces the route; a removed Node's routes go while the others keep
 /// working; routes the agent did not create survive, also one to a pod CIDR
-/// the agent wanted; the agent leaves its routes in place on SIGTERM, and
+/// the agent wanted; a route that cannot be added yet is retried; the agent
+/// leaves its routes in place on SIGTERM, and
 /// `--routing none --masquerade false` withdraws only its own.
 #[test]
 fn native_routes_follow_nodes() {
@@ -281,10 +282,28 @@ fn native_routes_follow_nodes() {
     let r = route_to(&r2, "10.244.3.0/24").expect("node 2's own route survives");
     assert_eq!((r.protocol.as_deref(), r.gateway.as_deref()), (Some("static"), Some("198.18.0.4")));
 
+    // A Node whose InternalIP nobody can reach yet: adding its route fails,
+    // the agent says so, keeps running, and retries until the address is
+    // reachable (here: once the test routes it).
+    let unreachable = Ipv4Addr::new(198, 18, 9, 9);
+    c.manifests.write_node_object("node-4", "10.244.4.0/24", unreachable).unwrap();
+    wait_for(WAIT, "agent 1 reports the failed route", || {
+        Ok(c.agents[0].log().contains("adding route 10.244.4.0/24 via 198.18.9.9"))
+    });
+    assert!(c.agents[0].try_wait().unwrap().is_none(), "agent 1 runs: {}", c.agents[0].log());
+    assert_eq!(c.tcp(0, 1).unwrap(), "pod-2", "the other routes are unaffected");
+    let node1 = &c.nodes[0];
+    node1.netns().ip(&["route", "add", &format!("{unreachable}/32"), "dev", "eth0"]).unwrap();
+    let retried = Instant::now();
+    wait_for(WAIT, "node 1 routes node-4's pods once its address is reachable", || {
+        Ok(sluice_routes(node1)?.contains(&("10.244.4.0/24".into(), unreachable.to_string())))
+    });
+    eprintln!("failed route installed on retry after {:?}", retried.elapsed());
+
     // SIGTERM leaves the routes in place (a restart interrupts no traffic).
     let status = c.agents[0].stop().unwrap();
     assert!(status.success(), "agent 1 exited with {status}");
-    assert_eq!(sluice_routes(&c.nodes[0]).unwrap().len(), 1);
+    assert_eq!(sluice_routes(&c.nodes[0]).unwrap().len(), 2);
     assert_eq!(c.tcp(0, 1).unwrap(), "pod-2");
 
     // Restarted with `--routing none --masquerade false`: it withdraws its own
@@ -301,6 +320,7 @@ fn native_routes_follow_nodes() {
     });
     let r1 = node1.netns().routes().unwrap();
     assert!(route_to(&r1, "10.99.0.0/24").is_some(), "node 1's own route survives: {r1:?}");
+    assert!(route_to(&r1, "198.18.9.9").is_some(), "node 1's own route survives: {r1:?}");
     assert!(c.tcp(0, 1).is_err(), "no route from node 1 to node 2's pods any more");
     assert!(c.agents[0].try_wait().unwrap().is_none(), "agent 1 runs: {}", c.agents[0].log());
 }
