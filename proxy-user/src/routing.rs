@@ -26,7 +26,8 @@
 //! (as kube-proxy leaves its rules, and as the pinned BPF state stays): an
 //! agent restart or upgrade interrupts no pod traffic, and the next agent
 //! adopts the routes by their protocol number and replaces the table.
-//! Failures are logged and retried on the next sync; they are never fatal.
+//! Failures are logged (once each) and retried, never fatal: at the agent's
+//! 1 s retry tick for the first [`FAST_RETRIES`], then with every sync.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -64,6 +65,12 @@ pub const NFT_TABLE: &str = "sluice";
 /// Routes and the nftables table are re-checked at least this often, even
 /// when nothing changed (someone may have removed them).
 pub const REFRESH: Duration = Duration::from_secs(30);
+
+/// After this many failed syncs in a row the agent is no longer asked to
+/// retry at once (its 1 s retry tick runs a whole sync); the failure is then
+/// retried with every sync, at least every 30 s. A permanent cause (no `nft`
+/// binary) costs a few syncs, not one per second forever.
+pub const FAST_RETRIES: u32 = 10;
 
 /// How long `nft -f -` may take.
 const NFT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -508,6 +515,8 @@ pub struct Network {
     last_errors: BTreeSet<String>,
     /// Destinations last found covered by a route sluice did not create.
     last_foreign: BTreeSet<Ipv4Network>,
+    /// Failed syncs in a row.
+    failures: u32,
 }
 
 impl Network {
@@ -520,11 +529,14 @@ impl Network {
             last_warnings: BTreeSet::new(),
             last_errors: BTreeSet::new(),
             last_foreign: BTreeSet::new(),
+            failures: 0,
         }
     }
 
     /// Brings routes and the masquerade table in line with `nodes`; `false`
-    /// when something failed (the caller retries soon).
+    /// when something failed and the caller should retry soon (only for the
+    /// first [`FAST_RETRIES`] failures in a row; later ones wait for the next
+    /// sync).
     pub fn sync(&mut self, nodes: &NodeNetwork) -> bool {
         let now = Instant::now();
         let mut errors = BTreeSet::new();
@@ -618,9 +630,14 @@ impl Network {
         for e in errors.difference(&self.last_errors) {
             warn!("{e}; will retry");
         }
-        let ok = errors.is_empty();
+        self.failures = if errors.is_empty() { 0 } else { self.failures.saturating_add(1) };
+        if self.failures == FAST_RETRIES + 1 {
+            warn!(
+                "pod routing or masquerade failed {FAST_RETRIES} times in a row; retrying with every sync from now on"
+            );
+        }
         self.last_errors = errors;
-        ok
+        self.failures == 0 || self.failures > FAST_RETRIES
     }
 }
 
