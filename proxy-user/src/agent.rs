@@ -29,6 +29,7 @@ use crate::{
     },
     k8s, manifest, model,
     observe::{self, HcServers, HealthState, Metrics, MetricsConfig, SyncReport},
+    routing,
 };
 
 /// How often pod interfaces are rescanned (and failed syncs retried).
@@ -64,6 +65,8 @@ pub struct Config {
     pub health_bind: SocketAddr,
     pub metrics_bind: SocketAddr,
     pub cni_conf_dir: PathBuf,
+    /// Pod routing between nodes and egress masquerade.
+    pub network: routing::NetConfig,
 }
 
 impl Config {
@@ -123,6 +126,7 @@ impl Config {
             format!("--metrics-bind {:?}: not an address:port", args.metrics_bind)
         })?;
         Ok(Self {
+            network: routing::NetConfig::from_args(args)?,
             cni_conf_dir: args.cni_conf_dir.clone(),
             health_bind,
             metrics_bind,
@@ -212,6 +216,8 @@ struct Snapshot {
     pod_cidrs: Option<Vec<String>>,
     /// This node's InternalIP (IPv4), when its Node object has one.
     internal_ip: Option<Ipv4Addr>,
+    /// Routes to other nodes' pods and the cluster's address space.
+    network: routing::NodeNetwork,
 }
 
 /// Everything a snapshot takes from a store, while the store is at hand.
@@ -235,6 +241,7 @@ fn snapshot(
         node_eligible: store.nodes.get(node).map(observe::health::node_eligible),
         pod_cidrs: store.nodes.get(node).map(cniconf::pod_cidrs),
         internal_ip: store.nodes.get(node).and_then(internal_ipv4),
+        network: routing::node_network(node, &store.nodes),
     }
 }
 
@@ -268,6 +275,7 @@ struct Agent {
     node_maps: NodeMaps,
     /// This node's InternalIP from its Node object (the preferred SNAT address).
     internal_ip: Option<Ipv4Addr>,
+    network: routing::Network,
     /// The last messages about bad input, so each is logged once, not every sync.
     last_complaints: BTreeSet<String>,
     needs_retry: bool,
@@ -306,6 +314,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let (tx, mut rx) = mpsc::channel(64);
     let source = Source::start(&cfg.source, &tx).await?;
     let mut agent = Agent {
+        network: routing::Network::new(cfg.network.clone()),
         cfg,
         source,
         health,
@@ -386,6 +395,7 @@ impl Agent {
             node_eligible,
             pod_cidrs,
             internal_ip,
+            network,
         } = match self.source.desired(&self.cfg.node_name) {
             Ok(s) => s,
             Err(NotNow::Waiting(kinds)) => {
@@ -438,6 +448,9 @@ impl Agent {
         if internal_ip != self.internal_ip {
             self.internal_ip = internal_ip;
             self.scan_devices();
+        }
+        if !self.network.sync(&network) {
+            self.needs_retry = true;
         }
         if outcome.errors.is_empty() {
             self.health.synced();

@@ -47,6 +47,16 @@ pub struct InspectArgs {
     pub output: Output,
 }
 
+/// `--routing`: who routes pod traffic between nodes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
+pub enum RoutingMode {
+    /// A route per other node's pod CIDR via its InternalIP.
+    #[default]
+    Native,
+    /// Someone else routes (a cloud's route tables, BGP, an overlay).
+    None,
+}
+
 #[derive(Debug, clap::Args)]
 pub struct AgentArgs {
     /// Talk to the API server of this kubeconfig (its current context). Without
@@ -84,9 +94,21 @@ pub struct AgentArgs {
     /// name starting with `sl`).
     #[arg(long, value_delimiter = ',', default_value = "sl+")]
     pub pod_devices: Vec<String>,
-    /// Pod address space (masquerade decisions; not yet used).
+    /// Pod address space (masquerade decisions): traffic from it to anything
+    /// outside it and not to a node leaves with the node's address. Default:
+    /// the union of every Node's IPv4 podCIDRs.
     #[arg(long, value_delimiter = ',')]
     pub cluster_cidr: Vec<String>,
+    /// How pods on other nodes are reached: `native` routes each other
+    /// Node's podCIDRs via its InternalIP (routes marked `proto 115`);
+    /// `none` leaves routing to someone else (and withdraws `proto 115`
+    /// routes an earlier run left).
+    #[arg(long, value_enum, default_value_t = RoutingMode::Native)]
+    pub routing: RoutingMode,
+    /// Masquerade traffic from pods to destinations outside the cluster CIDR
+    /// (nftables table `ip sluice`; `false` removes that table).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub masquerade: bool,
     /// Address of /healthz, /livez, /readyz (kube-proxy semantics).
     #[arg(long, default_value = "0.0.0.0:10256")]
     pub health_bind: String,

@@ -15,4 +15,5 @@ pub mod manifest;
 pub mod model;
 pub mod observe;
 pub mod pktgen;
+pub mod routing;
 pub mod testbed;

@@ -30,6 +30,8 @@ const APT_PACKAGES: &[&str] = &[
     "runc",
     "busybox-static",
     "protobuf-compiler",
+    // `nft`: the agent's egress masquerade (table `ip sluice`) and its tests.
+    "nftables",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";

@@ -680,6 +680,110 @@ impl Pod {
 }
 
 // ---------------------------------------------------------------------------
+// Several nodes: an underlay switch, an external host, routes
+// ---------------------------------------------------------------------------
+
+/// Prefix length of the node underlay (`198.18.0.0/24`).
+pub const UNDERLAY_PREFIX: u8 = 24;
+/// The external host's address, outside the cluster (`198.18.1.0/24`), on
+/// the same wire as the nodes ([`Underlay::add_external`]).
+pub const EXTERNAL_ADDR: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 1);
+
+/// The switch between nodes: a bridge `br0` in a network namespace of its
+/// own. Each plugged host gets a veth whose bridge side is `p<n>` and whose
+/// other side (`eth0`) is in the host's namespace. Dropping the underlay
+/// deletes its namespace and with it every veth pair.
+#[derive(Debug)]
+pub struct Underlay {
+    netns: Netns,
+    next_port: AtomicUsize,
+}
+
+impl Underlay {
+    pub fn new() -> anyhow::Result<Underlay> {
+        let netns = Netns::new("underlay")?;
+        netns.ip(&["link", "add", "br0", "type", "bridge"])?;
+        netns.ip(&["link", "set", "br0", "up"])?;
+        Ok(Underlay { netns, next_port: AtomicUsize::new(0) })
+    }
+
+    pub fn netns(&self) -> &Netns {
+        &self.netns
+    }
+
+    /// Plugs `ns` into the bridge as interface `eth0` with `addrs`
+    /// (`a.b.c.d/len`), up.
+    pub fn plug(&self, ns: &Netns, addrs: &[String]) -> anyhow::Result<()> {
+        let port = format!("p{}", self.next_port.fetch_add(1, Ordering::Relaxed));
+        self.netns.ip(&[
+            "link",
+            "add",
+            &port,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            ns.name(),
+        ])?;
+        self.netns.ip(&["link", "set", &port, "master", "br0", "up"])?;
+        for a in addrs {
+            ns.ip(&["addr", "add", a, "dev", "eth0"])?;
+        }
+        ns.ip(&["link", "set", "eth0", "up"])?;
+        Ok(())
+    }
+
+    /// Plugs a node: `eth0` with the node's address (also on its `lo`) as
+    /// `198.18.0.<index+1>/24`, so every node reaches every other directly.
+    pub fn attach_node(&self, node: &Node) -> anyhow::Result<()> {
+        self.plug(node.netns(), &[format!("{}/{UNDERLAY_PREFIX}", node.address())])
+    }
+
+    /// A host outside the cluster: a namespace on the underlay with only
+    /// [`EXTERNAL_ADDR`] (so every answer, UDP too, comes from that address),
+    /// a direct route to the node subnet, and no route to any pod.
+    pub fn add_external(&self, label: &str) -> anyhow::Result<Netns> {
+        let ns = Netns::new(label)?;
+        self.plug(&ns, &[format!("{EXTERNAL_ADDR}/24")])?;
+        ns.ip(&["route", "add", &format!("198.18.0.0/{UNDERLAY_PREFIX}"), "dev", "eth0"])?;
+        Ok(ns)
+    }
+
+    /// Routes `198.18.1.0/24` (the external host) from `node` directly out
+    /// of its underlay interface.
+    pub fn route_to_external(node: &Node) -> anyhow::Result<()> {
+        let [a, b, c, _] = EXTERNAL_ADDR.octets();
+        node.netns().ip(&["route", "add", &format!("{a}.{b}.{c}.0/24"), "dev", "eth0"])?;
+        Ok(())
+    }
+}
+
+/// One IPv4 route as `ip -j route show` prints it.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+pub struct RouteEntry {
+    /// `10.244.2.0/24`, `default`, or a host address without `/32`.
+    pub dst: String,
+    #[serde(default)]
+    pub gateway: Option<String>,
+    #[serde(default)]
+    pub dev: Option<String>,
+    /// `kernel`, `boot`, `static`, ... or the number when iproute2 has no
+    /// name for it (`"115"`).
+    #[serde(default)]
+    pub protocol: Option<String>,
+}
+
+impl Netns {
+    /// The IPv4 routes of the main table.
+    pub fn routes(&self) -> anyhow::Result<Vec<RouteEntry>> {
+        let out = self.ip(&["-j", "-4", "route", "show", "table", "main"])?;
+        serde_json::from_str(&out).with_context(|| format!("parsing `ip -j route`: {out:?}"))
+    }
+}
+
+// ---------------------------------------------------------------------------
 // Echo servers and clients
 // ---------------------------------------------------------------------------
 
@@ -699,12 +803,42 @@ pub struct EchoServer {
     udp_hits: Arc<AtomicU64>,
 }
 
+/// What an [`EchoServer`] answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reply {
+    /// Its name.
+    Name,
+    /// The address the request came from, as the server sees it (to check
+    /// source NAT).
+    PeerAddress,
+}
+
+impl Reply {
+    fn text(self, name: &str, peer: SocketAddr) -> String {
+        match self {
+            Reply::Name => name.to_owned(),
+            Reply::PeerAddress => peer.ip().to_string(),
+        }
+    }
+}
+
 impl EchoServer {
     pub fn start(
         ns: &impl AsRef<Netns>,
         name: &str,
         tcp_port: u16,
         udp_port: u16,
+    ) -> anyhow::Result<EchoServer> {
+        Self::start_replying(ns, name, tcp_port, udp_port, Reply::Name)
+    }
+
+    /// Like [`EchoServer::start`], answering as `reply` says.
+    pub fn start_replying(
+        ns: &impl AsRef<Netns>,
+        name: &str,
+        tcp_port: u16,
+        udp_port: u16,
+        reply: Reply,
     ) -> anyhow::Result<EchoServer> {
         let ns = ns.as_ref();
         let mut srv = EchoServer {
@@ -716,8 +850,7 @@ impl EchoServer {
         };
         if tcp_port != 0 {
             let (tx, rx) = mpsc::sync_channel::<io::Result<()>>(1);
-            let (stop, hits, answer) =
-                (srv.stop.clone(), srv.tcp_hits.clone(), format!("{name}\n"));
+            let (stop, hits, own) = (srv.stop.clone(), srv.tcp_hits.clone(), name.to_owned());
             let t = ns.spawn(&format!("echo-tcp-{name}"), move || {
                 let listener = match TcpListener::bind((Ipv4Addr::UNSPECIFIED, tcp_port))
                     .and_then(|l| l.set_nonblocking(true).map(|()| l))
@@ -731,7 +864,7 @@ impl EchoServer {
                         return;
                     }
                 };
-                tcp_serve(&listener, &stop, &hits, answer.as_bytes());
+                tcp_serve(&listener, &stop, &hits, |peer| format!("{}\n", reply.text(&own, peer)));
             })?;
             srv.threads.push(t);
             recv_started(&rx)
@@ -739,7 +872,7 @@ impl EchoServer {
         }
         if udp_port != 0 {
             let (tx, rx) = mpsc::sync_channel::<io::Result<()>>(1);
-            let (stop, hits, answer) = (srv.stop.clone(), srv.udp_hits.clone(), name.to_owned());
+            let (stop, hits, own) = (srv.stop.clone(), srv.udp_hits.clone(), name.to_owned());
             let t = ns.spawn(&format!("echo-udp-{name}"), move || {
                 let sock = match UdpSocket::bind((Ipv4Addr::UNSPECIFIED, udp_port))
                     .and_then(|s| s.set_read_timeout(Some(POLL)).map(|()| s))
@@ -757,7 +890,7 @@ impl EchoServer {
                 while !stop.load(Ordering::Relaxed) {
                     if let Ok((_, peer)) = sock.recv_from(&mut buf) {
                         hits.fetch_add(1, Ordering::Relaxed);
-                        let _ = sock.send_to(answer.as_bytes(), peer);
+                        let _ = sock.send_to(reply.text(&own, peer).as_bytes(), peer);
                     }
                 }
             })?;
@@ -790,14 +923,19 @@ fn recv_started(rx: &mpsc::Receiver<io::Result<()>>) -> anyhow::Result<()> {
     }
 }
 
-fn tcp_serve(listener: &TcpListener, stop: &AtomicBool, hits: &AtomicU64, answer: &[u8]) {
+fn tcp_serve(
+    listener: &TcpListener,
+    stop: &AtomicBool,
+    hits: &AtomicU64,
+    answer: impl Fn(SocketAddr) -> String,
+) {
     while !stop.load(Ordering::Relaxed) {
         match listener.accept() {
-            Ok((mut s, _)) => {
+            Ok((mut s, peer)) => {
                 hits.fetch_add(1, Ordering::Relaxed);
                 let _ = s.set_nonblocking(false);
                 let _ = s.set_write_timeout(Some(SERVER_IO_TIMEOUT));
-                let _ = s.write_all(answer);
+                let _ = s.write_all(answer(peer).as_bytes());
                 let _ = s.shutdown(std::net::Shutdown::Write);
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => thread::sleep(POLL),
