@@ -30,6 +30,10 @@ const APT_PACKAGES: &[&str] = &[
     "runc",
     "busybox-static",
     "protobuf-compiler",
+    // `bench peers`: kube-proxy's iptables and nftables data planes,
+    // emulated with iptables-restore and nft.
+    "iptables",
+    "nftables",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";

@@ -254,8 +254,11 @@ pub fn iptables_restore(services: &[ServicePort], cfg: &ClusterConfig) -> String
             svc.cluster_ip, svc.port, cfg.cluster_cidr
         );
         for (i, &ep) in svc.endpoints.iter().enumerate() {
-            let comment =
-                if large { String::new() } else { format!("-m comment --comment \"{name} -> {ep}\" ") };
+            let comment = if large {
+                String::new()
+            } else {
+                format!("-m comment --comment \"{name} -> {ep}\" ")
+            };
             let statistic = if i + 1 < n {
                 format!("-m statistic --mode random --probability {} ", probability(i, n))
             } else {
@@ -407,8 +410,11 @@ pub fn nft_ruleset(services: &[ServicePort], cfg: &ClusterConfig) -> String {
         );
         for &ep in &svc.endpoints {
             let ep_chain = nft_endpoint_chain(svc, ep);
-            let _ =
-                writeln!(out, "add rule {T} {ep_chain} ip saddr {} jump mark-for-masquerade", ep.ip());
+            let _ = writeln!(
+                out,
+                "add rule {T} {ep_chain} ip saddr {} jump mark-for-masquerade",
+                ep.ip()
+            );
             let _ = writeln!(out, "add rule {T} {ep_chain} meta l4proto {PROTOCOL} dnat to {ep}");
         }
         let _ = writeln!(out, "add element {T} cluster-ips {{ {} }}", svc.cluster_ip);
@@ -425,7 +431,14 @@ pub fn nft_ruleset(services: &[ServicePort], cfg: &ClusterConfig) -> String {
 mod tests {
     use super::*;
 
-    fn svc(ns: &str, name: &str, port_name: &str, ip: [u8; 4], port: u16, eps: &[(&str, u16)]) -> ServicePort {
+    fn svc(
+        ns: &str,
+        name: &str,
+        port_name: &str,
+        ip: [u8; 4],
+        port: u16,
+        eps: &[(&str, u16)],
+    ) -> ServicePort {
         ServicePort {
             namespace: ns.to_owned(),
             name: name.to_owned(),
@@ -486,7 +499,14 @@ mod tests {
             nft_endpoint_chain(&s1, s1.endpoints[0]),
             "endpoint-5OJB2KTY-ns1/svc1/tcp/p80__10.180.0.1/80"
         );
-        let s4 = svc("ns4", "svc4", "p80", [172, 30, 0, 44], 80, &[("10.180.0.4", 80), ("10.180.0.5", 80)]);
+        let s4 = svc(
+            "ns4",
+            "svc4",
+            "p80",
+            [172, 30, 0, 44],
+            80,
+            &[("10.180.0.4", 80), ("10.180.0.5", 80)],
+        );
         assert_eq!(nft_service_chain(&s4), "service-LAUZTJTB-ns4/svc4/tcp/p80");
         assert_eq!(
             nft_endpoint_chain(&s4, s4.endpoints[0]),
@@ -599,13 +619,25 @@ mod tests {
         let text = nft_ruleset(&[one, three.clone()], &cfg());
         let has = |l: &str| assert!(text.lines().any(|x| x == l), "missing {l:?} in\n{text}");
         has("add table ip kube-proxy { comment \"rules for kube-proxy\" ; }");
-        has("add map ip kube-proxy service-ips { type ipv4_addr . inet_proto . inet_service : verdict ; comment \"ClusterIP, ExternalIP and LoadBalancer IP traffic\" ; }");
+        has(
+            "add map ip kube-proxy service-ips { type ipv4_addr . inet_proto . inet_service : verdict ; comment \"ClusterIP, ExternalIP and LoadBalancer IP traffic\" ; }",
+        );
         has("add rule ip kube-proxy services ip daddr . meta l4proto . th dport vmap @service-ips");
-        has("add rule ip kube-proxy service-ULMVA6XW-ns1/svc1/tcp/p80 ip daddr 172.30.0.41 ip saddr != 10.0.0.0/8 jump mark-for-masquerade");
-        has("add rule ip kube-proxy service-ULMVA6XW-ns1/svc1/tcp/p80 numgen random mod 1 vmap { 0 : goto endpoint-5OJB2KTY-ns1/svc1/tcp/p80__10.180.0.1/80 }");
-        has("add rule ip kube-proxy endpoint-5OJB2KTY-ns1/svc1/tcp/p80__10.180.0.1/80 ip saddr 10.180.0.1 jump mark-for-masquerade");
-        has("add rule ip kube-proxy endpoint-5OJB2KTY-ns1/svc1/tcp/p80__10.180.0.1/80 meta l4proto tcp dnat to 10.180.0.1:80");
-        has("add element ip kube-proxy service-ips { 172.30.0.41 . tcp . 80 : goto service-ULMVA6XW-ns1/svc1/tcp/p80 }");
+        has(
+            "add rule ip kube-proxy service-ULMVA6XW-ns1/svc1/tcp/p80 ip daddr 172.30.0.41 ip saddr != 10.0.0.0/8 jump mark-for-masquerade",
+        );
+        has(
+            "add rule ip kube-proxy service-ULMVA6XW-ns1/svc1/tcp/p80 numgen random mod 1 vmap { 0 : goto endpoint-5OJB2KTY-ns1/svc1/tcp/p80__10.180.0.1/80 }",
+        );
+        has(
+            "add rule ip kube-proxy endpoint-5OJB2KTY-ns1/svc1/tcp/p80__10.180.0.1/80 ip saddr 10.180.0.1 jump mark-for-masquerade",
+        );
+        has(
+            "add rule ip kube-proxy endpoint-5OJB2KTY-ns1/svc1/tcp/p80__10.180.0.1/80 meta l4proto tcp dnat to 10.180.0.1:80",
+        );
+        has(
+            "add element ip kube-proxy service-ips { 172.30.0.41 . tcp . 80 : goto service-ULMVA6XW-ns1/svc1/tcp/p80 }",
+        );
         has("add rule ip kube-proxy masquerading masquerade fully-random");
         let chain = nft_service_chain(&three);
         let numgen = text
@@ -670,8 +702,8 @@ mod tests {
                 run_checked(ns.command("iptables-restore").unwrap().args(args).arg(&ipt), t)
                     .unwrap();
             }
-            let nat = run_checked(ns.command("iptables").unwrap().args(["-t", "nat", "-S"]), t)
-                .unwrap();
+            let nat =
+                run_checked(ns.command("iptables").unwrap().args(["-t", "nat", "-S"]), t).unwrap();
             assert!(nat.contains("-N KUBE-SVC-XPGD46QRK7WJZT7O"), "{nat}");
             let services_chain = nat.lines().filter(|l| l.starts_with("-A KUBE-SERVICES ")).count();
             assert_eq!(services_chain, set.len() + 1);
@@ -683,7 +715,10 @@ mod tests {
                 t,
             )
             .unwrap();
-            assert!(map.contains("172.30.0.41 . tcp . 80 : goto service-ULMVA6XW-ns1/svc1/tcp/p80"), "{map}");
+            assert!(
+                map.contains("172.30.0.41 . tcp . 80 : goto service-ULMVA6XW-ns1/svc1/tcp/p80"),
+                "{map}"
+            );
             run_checked(ns.command("nft").unwrap().args(["flush", "ruleset"]), t).unwrap();
         }
     }

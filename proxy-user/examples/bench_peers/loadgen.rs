@@ -166,7 +166,11 @@ pub fn serve(port: u16, max_seconds: u64) -> io::Result<()> {
 /// namespace) until one connection gets its byte echoed; returns the time
 /// since `since`. Each attempt is bounded by 20 ms, so a dropped SYN or a
 /// rate-limited ICMP error costs at most that.
-pub fn wait_reachable(target: SocketAddrV4, since: Instant, timeout: Duration) -> io::Result<Duration> {
+pub fn wait_reachable(
+    target: SocketAddrV4,
+    since: Instant,
+    timeout: Duration,
+) -> io::Result<Duration> {
     let target = SocketAddr::V4(target);
     loop {
         let attempt = (|| -> io::Result<()> {

@@ -124,10 +124,7 @@ impl Peer {
     }
 
     fn parse(s: &str) -> anyhow::Result<Peer> {
-        Peer::ALL
-            .into_iter()
-            .find(|p| p.name() == s)
-            .with_context(|| format!("unknown peer `{s}`"))
+        Peer::ALL.into_iter().find(|p| p.name() == s).with_context(|| format!("unknown peer `{s}`"))
     }
 }
 
@@ -148,7 +145,9 @@ struct Trial {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.role {
-        Some(Role::Serve { port, max_seconds }) => loadgen::serve(port, max_seconds).map_err(Into::into),
+        Some(Role::Serve { port, max_seconds }) => {
+            loadgen::serve(port, max_seconds).map_err(Into::into)
+        }
         Some(Role::Client { target, seconds }) => client_main(target, seconds),
         None => orchestrate(&cli),
     };
@@ -270,12 +269,12 @@ fn start_poller(
     target: SocketAddrV4,
     since: Instant,
 ) -> anyhow::Result<testbed::NsJoinHandle<std::io::Result<Duration>>> {
-    Ok(pod.netns().spawn("reachable", move || loadgen::wait_reachable(target, since, PROGRAM_TIMEOUT))?)
+    Ok(pod
+        .netns()
+        .spawn("reachable", move || loadgen::wait_reachable(target, since, PROGRAM_TIMEOUT))?)
 }
 
-fn join_poller(
-    h: testbed::NsJoinHandle<std::io::Result<Duration>>,
-) -> anyhow::Result<Duration> {
+fn join_poller(h: testbed::NsJoinHandle<std::io::Result<Duration>>) -> anyhow::Result<Duration> {
     h.join().map_err(|_| anyhow::anyhow!("poller panicked"))?.context("measured service")
 }
 
@@ -345,17 +344,17 @@ fn manifests_yaml(services: &[kube_rules::ServicePort], node: &Node) -> String {
 /// Counts tcx programs attached in `ns` (`bpftool net show`), to check that
 /// nothing of a sluice run stays behind for the next peer.
 fn tcx_attached(ns: &Netns) -> anyhow::Result<usize> {
-    let out = run_checked(&mut ns.command("bpftool")?.args(["net", "show"]), Duration::from_secs(10))?;
+    let out = run_checked(ns.command("bpftool")?.args(["net", "show"]), Duration::from_secs(10))?;
     Ok(out.lines().filter(|l| l.contains("tcx/")).count())
 }
 
 fn nft_ruleset_empty(ns: &Netns) -> anyhow::Result<bool> {
-    let out = run_checked(&mut ns.command("nft")?.args(["list", "ruleset"]), Duration::from_secs(30))?;
+    let out = run_checked(ns.command("nft")?.args(["list", "ruleset"]), Duration::from_secs(30))?;
     Ok(out.trim().is_empty())
 }
 
 fn nft_flush(ns: &Netns) -> anyhow::Result<()> {
-    run_checked(&mut ns.command("nft")?.args(["flush", "ruleset"]), Duration::from_secs(60))?;
+    run_checked(ns.command("nft")?.args(["flush", "ruleset"]), Duration::from_secs(60))?;
     Ok(())
 }
 
@@ -464,14 +463,7 @@ fn trial(bed: &Bed, inputs: &Inputs, peer: Peer, rep: u32, seconds: f64) -> anyh
         ensure!(tcx_attached(node_ns)? == 0, "tcx programs still attached after {}", peer.name());
     }
     ensure!(nft_ruleset_empty(node_ns)?, "netfilter rules left after {}", peer.name());
-    Ok(Trial {
-        services: inputs.n,
-        rep,
-        peer,
-        program_cmd_ms,
-        program_reachable_ms,
-        client,
-    })
+    Ok(Trial { services: inputs.n, rep, peer, program_cmd_ms, program_reachable_ms, client })
 }
 
 fn orchestrate(cli: &Cli) -> anyhow::Result<()> {
