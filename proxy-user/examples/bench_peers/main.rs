@@ -447,6 +447,18 @@ fn trial(bed: &Bed, inputs: &Inputs, peer: Peer, rep: u32, seconds: f64) -> anyh
                 bail!("agent exited ({status}); log:\n{}", agent.log());
             }
             program_reachable_ms = Some(ms(reachable?));
+            if peer == Peer::SluiceSocklb && on_path("bpftool") {
+                // The client's connect() must meet the agent's hooks.
+                let hooks = run_checked(
+                    Command::new("bpftool").args(["cgroup", "show"]).arg(cgroup.path()),
+                    Duration::from_secs(10),
+                )?;
+                ensure!(
+                    hooks.contains("connect4") || hooks.contains("inet4_connect"),
+                    "no connect4 hook on {}: {hooks}",
+                    cgroup.path().display()
+                );
+            }
             let socklb = (peer == Peer::SluiceSocklb).then(|| cgroup.path());
             let r = run_client(&bed.client, bed.client_cpu, inputs.vip, seconds, socklb);
             let status = agent.stop()?;
@@ -504,14 +516,24 @@ fn orchestrate(cli: &Cli) -> anyhow::Result<()> {
         peers.iter().map(|p| p.name()).collect::<Vec<_>>().join(", ")
     );
     let mut trials = Vec::new();
+    let mut failures: Vec<String> = Vec::new();
     for &n in &sizes {
         let inputs = prepare(&bed, n)?;
         for rep in 0..reps {
             // Interleaved, each repetition starting at the next peer.
             for k in 0..peers.len() {
                 let peer = peers[(k + rep as usize) % peers.len()];
-                let t = trial(&bed, &inputs, peer, rep, seconds)
-                    .with_context(|| format!("{} at N = {n}, repetition {rep}", peer.name()))?;
+                let t = match trial(&bed, &inputs, peer, rep, seconds) {
+                    Ok(t) => t,
+                    Err(e) => {
+                        // Recorded, cleaned up, and the run goes on.
+                        let e = format!("{} at N = {n}, repetition {rep}: {e:#}", peer.name());
+                        println!("  FAILED: {e}");
+                        failures.push(e);
+                        clean_after_failure(&bed)?;
+                        continue;
+                    }
+                };
                 println!(
                     "  N={n:>6} rep {rep} {:<14} {:>8.0} conn/s  rr p50 {:>6.1} µs p99 {:>6.1} µs{}",
                     peer.name(),
@@ -536,14 +558,28 @@ fn orchestrate(cli: &Cli) -> anyhow::Result<()> {
         peers: peers.iter().map(|p| p.name().to_owned()).collect(),
         quick: cli.quick,
     };
-    let json = serde_json::json!({ "machine": machine, "settings": settings, "trials": trials });
+    let json = serde_json::json!({
+        "machine": machine, "settings": settings, "trials": trials, "failures": failures,
+    });
     let json_path = cli.out.join("results.json");
     fs::write(&json_path, serde_json::to_string_pretty(&json)?)?;
-    let md = report::markdown(&machine, &settings, &trials);
+    let md = report::markdown(&machine, &settings, &trials, &failures);
     let md_path = cli.out.join("report.md");
     fs::write(&md_path, &md)?;
     println!("\n{md}");
     println!("report: {}\nraw data: {}", md_path.display(), json_path.display());
+    Ok(())
+}
+
+/// After a failed trial: no netfilter rule and no tcx program may stay, or
+/// the next peers' figures would be wrong; the run stops if they do.
+fn clean_after_failure(bed: &Bed) -> anyhow::Result<()> {
+    let ns = bed.node.netns();
+    nft_flush(ns)?;
+    ensure!(nft_ruleset_empty(ns)?, "netfilter rules left after a failed trial");
+    if on_path("bpftool") {
+        ensure!(tcx_attached(ns)? == 0, "tcx programs left after a failed trial");
+    }
     Ok(())
 }
 

@@ -152,7 +152,12 @@ KUBE-PROXY-CANARY / KUBE-KUBELET-CANARY in mangle, NodePort and external chains 
 - **Shared machine.** The load average before and after the run is recorded above; figures \
 taken while other work ran on the machine are noisier (see the spread).";
 
-pub fn markdown(machine: &Machine, settings: &Settings, trials: &[Trial]) -> String {
+pub fn markdown(
+    machine: &Machine,
+    settings: &Settings,
+    trials: &[Trial],
+    failures: &[String],
+) -> String {
     let mut md = String::new();
     let _ = writeln!(md, "# sluice vs kube-proxy's data planes (bench peers)\n");
     let _ = writeln!(
@@ -237,13 +242,23 @@ pub fn markdown(machine: &Machine, settings: &Settings, trials: &[Trial]) -> Str
         }
     }
 
+    if !failures.is_empty() {
+        let _ = writeln!(
+            md,
+            "\n{} trial(s) failed and are not in the figures above:\n",
+            failures.len()
+        );
+        for f in failures {
+            let _ = writeln!(md, "- {}", f.replace('\n', " "));
+        }
+    }
     let _ = writeln!(md, "\n## Time to program N services, cold (ms)\n");
     let _ = writeln!(
         md,
         "iptables and nftables: the wall time of `iptables-restore --noflush` / `nft -f` on an \
          empty namespace, and (after the slash) from its start until the measured service \
          answered a client. sluice: from the agent's start (manifests already on disk) until \
-         the measured service answered. Polling resolution about 20 ms.\n"
+         the measured service answered. Polling resolution about 5 ms.\n"
     );
     let _ = writeln!(md, "| N | iptables-restore | nft -f | sluice | sluice-socklb |");
     let _ = writeln!(md, "|---:|---:|---:|---:|---:|");
