@@ -42,7 +42,7 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         demo_args: Vec<String>,
     },
-    /// Setup, then run benchmarks (none yet).
+    /// Setup, then run benchmarks: datapath, control, cni, peers (default: all).
     Bench {
         /// A short run, for CI.
         #[arg(long)]
@@ -148,9 +148,11 @@ fn demo(demo_args: &[String]) -> Result<()> {
 
 /// Benchmarks: `datapath` (per-packet cost against the number of services),
 /// `control` (the agent fed by the test API server: cold start, one change,
-/// peak RSS), `cni` (ADD/DEL latency against the reference plugins).
+/// peak RSS), `cni` (ADD/DEL latency against the reference plugins), `peers`
+/// (sluice against the direct path and kube-proxy's iptables and nftables
+/// data planes, emulated in network namespaces).
 fn bench(quick: bool, target: Option<&str>) -> Result<()> {
-    const TARGETS: [&str; 3] = ["datapath", "control", "cni"];
+    const TARGETS: [&str; 4] = ["datapath", "control", "cni", "peers"];
     let targets: Vec<&str> = match target {
         None => TARGETS.to_vec(),
         Some(t) if TARGETS.contains(&t) => vec![t],
@@ -162,6 +164,15 @@ fn bench(quick: bool, target: Option<&str>) -> Result<()> {
             // sluice-cni vs bridge+host-local and ptp+host-local, interleaved.
             run.args(["run", "--release", "-p", "sluice-cni", "--example", "bench", "--"]);
             run.args(["--pods", if quick { "50" } else { "500" }]);
+        } else if t == "peers" {
+            // Runs the `sluice` binary (the agent), which `cargo run --example` does not build.
+            build()?;
+            let out = cmd::workspace_root().join(PEERS_RESULTS);
+            run.args(["run", "--release", "-p", "sluice", "--example", "bench_peers", "--"]);
+            run.arg("--out").arg(&out);
+            if quick {
+                run.arg("--quick");
+            }
         } else {
             run.args(["run", "--release", "-p", "sluice", "--example", &format!("bench_{t}")]);
             if quick {
@@ -175,6 +186,9 @@ fn bench(quick: bool, target: Option<&str>) -> Result<()> {
     }
     Ok(())
 }
+
+/// Where `bench peers` writes report.md and results.json, under the workspace root.
+const PEERS_RESULTS: &str = "target/bench-results/peers";
 
 /// Wraps `inner` in `unshare --mount --propagation private` so that mounts the
 /// child makes (test bpffs, cgroup2 views) disappear with it. Needs root; runs

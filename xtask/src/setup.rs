@@ -30,7 +30,10 @@ const APT_PACKAGES: &[&str] = &[
     "runc",
     "busybox-static",
     "protobuf-compiler",
-    // `nft`: the agent's egress masquerade (table `ip sluice`) and its tests.
+    // `bench peers`: kube-proxy's iptables and nftables data planes,
+    // emulated with iptables-restore and nft.
+    "iptables",
+    // `nft`: also the agent's egress masquerade (table `ip sluice`) and its tests.
     "nftables",
 ];
 
