@@ -4,9 +4,7 @@
 //! the backend is still active; otherwise a new pick, remembered.
 
 use aya_ebpf::helpers::bpf_ktime_get_ns;
-use proxy_common::{
-    AffinityKey, AffinityValue, Backend, DropReason, ServiceValue,
-};
+use proxy_common::{AffinityKey, AffinityValue, Backend, DropReason, ServiceValue};
 
 use crate::{
     lb,

@@ -33,12 +33,7 @@ pub fn redirect(ctx: &TcContext, proto: u8, saddr: u32, daddr: u32) -> Result<Ac
     params.__bindgen_anon_4.ipv4_dst = daddr;
     // SAFETY: a helper call with a pointer to our own stack buffer.
     let rc = unsafe {
-        fib_lookup(
-            ctx.as_ptr(),
-            &mut params,
-            core::mem::size_of::<bpf_fib_lookup>() as i32,
-            0,
-        )
+        fib_lookup(ctx.as_ptr(), &mut params, core::mem::size_of::<bpf_fib_lookup>() as i32, 0)
     };
     let verdict = if rc == i64::from(BPF_FIB_LKUP_RET_SUCCESS) {
         let mut macs = [0u8; 12];

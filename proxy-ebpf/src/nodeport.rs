@@ -12,7 +12,8 @@
 
 use aya_ebpf::{helpers::bpf_get_prandom_u32, programs::TcContext};
 use proxy_common::{
-    BACKEND_FLAG_LOCAL, CT_DIR_REPLY, CT_FLAG_SNAT, DropReason, SNAT_PORT_MAX, SNAT_PORT_MIN, SVC_FLAG_LOCAL, proto,
+    BACKEND_FLAG_LOCAL, CT_DIR_REPLY, CT_FLAG_SNAT, DropReason, SNAT_PORT_MAX, SNAT_PORT_MIN,
+    SVC_FLAG_LOCAL, proto,
 };
 
 use crate::{
@@ -74,7 +75,8 @@ pub fn handle_external(ctx: &TcContext) -> Result<Action, DropReason> {
     };
     let (backend_id, backend, snat, new) = match lb::established(ctx, &ip, sport, dport, &svc) {
         Some((entry, backend)) => {
-            let snat = (entry.flags & CT_FLAG_SNAT != 0).then_some((entry.nat_addr, entry.nat_port));
+            let snat =
+                (entry.flags & CT_FLAG_SNAT != 0).then_some((entry.nat_addr, entry.nat_port));
             (entry.backend_id, backend, snat, false)
         }
         None => {

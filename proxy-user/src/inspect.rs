@@ -101,7 +101,11 @@ pub fn services(paths: &PinPaths) -> Result<Vec<ServiceView>> {
                 id: *id,
                 address: b.addr(),
                 port: b.port(),
-                state: if b.state & proxy_common::BACKEND_STATE_MASK == BACKEND_STATE_ACTIVE { "active" } else { "terminating" },
+                state: if b.state & proxy_common::BACKEND_STATE_MASK == BACKEND_STATE_ACTIVE {
+                    "active"
+                } else {
+                    "terminating"
+                },
                 slot: slot_of(*id),
                 stats: stats_of(paths, StatsMap::Backend, *id),
             })

@@ -379,7 +379,10 @@ pub fn service_ports(
     // ipMode Proxy: the load balancer delivers to the node itself, as to a
     // NodePort; kube-proxy leaves such IPs alone.
     let load_balancer_ips = ipv4_list(
-        ingress.iter().filter(|i| i.ip_mode.as_deref() != Some("Proxy")).filter_map(|i| i.ip.as_deref()),
+        ingress
+            .iter()
+            .filter(|i| i.ip_mode.as_deref() != Some("Proxy"))
+            .filter_map(|i| i.ip.as_deref()),
         "status.loadBalancer.ingress[].ip",
         &object(),
         warnings,

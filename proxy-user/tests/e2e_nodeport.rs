@@ -179,7 +179,8 @@ fn cluster(n: u8) -> Cluster {
         for b in &nodes {
             if a.name() != b.name() {
                 let via = b.netns().ip(&["-4", "-o", "addr", "show", "eth1"]).unwrap();
-                let via = via.split_whitespace().nth(3).unwrap().split('/').next().unwrap().to_owned();
+                let via =
+                    via.split_whitespace().nth(3).unwrap().split('/').next().unwrap().to_owned();
                 a.netns().ip(&["route", "add", &b.pod_cidr(), "via", &via]).unwrap();
             }
         }
@@ -217,7 +218,9 @@ fn service_yaml(
 }
 
 fn ports(node_port: u16) -> String {
-    format!("  ports:\n  - name: http\n    protocol: TCP\n    port: 80\n    targetPort: 8080\n    nodePort: {node_port}\n")
+    format!(
+        "  ports:\n  - name: http\n    protocol: TCP\n    port: 80\n    targetPort: 8080\n    nodePort: {node_port}\n"
+    )
 }
 
 struct Agents {
@@ -291,11 +294,9 @@ fn nodeport_cluster_policy_snats_only_remote_backends() {
     let node1 = SocketAddrV4::new(device_addr(1), 30080);
     wait_answer(&c.client, node1);
     let seen = ask_many(&c.client, node1, 40);
-    let expected: BTreeSet<(String, String)> = [
-        ("be1".to_owned(), CLIENT.to_string()),
-        ("be2".to_owned(), device_addr(1).to_string()),
-    ]
-    .into();
+    let expected: BTreeSet<(String, String)> =
+        [("be1".to_owned(), CLIENT.to_string()), ("be2".to_owned(), device_addr(1).to_string())]
+            .into();
     assert_eq!(seen, expected, "NodePort on node 1: (backend, source seen)");
 
     for addr in [EXTERNAL_IP, LB_IP] {

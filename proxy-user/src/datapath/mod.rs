@@ -149,7 +149,8 @@ impl PinPaths {
         let mut links = Vec::new();
         for entry in entries {
             let path = entry?.path();
-            let ifindex = path.file_name().and_then(|n| n.to_str()?.strip_prefix(prefix)?.parse().ok());
+            let ifindex =
+                path.file_name().and_then(|n| n.to_str()?.strip_prefix(prefix)?.parse().ok());
             if let Some(ifindex) = ifindex {
                 links.push((ifindex, path));
             }

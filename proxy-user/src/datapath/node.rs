@@ -91,7 +91,7 @@ impl NodeMaps {
         if self.applied.as_ref() == Some(want) {
             return Ok(false);
         }
-        let present: BTreeSet<u32> = self.addrs.keys().filter_map(|k| k.ok()).collect();
+        let present: BTreeSet<u32> = self.addrs.keys().filter_map(Result::ok).collect();
         let wanted: BTreeSet<u32> =
             want.nodeport.iter().map(|a| proxy_common::addr_to_map(*a)).collect();
         for raw in wanted.difference(&present) {
@@ -102,10 +102,8 @@ impl NodeMaps {
         for raw in present.difference(&wanted) {
             self.addrs.remove(raw).map_err(op_err(MAP_NODE_ADDRS, "delete"))?;
         }
-        let config = DatapathConfig {
-            snat_addr: want.snat.map_or(0, proxy_common::addr_to_map),
-            _pad: 0,
-        };
+        let config =
+            DatapathConfig { snat_addr: want.snat.map_or(0, proxy_common::addr_to_map), _pad: 0 };
         self.config.set(0, config, 0).map_err(op_err(MAP_CONFIG, "update"))?;
         self.applied = Some(want.clone());
         Ok(true)

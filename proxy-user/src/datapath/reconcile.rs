@@ -21,8 +21,8 @@ use std::{
 
 use proxy_common::{
     BACKEND_FLAG_LOCAL, BACKEND_STATE_ACTIVE, BACKEND_STATE_MASK, BACKEND_STATE_TERMINATING,
-    Backend, RevNat, SVC_FLAG_AFFINITY,
-    SVC_FLAG_DROP_EMPTY, SVC_FLAG_EXTERNAL, SVC_FLAG_LOCAL, ServiceKey, ServiceValue,
+    Backend, RevNat, SVC_FLAG_AFFINITY, SVC_FLAG_DROP_EMPTY, SVC_FLAG_EXTERNAL, SVC_FLAG_LOCAL,
+    ServiceKey, ServiceValue,
 };
 
 use super::{
@@ -214,13 +214,10 @@ impl<M: LbMaps> Reconciler<M> {
         for (id, b) in &backends {
             match by_rev_nat.get(&b.rev_nat_index).and_then(|fk| applied.get_mut(fk)) {
                 Some(a) if *id != 0 => {
-                    a.backends.insert(
-                        (b.addr(), b.port()),
-                        {
-                            let (state, local) = state_from_map(b.state);
-                            AppliedBackend { id: *id, state, local }
-                        },
-                    );
+                    a.backends.insert((b.addr(), b.port()), {
+                        let (state, local) = state_from_map(b.state);
+                        AppliedBackend { id: *id, state, local }
+                    });
                     outcome.backends += 1;
                 }
                 _ => stray_backends.push(*id),
@@ -403,9 +400,10 @@ impl<M: LbMaps> Reconciler<M> {
                         self.used_backend_ids.remove(&id);
                         return Err(e);
                     }
-                    self.entry(fk)
-                        .backends
-                        .insert((b.addr, b.port), AppliedBackend { id, state: b.state, local: b.local });
+                    self.entry(fk).backends.insert(
+                        (b.addr, b.port),
+                        AppliedBackend { id, state: b.state, local: b.local },
+                    );
                     id
                 }
             };
