@@ -8,11 +8,11 @@
 
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 use proxy_common::{
-    CT_DIR_REPLY, CT_DIR_SERVICE, CT_FLAG_EXTERNAL, CT_FLAG_HAIRPIN, CT_FLAG_SNAT, CtEntry, CtKey,
-    DropReason, HAIRPIN_ADDR,
+    Backend, CT_DIR_REPLY, CT_DIR_SERVICE, CT_FLAG_EXTERNAL, CT_FLAG_HAIRPIN, CT_FLAG_SNAT,
+    CtEntry, CtKey, DropReason, HAIRPIN_ADDR, SVC_FLAG_EXTERNAL, ServiceValue,
 };
 
-use crate::maps::SL_CT;
+use crate::{maps::SL_CT, parse::Ipv4};
 
 /// `BPF_NOEXIST`: insert only if the key is not there yet.
 const BPF_NOEXIST: u64 = 1;
@@ -48,6 +48,32 @@ pub struct NewFlow {
     pub external: bool,
     /// The source the backend sees when the flow is SNATed to the node.
     pub snat: Option<(u32, u16)>,
+}
+
+impl NewFlow {
+    /// A flow from the packet's source to the frontend it addressed, sent to
+    /// `backend`; hairpin when the client is the backend, external when the
+    /// frontend is; not SNATed.
+    #[inline(always)]
+    pub fn new(
+        ip: &Ipv4,
+        ports: (u16, u16),
+        backend_id: u32,
+        backend: &Backend,
+        svc: &ServiceValue,
+    ) -> Self {
+        Self {
+            client: (ip.saddr, ports.0),
+            frontend: (ip.daddr, ports.1),
+            backend: (backend.addr, backend.port),
+            proto: ip.proto,
+            backend_id,
+            rev_nat_index: svc.rev_nat_index,
+            hairpin: backend.addr == ip.saddr,
+            external: svc.flags & SVC_FLAG_EXTERNAL != 0,
+            snat: None,
+        }
+    }
 }
 
 /// Records a new (or re-balanced) flow in both directions. Fails closed: a

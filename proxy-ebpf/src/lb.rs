@@ -7,8 +7,7 @@ use aya_ebpf::{helpers::bpf_get_prandom_u32, programs::TcContext};
 use proxy_common::{
     BACKEND_STATE_ACTIVE, BACKEND_STATE_MASK, Backend, CT_DIR_REPLY, CT_DIR_SERVICE,
     CT_FLAG_EXTERNAL, CT_FLAG_HAIRPIN, CT_FLAG_SNAT, CtEntry, DropReason, NODE_ADDR_NODEPORT,
-    NODEPORT_ADDR, SVC_FLAG_AFFINITY, SVC_FLAG_DROP_EMPTY, SVC_FLAG_EXTERNAL, ServiceKey,
-    ServiceValue, proto,
+    NODEPORT_ADDR, SVC_FLAG_AFFINITY, SVC_FLAG_DROP_EMPTY, ServiceKey, ServiceValue, proto,
 };
 
 use crate::{
@@ -82,18 +81,7 @@ pub fn handle_pod_egress(ctx: &TcContext) -> Result<Action, DropReason> {
             let Some((backend_id, backend)) = pick(&ip, svc_addr, dport, &svc)? else {
                 return no_backend(ctx, &ip, &svc);
             };
-            let hairpin = backend.addr == ip.saddr;
-            ct::create(&NewFlow {
-                client: (ip.saddr, sport),
-                frontend: (ip.daddr, dport),
-                backend: (backend.addr, backend.port),
-                proto: ip.proto,
-                backend_id,
-                rev_nat_index: svc.rev_nat_index,
-                hairpin,
-                external: svc.flags & SVC_FLAG_EXTERNAL != 0,
-                snat: None,
-            })?;
+            ct::create(&NewFlow::new(&ip, (sport, dport), backend_id, &backend, &svc))?;
             (backend_id, backend, true)
         }
     };

@@ -83,17 +83,9 @@ pub fn handle_external(ctx: &TcContext) -> Result<Action, DropReason> {
             let Some((backend_id, backend)) = lb::pick(&ip, svc_addr, dport, &svc)? else {
                 return lb::no_backend(ctx, &ip, &svc);
             };
-            let mut flow = NewFlow {
-                client: (ip.saddr, sport),
-                frontend: (ip.daddr, dport),
-                backend: (backend.addr, backend.port),
-                proto: ip.proto,
-                backend_id,
-                rev_nat_index: svc.rev_nat_index,
-                hairpin: false,
-                external: true,
-                snat: None,
-            };
+            let mut flow = NewFlow::new(&ip, (sport, dport), backend_id, &backend, &svc);
+            // Whatever the frontend: its replies leave through the device.
+            flow.external = true;
             // On this node by its EndpointSlice, or a pod the CNI wired here.
             let local = backend.state & BACKEND_FLAG_LOCAL != 0
                 || SL_ENDPOINTS.get_ptr(backend.addr).is_some();

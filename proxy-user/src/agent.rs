@@ -240,20 +240,9 @@ fn snapshot(
         triggers: observe::trigger_times(store),
         node_eligible: store.nodes.get(node).map(observe::health::node_eligible),
         pod_cidrs: store.nodes.get(node).map(cniconf::pod_cidrs),
-        internal_ip: store.nodes.get(node).and_then(internal_ipv4),
+        internal_ip: store.nodes.get(node).and_then(routing::internal_ip),
         network: routing::node_network(node, &store.nodes),
     }
-}
-
-/// A Node's first IPv4 `InternalIP` address.
-fn internal_ipv4(node: &k8s_openapi::api::core::v1::Node) -> Option<Ipv4Addr> {
-    node.status
-        .as_ref()?
-        .addresses
-        .as_ref()?
-        .iter()
-        .filter(|a| a.type_ == "InternalIP")
-        .find_map(|a| a.address.parse().ok())
 }
 
 /// Why a source has no desired state now; the programmed state is kept.
