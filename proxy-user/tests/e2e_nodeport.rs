@@ -22,8 +22,8 @@ use std::{
 use sluice::{
     datapath::{PinPaths, maps::open_pinned},
     testbed::{
-        Agent, AgentConfig, BpffsMount, ManifestDir, Netns, Node, NsJoinHandle, Pod, TestDir,
-        require_root, sweep_stale,
+        Agent, AgentConfig, BpffsMount, ManifestDir, Netns, Node, NsJoinHandle, Pod, TestCgroup,
+        TestDir, require_root, run_with_timeout, sweep_stale,
     },
 };
 
@@ -229,13 +229,27 @@ struct Agents {
 }
 
 impl Agents {
+    /// One agent per node, per-packet only (`--socket-lb=false`).
     fn start(c: &Cluster, dir: &TestDir, manifests: &ManifestDir, extra: &[&str]) -> Agents {
+        Self::start_with(c, dir, manifests, extra, None)
+    }
+
+    /// One agent per node; node 1's with socket LB on `cgroup` when given.
+    fn start_with(
+        c: &Cluster,
+        dir: &TestDir,
+        manifests: &ManifestDir,
+        extra: &[&str],
+        cgroup: Option<&TestCgroup>,
+    ) -> Agents {
         let mut agents = Vec::new();
         let mut bpffs = Vec::new();
-        for node in &c.nodes {
+        for (i, node) in c.nodes.iter().enumerate() {
             let mount = BpffsMount::new().unwrap();
-            let mut cfg = AgentConfig::new(sluice_bin(), node, manifests, &mount, None, dir);
-            cfg.extra_args = ["--socket-lb=false", "--devices", "eth1"]
+            let cg = cgroup.filter(|_| i == 0);
+            let mut cfg = AgentConfig::new(sluice_bin(), node, manifests, &mount, cg, dir);
+            let socket_lb = if cg.is_some() { "--socket-lb=true" } else { "--socket-lb=false" };
+            cfg.extra_args = [socket_lb, "--devices", "eth1"]
                 .iter()
                 .chain(extra)
                 .map(|s| (*s).to_owned())
@@ -402,5 +416,71 @@ fn nodeport_addresses_are_tracked_live() {
         std::thread::sleep(Duration::from_millis(100));
     }
     assert_eq!(agents.nodeport_addrs(0), [device_addr(1)].into());
+    agents.stop();
+}
+
+/// A process in `ns` and in `cgroup` (python3) asks `addr` `n` times; the
+/// first word of each answer.
+fn host_process_asks(ns: &Netns, cgroup: &TestCgroup, addr: SocketAddrV4, n: usize) -> Vec<String> {
+    use std::os::unix::{ffi::OsStrExt as _, process::CommandExt as _};
+    const SCRIPT: &str = r#"
+import socket, sys
+for _ in range(int(sys.argv[3])):
+    s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=2)
+    print(s.makefile().readline().split()[0])
+    s.close()
+"#;
+    let procs =
+        std::ffi::CString::new(cgroup.path().join("cgroup.procs").as_os_str().as_bytes()).unwrap();
+    let mut cmd = ns.command("python3").unwrap();
+    cmd.args(["-c", SCRIPT, &addr.ip().to_string(), &addr.port().to_string(), &n.to_string()]);
+    // SAFETY: open/write/close are async-signal-safe; nothing is allocated.
+    unsafe {
+        cmd.pre_exec(move || {
+            let fd = libc::open(procs.as_ptr(), libc::O_WRONLY);
+            if fd < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            let ok = libc::write(fd, b"0".as_ptr().cast(), 1) == 1;
+            libc::close(fd);
+            if ok { Ok(()) } else { Err(std::io::Error::last_os_error()) }
+        });
+    }
+    let out = run_with_timeout(&mut cmd, Duration::from_secs(30)).expect("client ran");
+    assert!(out.status.success(), "host client failed: {}\n{}", out.stdout, out.stderr);
+    out.stdout.lines().map(str::to_owned).collect()
+}
+
+// Expect: a process on node 1 itself (in the agent's cgroup, socket LB on)
+// reaches the NodePort on its own node's address, balanced over the local
+// and the remote backend.
+#[test]
+fn nodeport_from_the_node_itself_through_socket_lb() {
+    if !require_root() {
+        return;
+    }
+    if !std::process::Command::new("python3").arg("-V").status().is_ok_and(|s| s.success()) {
+        eprintln!("skipping: python3 is needed for the host client");
+        return;
+    }
+    sweep_stale();
+    let dir = TestDir::new("np-host").unwrap();
+    let cgroup = TestCgroup::new("np-host").unwrap();
+    let c = cluster(2);
+    let manifests = ManifestDir::new_in(&dir).unwrap();
+    for node in &c.nodes {
+        manifests.write_node(node).unwrap();
+    }
+    let spec = format!("  type: NodePort\n{}", ports(30084));
+    let backends = [(&c.pods[0], &c.nodes[0]), (&c.pods[1], &c.nodes[1])];
+    manifests
+        .write_file("host.yaml", &service_yaml("host", "10.96.0.34", &spec, "", &backends))
+        .unwrap();
+    let agents = Agents::start_with(&c, &dir, &manifests, &[], Some(&cgroup));
+    let addr = SocketAddrV4::new(device_addr(1), 30084);
+    wait_answer(&c.client, addr);
+    let names: BTreeSet<String> =
+        host_process_asks(c.nodes[0].netns(), &cgroup, addr, 30).into_iter().collect();
+    assert_eq!(names, ["be1".to_owned(), "be2".to_owned()].into());
     agents.stop();
 }
