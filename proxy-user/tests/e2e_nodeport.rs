@@ -422,7 +422,6 @@ fn nodeport_addresses_are_tracked_live() {
 /// A process in `ns` and in `cgroup` (python3) asks `addr` `n` times; the
 /// first word of each answer.
 fn host_process_asks(ns: &Netns, cgroup: &TestCgroup, addr: SocketAddrV4, n: usize) -> Vec<String> {
-    use std::os::unix::{ffi::OsStrExt as _, process::CommandExt as _};
     const SCRIPT: &str = r#"
 import socket, sys
 for _ in range(int(sys.argv[3])):
@@ -430,22 +429,9 @@ for _ in range(int(sys.argv[3])):
     print(s.makefile().readline().split()[0])
     s.close()
 "#;
-    let procs =
-        std::ffi::CString::new(cgroup.path().join("cgroup.procs").as_os_str().as_bytes()).unwrap();
     let mut cmd = ns.command("python3").unwrap();
     cmd.args(["-c", SCRIPT, &addr.ip().to_string(), &addr.port().to_string(), &n.to_string()]);
-    // SAFETY: open/write/close are async-signal-safe; nothing is allocated.
-    unsafe {
-        cmd.pre_exec(move || {
-            let fd = libc::open(procs.as_ptr(), libc::O_WRONLY);
-            if fd < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            let ok = libc::write(fd, b"0".as_ptr().cast(), 1) == 1;
-            libc::close(fd);
-            if ok { Ok(()) } else { Err(std::io::Error::last_os_error()) }
-        });
-    }
+    cgroup.join_on_exec(&mut cmd).unwrap();
     let out = run_with_timeout(&mut cmd, Duration::from_secs(30)).expect("client ran");
     assert!(out.status.success(), "host client failed: {}\n{}", out.stdout, out.stderr);
     out.stdout.lines().map(str::to_owned).collect()

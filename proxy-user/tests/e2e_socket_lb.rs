@@ -5,13 +5,7 @@
 //! success is theirs; with socket LB off the per-packet path must give the
 //! same observable results. Needs root and python3; skips otherwise.
 
-use std::{
-    ffi::CString,
-    net::Ipv4Addr,
-    os::unix::{ffi::OsStrExt as _, process::CommandExt as _},
-    path::Path,
-    time::Duration,
-};
+use std::{net::Ipv4Addr, path::Path, time::Duration};
 
 use serde_json::Value;
 use sluice::testbed::{
@@ -61,21 +55,9 @@ fn have_python() -> bool {
 
 /// Runs the client script in `pod`'s netns and in `cgroup`; its JSON.
 fn run_client(pod: &Pod, cgroup: &TestCgroup) -> Value {
-    let procs = CString::new(cgroup.path().join("cgroup.procs").as_os_str().as_bytes()).unwrap();
     let mut cmd = pod.netns().command("python3").unwrap();
     cmd.arg("-c").arg(CLIENT).arg(VIP.to_string());
-    // SAFETY: open/write/close are async-signal-safe; nothing is allocated.
-    unsafe {
-        cmd.pre_exec(move || {
-            let fd = libc::open(procs.as_ptr(), libc::O_WRONLY);
-            if fd < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            let ok = libc::write(fd, b"0".as_ptr().cast(), 1) == 1;
-            libc::close(fd);
-            if ok { Ok(()) } else { Err(std::io::Error::last_os_error()) }
-        });
-    }
+    cgroup.join_on_exec(&mut cmd).unwrap();
     let out = run_with_timeout(&mut cmd, Duration::from_secs(30)).expect("client ran");
     assert!(out.status.success(), "client failed: {}\n{}", out.stdout, out.stderr);
     serde_json::from_str(out.stdout.trim()).unwrap_or_else(|e| panic!("{e}: {}", out.stdout))

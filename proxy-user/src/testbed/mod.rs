@@ -468,6 +468,26 @@ impl TestCgroup {
     pub fn path(&self) -> &Path {
         &self.path
     }
+
+    /// Makes `cmd`'s process join this cgroup before it execs, so socket
+    /// hooks attached here see it from its first syscall.
+    pub fn join_on_exec(&self, cmd: &mut Command) -> anyhow::Result<()> {
+        use std::os::unix::{ffi::OsStrExt as _, process::CommandExt as _};
+        let procs = std::ffi::CString::new(self.path.join("cgroup.procs").as_os_str().as_bytes())?;
+        // SAFETY: open/write/close are async-signal-safe; nothing is allocated.
+        unsafe {
+            cmd.pre_exec(move || {
+                let fd = libc::open(procs.as_ptr(), libc::O_WRONLY);
+                if fd < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                let ok = libc::write(fd, b"0".as_ptr().cast(), 1) == 1;
+                libc::close(fd);
+                if ok { Ok(()) } else { Err(io::Error::last_os_error()) }
+            });
+        }
+        Ok(())
+    }
 }
 
 impl Drop for TestCgroup {
