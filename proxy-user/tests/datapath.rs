@@ -6,19 +6,14 @@
 
 use std::net::Ipv4Addr;
 
-use aya::programs::{SchedClassifier, TestRun, TestRunOptions};
+use aya::programs::SchedClassifier;
 use proxy_common::{CtKey, DropReason, PROG_POD_INGRESS};
 use sluice::{
-    datapath::{
-        MapSizes, PinPaths,
-        loader::Datapath,
-        maps::{PinnedMaps, read_drops},
-        reconcile::Reconciler,
-    },
+    datapath::{MapSizes, PinPaths, loader::Datapath, maps::PinnedMaps, reconcile::Reconciler},
     manifest::ObjectKey,
     model::{BackendSpec, BackendState, Desired, Frontend, FrontendKey, Protocol},
     pktgen::{self, Ipv4Spec, TCP, UDP},
-    testbed::BpffsMount,
+    testbed::{BpffsMount, drop_count, prog_test_run},
 };
 
 const TC_ACT_UNSPEC: u32 = u32::MAX; // -1: continue
@@ -100,19 +95,11 @@ impl Harness {
 
     /// Runs one frame through the program: (verdict, frame out).
     fn run(&self, frame: &[u8]) -> (u32, Vec<u8>) {
-        let mut out = vec![0u8; frame.len() + 256];
-        let opts = TestRunOptions {
-            data_in: Some(frame),
-            data_out: Some(&mut out),
-            ..TestRunOptions::default()
-        };
-        let res = self.prog.test_run(opts).expect("BPF_PROG_TEST_RUN");
-        out.truncate(res.data_size_out as usize);
-        (res.return_value, out)
+        prog_test_run(&self.prog, frame).unwrap()
     }
 
     fn drops(&self, reason: DropReason) -> u64 {
-        read_drops(&self.paths).unwrap().into_iter().find(|(r, _)| *r == reason).unwrap().1
+        drop_count(&self.paths, reason).unwrap()
     }
 
     fn ct_entries(&self) -> usize {

@@ -8,7 +8,7 @@ use std::net::Ipv4Addr;
 
 use aya::{
     maps::{HashMap, MapData},
-    programs::{SchedClassifier, TestRun, TestRunOptions},
+    programs::SchedClassifier,
 };
 use proxy_common::{
     DropReason, EndpointInfo, MAP_ENDPOINTS, PROG_EXT_INGRESS, PROG_POD_INGRESS, SNAT_PORT_MIN,
@@ -17,7 +17,7 @@ use sluice::{
     datapath::{
         MapSizes, PinPaths,
         loader::Datapath,
-        maps::{PinnedMaps, open_pinned, read_drops},
+        maps::{PinnedMaps, open_pinned},
         node::{NodeAddrs, NodeMaps},
         reconcile::Reconciler,
     },
@@ -27,7 +27,7 @@ use sluice::{
         Protocol,
     },
     pktgen::{self, Ipv4Spec, TCP, UDP},
-    testbed::BpffsMount,
+    testbed::{BpffsMount, drop_count, prog_test_run},
 };
 
 const TC_ACT_SHOT: u32 = 2;
@@ -108,15 +108,7 @@ impl Harness {
     }
 
     fn run(prog: &SchedClassifier, frame: &[u8]) -> (u32, Vec<u8>) {
-        let mut out = vec![0u8; frame.len() + 256];
-        let opts = TestRunOptions {
-            data_in: Some(frame),
-            data_out: Some(&mut out),
-            ..TestRunOptions::default()
-        };
-        let res = prog.test_run(opts).expect("BPF_PROG_TEST_RUN");
-        out.truncate(res.data_size_out as usize);
-        (res.return_value, out)
+        prog_test_run(prog, frame).unwrap()
     }
 
     fn ext(&self, frame: &[u8]) -> (u32, pktgen::Parsed) {
@@ -130,7 +122,7 @@ impl Harness {
     }
 
     fn drops(&self, reason: DropReason) -> u64 {
-        read_drops(&self.paths).unwrap().into_iter().find(|(r, _)| *r == reason).unwrap().1
+        drop_count(&self.paths, reason).unwrap()
     }
 }
 

@@ -1570,3 +1570,34 @@ pub fn tally<I: IntoIterator<Item = String>>(answers: I) -> BTreeMap<String, usi
     }
     m
 }
+
+// ---------------------------------------------------------------------------
+// BPF_PROG_TEST_RUN
+// ---------------------------------------------------------------------------
+
+/// Runs one frame through a loaded tc program with BPF_PROG_TEST_RUN:
+/// (the program's verdict, the frame as it left).
+pub fn prog_test_run(
+    prog: &aya::programs::SchedClassifier,
+    frame: &[u8],
+) -> anyhow::Result<(u32, Vec<u8>)> {
+    use aya::programs::{TestRun as _, TestRunOptions};
+    let mut out = vec![0u8; frame.len() + 256];
+    let opts = TestRunOptions {
+        data_in: Some(frame),
+        data_out: Some(&mut out),
+        ..TestRunOptions::default()
+    };
+    let res = prog.test_run(opts).context("BPF_PROG_TEST_RUN")?;
+    out.truncate(res.data_size_out as usize);
+    Ok((res.return_value, out))
+}
+
+/// The kernel's drop counter for `reason` under the pins at `paths`.
+pub fn drop_count(
+    paths: &crate::datapath::PinPaths,
+    reason: proxy_common::DropReason,
+) -> anyhow::Result<u64> {
+    let drops = crate::datapath::maps::read_drops(paths)?;
+    Ok(drops.into_iter().find(|(r, _)| *r == reason).map_or(0, |(_, n)| n))
+}
