@@ -114,15 +114,23 @@ impl Pins {
         let mut prog = SchedClassifier::from_pin(&prog_path).map_err(|e| {
             Error::Datapath(format!("opening program {}: {e}", prog_path.display()))
         })?;
-        let id = prog
-            .attach_with_options(
-                ifname,
-                TcAttachType::Ingress,
-                TcAttachOptions::TcxOrder(LinkOrder::default()),
-            )
-            .map_err(|e| {
-                Error::Datapath(format!("attaching {PROG_POD_INGRESS} to {ifname}: {e}"))
-            })?;
+        let attached = prog.attach_with_options(
+            ifname,
+            TcAttachType::Ingress,
+            TcAttachOptions::TcxOrder(LinkOrder::default()),
+        );
+        let id = match attached {
+            Ok(id) => id,
+            // The agent's device scan attached the same program to the new
+            // interface first (tcx refuses a second copy): its link pin
+            // appears right after its attach.
+            Err(_) if self.pinned_soon(&pin) => return Ok(()),
+            Err(e) => {
+                return Err(Error::Datapath(format!(
+                    "attaching {PROG_POD_INGRESS} to {ifname}: {e}"
+                )));
+            }
+        };
         let link = prog
             .take_link(id)
             .map_err(|e| Error::Datapath(format!("taking the link of {ifname}: {e}")))?;
@@ -140,6 +148,17 @@ impl Pins {
             .pin(&pin)
             .map_err(|e| Error::Datapath(format!("pinning {}: {e}", pin.display())))?;
         Ok(())
+    }
+
+    /// Whether the link pin `pin` exists now or within 200 ms.
+    fn pinned_soon(&self, pin: &std::path::Path) -> bool {
+        for _ in 0..20 {
+            if pin.exists() {
+                return true;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        false
     }
 
     /// Removes the link pin of `ifindex` (missing is fine). With the pin
