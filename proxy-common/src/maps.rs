@@ -258,7 +258,8 @@ pub struct CtEntry {
     pub nat_port: u16,
     /// With `CT_FLAG_SNAT`: see there (network order).
     pub nat_addr: u32,
-    /// With `CT_FLAG_EXTERNAL`: the frontend address replies come from.
+    /// The frontend address the client used, which replies come from (for
+    /// a NodePort the node address; its reverse-NAT entry holds none).
     pub frontend_addr: u32,
     pub _pad: u32,
     /// `bpf_ktime_get_ns()` when the flow was created (or re-balanced).

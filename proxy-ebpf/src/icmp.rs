@@ -70,19 +70,22 @@ pub fn handle_error_from_backend(ctx: &TcContext, ip: &Ipv4) -> Result<(), DropR
         return Err(DropReason::IcmpErrorUntranslatable);
     };
 
+    // The address the client used: a NodePort's is the node address (the
+    // reverse-NAT entry of a NodePort holds none).
+    let frontend = entry.frontend_addr;
     let icmp_csum = ip.l4_off + ICMP_CSUM_OFF;
     let fail = |_| DropReason::IcmpErrorUntranslatable;
 
     // Embedded destination address, with the embedded IP checksum; the ICMP
     // checksum covers both fields, so it follows both deltas.
     let old_inner_csum: u16 = parse::read(ctx, inner_off + IP_CSUM_OFF)?;
-    ctx.l3_csum_replace(inner_off + IP_CSUM_OFF, u64::from(inner_daddr), u64::from(rn.addr), 4)
+    ctx.l3_csum_replace(inner_off + IP_CSUM_OFF, u64::from(inner_daddr), u64::from(frontend), 4)
         .map_err(fail)?;
     let new_inner_csum: u16 = parse::read(ctx, inner_off + IP_CSUM_OFF)?;
-    ctx.l4_csum_replace(icmp_csum, u64::from(inner_daddr), u64::from(rn.addr), 4).map_err(fail)?;
+    ctx.l4_csum_replace(icmp_csum, u64::from(inner_daddr), u64::from(frontend), 4).map_err(fail)?;
     ctx.l4_csum_replace(icmp_csum, u64::from(old_inner_csum), u64::from(new_inner_csum), 2)
         .map_err(fail)?;
-    ctx.store(inner_off + IP_DADDR_OFF, &rn.addr, 0).map_err(fail)?;
+    ctx.store(inner_off + IP_DADDR_OFF, &frontend, 0).map_err(fail)?;
 
     // Embedded destination port.
     if inner_dport != rn.port {
@@ -93,7 +96,7 @@ pub fn handle_error_from_backend(ctx: &TcContext, ip: &Ipv4) -> Result<(), DropR
 
     // Outer source: the backend itself sent the error.
     if ip.saddr == inner_daddr {
-        nat::rewrite_l3_addr(ctx, ip.l3_off, IP_SADDR_OFF, ip.saddr, rn.addr)?;
+        nat::rewrite_l3_addr(ctx, ip.l3_off, IP_SADDR_OFF, ip.saddr, frontend)?;
     }
     Ok(())
 }

@@ -54,7 +54,8 @@ pub fn handle_pod_egress(ctx: &TcContext) -> Result<Action, DropReason> {
                 nat::rewrite(ctx, &ip, Side::Destination, (ip.daddr, dport), (ip.saddr, dport))?;
                 client = ip.saddr;
             }
-            let frontend = frontend_addr(&entry, rn.addr);
+            // The address the client used (a NodePort's is a node address).
+            let frontend = entry.frontend_addr;
             nat::rewrite(ctx, &ip, Side::Source, (ip.saddr, sport), (frontend, rn.port))?;
             account_reply(ctx, &entry);
             if entry.flags & CT_FLAG_EXTERNAL != 0 {
@@ -93,13 +94,6 @@ pub fn handle_pod_egress(ctx: &TcContext) -> Result<Action, DropReason> {
     }
     stats::account(svc.rev_nat_index, backend_id, Direction::Forward, ctx.len(), new);
     Ok(Action::Pass)
-}
-
-/// The address replies of a flow come from: the frontend address the client
-/// used, recorded at the flow's start (a NodePort's is the node address).
-#[inline(always)]
-pub fn frontend_addr(entry: &CtEntry, rev_nat_addr: u32) -> u32 {
-    if entry.frontend_addr != 0 { entry.frontend_addr } else { rev_nat_addr }
 }
 
 #[inline(always)]

@@ -20,7 +20,7 @@ use crate::{
     ct::{self, NewFlow},
     drop::Action,
     fib, frag,
-    lb::{self, account_reply, frontend_addr},
+    lb::{self, account_reply},
     maps::{SL_CONFIG, SL_ENDPOINTS, SL_REVNAT, SL_VIPS},
     nat::{self, Side},
     parse,
@@ -61,7 +61,7 @@ pub fn handle_external(ctx: &TcContext) -> Result<Action, DropReason> {
                 (entry.nat_addr, entry.nat_port),
             )?;
         }
-        let frontend = frontend_addr(&entry, rn.addr);
+        let frontend = entry.frontend_addr;
         nat::rewrite(ctx, &ip, Side::Source, (ip.saddr, sport), (frontend, rn.port))?;
         account_reply(ctx, &entry);
         return fib::redirect(ctx, ip.proto, frontend, client);
