@@ -1,35 +1,31 @@
 //! NodePort, externalIPs and LoadBalancer IPs with real traffic: two node
 //! namespaces and an external client on an underlay bridge (in its own
 //! namespace), one backend pod per node, one agent per node serving the
-//! external device `eth1`. Needs root; skips otherwise.
+//! external device `eth0`. Needs root; skips otherwise.
 //!
-//! Addresses: node i has 198.18.0.(i+1)/24 on `eth1` and pods in
-//! 10.244.i.0/24; the client is 198.18.1.10; routes between the nodes' pod
-//! CIDRs are set up by the test (pod routing is another issue's).
+//! Addresses: node i has 198.18.0.(i+1)/24 on `eth0` and pods in
+//! 10.244.i.0/24; the client is 198.18.1.1 (the testbed's underlay); the
+//! agents route the pod CIDRs between the nodes.
 
 use std::{
     collections::BTreeSet,
-    io::{ErrorKind, Read as _, Write as _},
-    net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream},
+    io::{ErrorKind, Read as _},
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream},
     path::Path,
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
     time::{Duration, Instant},
 };
 
 use sluice::{
     datapath::{PinPaths, maps::open_pinned},
     testbed::{
-        Agent, AgentConfig, BpffsMount, ManifestDir, Netns, Node, NsJoinHandle, Pod, TestCgroup,
-        TestDir, require_root, run_with_timeout, sweep_stale,
+        Agent, AgentConfig, BpffsMount, EXTERNAL_ADDR, EchoServer, ManifestDir, Netns, Node, Pod,
+        Reply, TestCgroup, TestDir, Underlay, require_root, run_with_timeout, sweep_stale,
     },
 };
 
 const WAIT: Duration = Duration::from_secs(20);
 const IO_TIMEOUT: Duration = Duration::from_millis(1500);
-const CLIENT: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 10);
+const CLIENT: Ipv4Addr = EXTERNAL_ADDR;
 const EXTERNAL_IP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
 const LB_IP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 20);
 const LB_PROXY_IP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 21);
@@ -40,53 +36,6 @@ fn sluice_bin() -> &'static Path {
 
 fn device_addr(index: u8) -> Ipv4Addr {
     Ipv4Addr::new(198, 18, 0, index + 1)
-}
-
-/// A TCP server in a pod that answers each connection with
-/// `<name> <peer address>` and closes it; stopped on drop.
-struct PeerEcho {
-    stop: Arc<AtomicBool>,
-    thread: Option<NsJoinHandle<()>>,
-}
-
-impl PeerEcho {
-    fn start(pod: &Pod, port: u16) -> PeerEcho {
-        let stop = Arc::new(AtomicBool::new(false));
-        let name = pod.name().to_owned();
-        let flag = stop.clone();
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-        let thread = pod
-            .netns()
-            .spawn("peer-echo", move || {
-                let listener = TcpListener::bind((Ipv4Addr::UNSPECIFIED, port)).expect("bind");
-                listener.set_nonblocking(true).expect("nonblocking");
-                ready_tx.send(()).expect("ready");
-                while !flag.load(Ordering::Relaxed) {
-                    match listener.accept() {
-                        Ok((mut s, peer)) => {
-                            let _ = s.set_nonblocking(false);
-                            let _ = writeln!(s, "{name} {}", peer.ip());
-                        }
-                        Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                            std::thread::sleep(Duration::from_millis(5));
-                        }
-                        Err(_) => break,
-                    }
-                }
-            })
-            .expect("spawn");
-        ready_rx.recv_timeout(WAIT).expect("server ready");
-        PeerEcho { stop, thread: Some(thread) }
-    }
-}
-
-impl Drop for PeerEcho {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
 }
 
 /// One request from `ns` to `addr`: `(backend name, source it saw)`.
@@ -132,29 +81,19 @@ fn wait_answer(ns: &Netns, addr: SocketAddrV4) -> (String, String) {
 }
 
 struct Cluster {
-    _underlay: Netns,
+    _underlay: Underlay,
     client: Netns,
     nodes: Vec<Node>,
     pods: Vec<Pod>,
-    _servers: Vec<PeerEcho>,
+    _servers: Vec<EchoServer>,
 }
 
-/// The underlay, the client, `n` nodes with one backend pod each (port 8080).
+/// The underlay, the external client, `n` nodes with one backend pod each
+/// (port 8080). Pod routes between the nodes are the agents' (`--routing
+/// native`, from the Nodes' InternalIPs).
 fn cluster(n: u8) -> Cluster {
-    let underlay = Netns::new("np-ul").unwrap();
-    underlay.ip(&["link", "add", "br0", "type", "bridge"]).unwrap();
-    underlay.ip(&["link", "set", "br0", "up"]).unwrap();
-    let plug = |ns: &Netns, port: &str, dev: &str| {
-        underlay
-            .ip(&["link", "add", port, "type", "veth", "peer", "name", dev, "netns", ns.name()])
-            .unwrap();
-        underlay.ip(&["link", "set", port, "master", "br0", "up"]).unwrap();
-        ns.ip(&["link", "set", dev, "up"]).unwrap();
-    };
-    let client = Netns::new("np-client").unwrap();
-    plug(&client, "ulc", "eth0");
-    client.ip(&["addr", "add", &format!("{CLIENT}/24"), "dev", "eth0"]).unwrap();
-    client.ip(&["route", "add", "198.18.0.0/24", "dev", "eth0"]).unwrap();
+    let underlay = Underlay::new().unwrap();
+    let client = underlay.add_external("np-client").unwrap();
     // The external and load-balancer IPs are routed to node 1.
     client.ip(&["route", "add", "203.0.113.0/24", "via", &device_addr(1).to_string()]).unwrap();
 
@@ -163,27 +102,14 @@ fn cluster(n: u8) -> Cluster {
     let mut servers = Vec::new();
     for i in 1..=n {
         let node = Node::with_index(&format!("np-node{i}"), i).unwrap();
-        let addr = device_addr(i);
-        // The node address moves from lo to the underlay device.
-        node.netns().ip(&["addr", "del", &format!("{addr}/32"), "dev", "lo"]).unwrap();
-        plug(node.netns(), &format!("uln{i}"), "eth1");
-        node.netns().ip(&["addr", "add", &format!("{addr}/24"), "dev", "eth1"]).unwrap();
-        node.netns().ip(&["route", "add", "198.18.1.0/24", "dev", "eth1"]).unwrap();
-        node.netns().sysctl("net.ipv4.conf.eth1.rp_filter", "0").unwrap();
+        underlay.attach_node(&node).unwrap();
+        Underlay::route_to_external(&node).unwrap();
         let pod = node.add_pod(&format!("be{i}")).unwrap();
-        servers.push(PeerEcho::start(&pod, 8080));
+        servers.push(
+            EchoServer::start_replying(&pod, pod.name(), 8080, 0, Reply::NameAndPeer).unwrap(),
+        );
         pods.push(pod);
         nodes.push(node);
-    }
-    for a in &nodes {
-        for b in &nodes {
-            if a.name() != b.name() {
-                let via = b.netns().ip(&["-4", "-o", "addr", "show", "eth1"]).unwrap();
-                let via =
-                    via.split_whitespace().nth(3).unwrap().split('/').next().unwrap().to_owned();
-                a.netns().ip(&["route", "add", &b.pod_cidr(), "via", &via]).unwrap();
-            }
-        }
     }
     Cluster { _underlay: underlay, client, nodes, pods, _servers: servers }
 }
@@ -249,7 +175,7 @@ impl Agents {
             let cg = cgroup.filter(|_| i == 0);
             let mut cfg = AgentConfig::new(sluice_bin(), node, manifests, &mount, cg, dir);
             let socket_lb = if cg.is_some() { "--socket-lb=true" } else { "--socket-lb=false" };
-            cfg.extra_args = [socket_lb, "--devices", "eth1"]
+            cfg.extra_args = [socket_lb, "--devices", "eth0"]
                 .iter()
                 .chain(extra)
                 .map(|s| (*s).to_owned())
@@ -379,7 +305,7 @@ fn nodeport_local_policy_keeps_the_client_address() {
 }
 
 // Expect: NodePorts follow the device's addresses while the agent runs: an
-// address added to eth1 serves NodePorts within seconds, and is no longer a
+// address added to eth0 serves NodePorts within seconds, and is no longer a
 // NodePort address once removed; --nodeport-addresses limits which serve.
 #[test]
 fn nodeport_addresses_are_tracked_live() {
@@ -402,14 +328,14 @@ fn nodeport_addresses_are_tracked_live() {
     assert_eq!(agents.nodeport_addrs(0), [device_addr(1)].into());
 
     let extra = Ipv4Addr::new(198, 18, 0, 50);
-    node.ip(&["addr", "add", &format!("{extra}/24"), "dev", "eth1"]).unwrap();
+    node.ip(&["addr", "add", &format!("{extra}/24"), "dev", "eth0"]).unwrap();
     // Outside --nodeport-addresses: never a NodePort address.
-    node.ip(&["addr", "add", "192.0.2.1/24", "dev", "eth1"]).unwrap();
+    node.ip(&["addr", "add", "192.0.2.1/24", "dev", "eth0"]).unwrap();
     let got = wait_answer(&c.client, SocketAddrV4::new(extra, 30083));
     assert_eq!(got, ("be1".to_owned(), CLIENT.to_string()));
     assert_eq!(agents.nodeport_addrs(0), [device_addr(1), extra].into());
 
-    node.ip(&["addr", "del", &format!("{extra}/24"), "dev", "eth1"]).unwrap();
+    node.ip(&["addr", "del", &format!("{extra}/24"), "dev", "eth0"]).unwrap();
     let start = Instant::now();
     while agents.nodeport_addrs(0).contains(&extra) {
         assert!(start.elapsed() < WAIT, "{extra} still a NodePort address");

@@ -831,6 +831,8 @@ pub enum Reply {
     /// The address the request came from, as the server sees it (to check
     /// source NAT).
     PeerAddress,
+    /// `<name> <peer address>`: which backend answered and whom it saw.
+    NameAndPeer,
 }
 
 impl Reply {
@@ -838,6 +840,7 @@ impl Reply {
         match self {
             Reply::Name => name.to_owned(),
             Reply::PeerAddress => peer.ip().to_string(),
+            Reply::NameAndPeer => format!("{name} {}", peer.ip()),
         }
     }
 }
