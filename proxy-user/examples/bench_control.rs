@@ -9,7 +9,8 @@
 //! - the agent's peak RSS (VmHWM) (goal at 10k Services / 50k endpoints
 //!   <= 64 MiB).
 //!
-//! `cargo xtask bench control` (as root); `--quick` runs 1k x 2 only.
+//! `cargo xtask bench control` (as root); `--quick` runs 1k x 2 only; `--case NxE`
+//! (repeatable) runs the given sizes, e.g. `-- --case 10000x2`.
 //! The `sluice` binary is `$SLUICE_BIN` or the one next to this example's
 //! directory. Writes a table and `results/bench-control.json`.
 
@@ -167,9 +168,24 @@ fn run(n: u32, per: u32) -> anyhow::Result<serde_json::Value> {
 }
 
 fn main() -> anyhow::Result<()> {
-    let quick = std::env::args().any(|a| a == "--quick");
-    let cases: &[(u32, u32)] =
-        if quick { &[(1_000, 2)] } else { &[(1_000, 2), (10_000, 2), (10_000, 5), (100_000, 1)] };
+    let args: Vec<String> = std::env::args().collect();
+    let quick = args.iter().any(|a| a == "--quick");
+    // `--case NxE` (repeatable): only these sizes, e.g. `--case 10000x2`.
+    let chosen: Vec<(u32, u32)> = args
+        .windows(2)
+        .filter(|w| w[0] == "--case")
+        .map(|w| {
+            let (n, e) = w[1].split_once('x').context("--case NxE")?;
+            Ok((n.parse()?, e.parse()?))
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let cases: &[(u32, u32)] = if !chosen.is_empty() {
+        &chosen
+    } else if quick {
+        &[(1_000, 2)]
+    } else {
+        &[(1_000, 2), (10_000, 2), (10_000, 5), (100_000, 1)]
+    };
     println!(
         "control plane: agent fed by the test API server (goals: 10k x 2 cold <= 1 s, 100k x 1 <= 5 s, change p99 <= 10 ms, RSS at 10k/50k <= 64 MiB)"
     );

@@ -27,7 +27,8 @@ use crate::{
         node::{self, NodeMaps},
         reconcile::Reconciler,
     },
-    k8s, manifest, model,
+    k8s, manifest,
+    model::cache::{Changes, Dirty, ModelCache},
     observe::{self, HcServers, HealthState, Metrics, MetricsConfig, SyncReport},
     routing,
 };
@@ -171,13 +172,15 @@ impl Source {
         })
     }
 
-    /// The desired state for `node`, or why there is none now.
-    fn desired(&self, node: &str) -> Result<Snapshot, NotNow> {
+    /// Brings `model` up to date for `node` and says what changed, or why
+    /// there is nothing to program now.
+    fn snapshot(&self, node: &str, model: &mut ModelCache) -> Result<Snapshot, NotNow> {
         match self {
             Self::Manifests { dir, .. } => {
                 let loaded = manifest::load_dir(dir).map_err(|e| NotNow::Failed(e.to_string()))?;
                 let bad = loaded.errors.iter().map(ToString::to_string);
-                Ok(snapshot(&loaded.store, node, bad, loaded.errors.len()))
+                // A re-read directory may differ anywhere.
+                Ok(snapshot(&loaded.store, node, Dirty::All, model, bad, loaded.errors.len()))
             }
             Self::Api(source) => source.with_store(|ks| {
                 if !ks.is_ready() {
@@ -185,7 +188,8 @@ impl Source {
                 }
                 let complaints = ks.complaints();
                 let n = complaints.len();
-                Ok(snapshot(ks.store(), node, complaints.into_iter(), n))
+                let dirty = ks.take_dirty();
+                Ok(snapshot(ks.store(), node, dirty, model, complaints.into_iter(), n))
             }),
         }
     }
@@ -195,9 +199,11 @@ fn objects(store: &manifest::Store) -> usize {
     store.services.len() + store.endpoint_slices.len() + store.nodes.len()
 }
 
-/// What a source says this node must program.
+/// What a source says this node must program (besides the model's
+/// desired state, kept in the agent's [`ModelCache`]).
 struct Snapshot {
-    desired: model::Desired,
+    /// Which frontends may have changed since the last snapshot.
+    changes: Changes,
     /// One line per object (or piece of one) left out.
     complaints: BTreeSet<String>,
     /// Services, EndpointSlices and Nodes read.
@@ -224,20 +230,31 @@ struct Snapshot {
 fn snapshot(
     store: &manifest::Store,
     node: &str,
+    dirty: Dirty,
+    model: &mut ModelCache,
     bad: impl Iterator<Item = String>,
     bad_objects: usize,
 ) -> Snapshot {
-    let (desired, warnings) = model::desired_state(store, node);
+    let changed_slices = match &dirty {
+        Dirty::Keys { slices, .. } => Some(slices.clone()),
+        Dirty::All => None,
+    };
+    let changes = model.update(store, node, dirty);
+    let triggers = match (&changes, changed_slices) {
+        (Changes::Keys(_), Some(slices)) => observe::trigger_times_of(store, &slices),
+        _ => observe::trigger_times(store),
+    };
+    let warnings = model.warnings();
     Snapshot {
         complaints: bad
             .chain(warnings.iter().map(|w| format!("{}: {}", w.object, w.message)))
             .collect(),
         model_warnings: warnings.len(),
-        desired,
+        changes,
         objects: objects(store),
         bad_objects,
         local: observe::local_policy(store, node),
-        triggers: observe::trigger_times(store),
+        triggers,
         node_eligible: store.nodes.get(node).map(observe::health::node_eligible),
         pod_cidrs: store.nodes.get(node).map(cniconf::pod_cidrs),
         internal_ip: store.nodes.get(node).and_then(routing::internal_ip),
@@ -261,6 +278,8 @@ struct Agent {
     hc_servers: HcServers,
     datapath: Datapath,
     reconciler: Reconciler<PinnedMaps>,
+    /// The model's output, updated by change.
+    model: ModelCache,
     node_maps: NodeMaps,
     /// This node's InternalIP from its Node object (the preferred SNAT address).
     internal_ip: Option<Ipv4Addr>,
@@ -311,6 +330,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         hc_servers,
         datapath,
         reconciler,
+        model: ModelCache::new(),
         node_maps,
         internal_ip: None,
         last_complaints: BTreeSet::new(),
@@ -374,7 +394,7 @@ impl Agent {
         let start = Instant::now();
         self.last_sync = start;
         let Snapshot {
-            desired,
+            changes,
             complaints,
             objects,
             bad_objects,
@@ -385,7 +405,7 @@ impl Agent {
             pod_cidrs,
             internal_ip,
             network,
-        } = match self.source.desired(&self.cfg.node_name) {
+        } = match self.source.snapshot(&self.cfg.node_name, &mut self.model) {
             Ok(s) => s,
             Err(NotNow::Waiting(kinds)) => {
                 // Nothing is programmed (or withdrawn) from a partial view.
@@ -406,7 +426,8 @@ impl Agent {
         }
         self.last_complaints = complaints;
 
-        let outcome = self.reconciler.sync(&desired);
+        let desired = self.model.desired();
+        let outcome = self.reconciler.sync_changes(desired, &changes);
         for (fk, e) in &outcome.errors {
             error!(frontend = %format!("{}:{}/{}", fk.addr, fk.port, fk.proto), error = %e, "frontend not fully programmed; will retry");
         }
@@ -423,7 +444,13 @@ impl Agent {
         }
         self.metrics.record_sync(&SyncReport {
             duration: start.elapsed(),
-            desired: &desired,
+            desired,
+            changed: match &changes {
+                Changes::All => None,
+                Changes::Keys(keys) => Some(keys),
+            },
+            services: self.model.services(),
+            backends: self.model.backends(),
             failed_frontends: outcome.errors.len(),
             manifest_errors: bad_objects,
             model_warnings,
@@ -451,7 +478,7 @@ impl Agent {
         if log {
             info!(
                 objects,
-                frontends = desired.len(),
+                frontends = self.model.desired().len(),
                 changed = outcome.changed,
                 removed = outcome.removed,
                 failed = outcome.errors.len(),
@@ -459,7 +486,7 @@ impl Agent {
                 "synced"
             );
         } else {
-            debug!(frontends = desired.len(), "in sync");
+            debug!(frontends = self.model.desired().len(), "in sync");
         }
     }
 

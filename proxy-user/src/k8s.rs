@@ -35,6 +35,7 @@ use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
 use crate::manifest::{self, FieldError, ObjectKey, Store};
+use crate::model::cache::Dirty;
 
 /// kube-proxy's label selector for Services and EndpointSlices
 /// (cmd/kube-proxy/app/server.go): skip objects of another proxy
@@ -142,9 +143,13 @@ pub trait Watched:
     /// The fields the model cannot use.
     fn prepare(&mut self) -> Result<(), Vec<FieldError>>;
     /// This kind's tracker and objects.
-    fn parts(store: &mut KubeStore) -> (&mut Tracker<Self>, &mut BTreeMap<Self::Key, Self>);
+    fn parts(
+        store: &mut KubeStore,
+    ) -> (&mut Tracker<Self>, &mut BTreeMap<Self::Key, Self>, &mut Dirty);
     /// How many objects of this kind `store` holds.
     fn count(store: &Store) -> usize;
+    /// Notes in `dirty` that the object `key` changed (the model's inputs).
+    fn touched(_dirty: &mut Dirty, _key: &Self::Key) {}
 }
 
 impl Watched for Service {
@@ -158,11 +163,16 @@ impl Watched for Service {
     fn prepare(&mut self) -> Result<(), Vec<FieldError>> {
         manifest::prepare_service(self)
     }
-    fn parts(s: &mut KubeStore) -> (&mut Tracker<Self>, &mut BTreeMap<ObjectKey, Self>) {
-        (&mut s.service_tracker, &mut s.store.services)
+    fn parts(
+        s: &mut KubeStore,
+    ) -> (&mut Tracker<Self>, &mut BTreeMap<ObjectKey, Self>, &mut Dirty) {
+        (&mut s.service_tracker, &mut s.store.services, &mut s.dirty)
     }
     fn count(store: &Store) -> usize {
         store.services.len()
+    }
+    fn touched(dirty: &mut Dirty, key: &ObjectKey) {
+        dirty.service(key.clone());
     }
 }
 
@@ -177,11 +187,16 @@ impl Watched for EndpointSlice {
     fn prepare(&mut self) -> Result<(), Vec<FieldError>> {
         manifest::prepare_endpoint_slice(self)
     }
-    fn parts(s: &mut KubeStore) -> (&mut Tracker<Self>, &mut BTreeMap<ObjectKey, Self>) {
-        (&mut s.slice_tracker, &mut s.store.endpoint_slices)
+    fn parts(
+        s: &mut KubeStore,
+    ) -> (&mut Tracker<Self>, &mut BTreeMap<ObjectKey, Self>, &mut Dirty) {
+        (&mut s.slice_tracker, &mut s.store.endpoint_slices, &mut s.dirty)
     }
     fn count(store: &Store) -> usize {
         store.endpoint_slices.len()
+    }
+    fn touched(dirty: &mut Dirty, key: &ObjectKey) {
+        dirty.slice(key.clone());
     }
 }
 
@@ -196,8 +211,8 @@ impl Watched for Node {
     fn prepare(&mut self) -> Result<(), Vec<FieldError>> {
         manifest::prepare_node(self)
     }
-    fn parts(s: &mut KubeStore) -> (&mut Tracker<Self>, &mut BTreeMap<String, Self>) {
-        (&mut s.node_tracker, &mut s.store.nodes)
+    fn parts(s: &mut KubeStore) -> (&mut Tracker<Self>, &mut BTreeMap<String, Self>, &mut Dirty) {
+        (&mut s.node_tracker, &mut s.store.nodes, &mut s.dirty)
     }
     fn count(store: &Store) -> usize {
         store.nodes.len()
@@ -231,9 +246,17 @@ pub struct KubeStore {
     service_tracker: Tracker<Service>,
     slice_tracker: Tracker<EndpointSlice>,
     node_tracker: Tracker<Node>,
+    /// What changed since [`Self::take_dirty`] was last called.
+    dirty: Dirty,
 }
 
 impl KubeStore {
+    /// The Services and EndpointSlices changed since the last call (all
+    /// of them after a re-list), for the incremental model.
+    pub fn take_dirty(&mut self) -> Dirty {
+        std::mem::take(&mut self.dirty)
+    }
+
     /// The objects; complete only once [`Self::is_ready`].
     pub fn store(&self) -> &Store {
         &self.store
@@ -275,7 +298,7 @@ impl KubeStore {
     /// model sees): `Init` and `InitApply` only fill a buffer, which `InitDone`
     /// swaps in.
     pub fn apply<K: Watched>(&mut self, event: Event<K>) -> bool {
-        let (tracker, objects) = K::parts(self);
+        let (tracker, objects, dirty) = K::parts(self);
         match event {
             Event::Init => {
                 tracker.relist = Some((BTreeMap::new(), BTreeMap::new()));
@@ -297,6 +320,9 @@ impl KubeStore {
             }
             Event::InitDone => {
                 let (buffer, complaints) = tracker.relist.take().unwrap_or_default();
+                // A re-list may have changed anything of this kind: the
+                // model starts over (harmless for kinds it does not read).
+                *dirty = Dirty::All;
                 *objects = buffer;
                 tracker.complaints = complaints;
                 tracker.listed = true;
@@ -305,12 +331,14 @@ impl KubeStore {
             Event::Apply(object) => {
                 match checked(object) {
                     Ok((key, object)) => {
+                        K::touched(dirty, &key);
                         tracker.complaints.remove(&key);
                         objects.insert(key, object);
                     }
                     Err((key, message)) => {
                         // The object as it is now is unusable: what an older
                         // version said no longer holds either.
+                        K::touched(dirty, &key);
                         objects.remove(&key);
                         tracker.complaints.insert(key, message);
                     }
@@ -319,6 +347,7 @@ impl KubeStore {
             }
             Event::Delete(object) => {
                 let key = object.store_key();
+                K::touched(dirty, &key);
                 tracker.complaints.remove(&key);
                 objects.remove(&key);
                 true
@@ -380,8 +409,8 @@ impl KubeSource {
     }
 
     /// Runs `f` on the store (under its lock: keep it short).
-    pub fn with_store<T>(&self, f: impl FnOnce(&KubeStore) -> T) -> T {
-        f(&self.shared.lock().unwrap_or_else(PoisonError::into_inner))
+    pub fn with_store<T>(&self, f: impl FnOnce(&mut KubeStore) -> T) -> T {
+        f(&mut self.shared.lock().unwrap_or_else(PoisonError::into_inner))
     }
 }
 

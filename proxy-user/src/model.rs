@@ -30,6 +30,8 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 
 use crate::manifest::{ObjectKey, Store};
 
+pub mod cache;
+
 /// Services (and their EndpointSlices) with this label belong to another proxy.
 pub const LABEL_SERVICE_PROXY_NAME: &str = "service.kubernetes.io/service-proxy-name";
 /// Set by the EndpointSlice controller on headless services' slices.
@@ -196,73 +198,103 @@ pub fn desired_state(store: &Store, node_name: &str) -> (Desired, Vec<ModelWarni
 
     for (key, service) in &store.services {
         let service_slices = slices.get(key).map_or(&[][..], Vec::as_slice);
-        for port in service_ports(key, service, &mut warnings) {
-            let endpoints = endpoints_for_port(&port, service_slices);
-            let categorized = categorize_endpoints(&endpoints, &port, node_name, zone);
-
-            // kube-proxy: a service with no endpoint at all rejects; one
-            // whose policy leaves this node none drops.
-            let has_endpoints = !categorized.all_reachable.is_empty();
-            let frontend =
-                FrontendKey { addr: port.cluster_ip, port: port.port, proto: port.protocol };
-            let chosen = categorized.for_cluster_ip(&port);
-            let policy =
-                FrontendPolicy { drop_when_empty: has_endpoints, ..FrontendPolicy::default() };
-            let internal = backends(chosen, &endpoints);
-            insert_frontend(&mut desired, frontend, &port, internal, policy, &mut warnings);
-            if !port.externally_accessible {
+        let frontends =
+            service_frontends(key, service, service_slices, node_name, zone, &mut warnings);
+        for (fk, frontend) in frontends {
+            if let Some(existing) = desired.get(&fk) {
+                warnings.push(conflict_warning(&fk, &frontend, &existing.service));
                 continue;
             }
-            let chosen = categorized.for_external(&port);
-            let policy = FrontendPolicy {
-                external: true,
-                local: port.external_policy_local,
-                drop_when_empty: has_endpoints,
-            };
-            let external = backends(chosen, &endpoints);
-            let addrs = (port.node_port != 0)
-                .then_some((NODEPORT_ADDR, port.node_port))
-                .into_iter()
-                .chain(port.external_ips.iter().map(|ip| (*ip, port.port)))
-                .chain(port.load_balancer_ips.iter().map(|ip| (*ip, port.port)));
-            for (addr, number) in addrs {
-                let key = FrontendKey { addr, port: number, proto: port.protocol };
-                insert_frontend(&mut desired, key, &port, external.clone(), policy, &mut warnings);
-            }
+            desired.insert(fk, frontend);
         }
     }
     (desired, warnings)
 }
 
-fn insert_frontend(
-    desired: &mut Desired,
-    key: FrontendKey,
+/// The warning for `frontend` of another service losing `key` to `winner`.
+pub(crate) fn conflict_warning(
+    key: &FrontendKey,
+    frontend: &Frontend,
+    winner: &ObjectKey,
+) -> ModelWarning {
+    let w = ModelWarning {
+        object: format!("Service {}", frontend.service),
+        message: format!(
+            "frontend {key} (port {:?}) is already served by Service {winner}; ignored",
+            frontend.port_name
+        ),
+    };
+    tracing::debug!(object = %w.object, message = %w.message, "model warning");
+    w
+}
+
+/// The frontends of one service, given its usable EndpointSlices, in the
+/// order [`desired_state`] claims them (a key repeated within the service
+/// is kept once, with a warning). Conflicts with other services are not
+/// resolved here.
+pub fn service_frontends(
+    key: &ObjectKey,
+    service: &Service,
+    service_slices: &[SliceEndpoints],
+    node_name: &str,
+    zone: &str,
+    warnings: &mut Vec<ModelWarning>,
+) -> Vec<(FrontendKey, Frontend)> {
+    let mut out: Vec<(FrontendKey, Frontend)> = Vec::new();
+    let mut push = |fk: FrontendKey, frontend: Frontend, warnings: &mut Vec<ModelWarning>| {
+        if let Some((_, existing)) = out.iter().find(|(k, _)| *k == fk) {
+            warnings.push(conflict_warning(&fk, &frontend, &existing.service));
+        } else {
+            out.push((fk, frontend));
+        }
+    };
+    for port in service_ports(key, service, warnings) {
+        let endpoints = endpoints_for_port(&port, service_slices);
+        let categorized = categorize_endpoints(&endpoints, &port, node_name, zone);
+
+        // kube-proxy: a service with no endpoint at all rejects; one
+        // whose policy leaves this node none drops.
+        let has_endpoints = !categorized.all_reachable.is_empty();
+        let frontend = FrontendKey { addr: port.cluster_ip, port: port.port, proto: port.protocol };
+        let chosen = categorized.for_cluster_ip(&port);
+        let policy = FrontendPolicy { drop_when_empty: has_endpoints, ..FrontendPolicy::default() };
+        let internal = backends(chosen, &endpoints);
+        push(frontend, make_frontend(&port, internal, policy), warnings);
+        if !port.externally_accessible {
+            continue;
+        }
+        let chosen = categorized.for_external(&port);
+        let policy = FrontendPolicy {
+            external: true,
+            local: port.external_policy_local,
+            drop_when_empty: has_endpoints,
+        };
+        let external = backends(chosen, &endpoints);
+        let addrs = (port.node_port != 0)
+            .then_some((NODEPORT_ADDR, port.node_port))
+            .into_iter()
+            .chain(port.external_ips.iter().map(|ip| (*ip, port.port)))
+            .chain(port.load_balancer_ips.iter().map(|ip| (*ip, port.port)));
+        for (addr, number) in addrs {
+            let key = FrontendKey { addr, port: number, proto: port.protocol };
+            push(key, make_frontend(&port, external.clone(), policy), warnings);
+        }
+    }
+    out
+}
+
+fn make_frontend(
     port: &ServicePortInfo,
     backends: Vec<BackendSpec>,
     policy: FrontendPolicy,
-    warnings: &mut Vec<ModelWarning>,
-) {
-    if let Some(existing) = desired.get(&key) {
-        warn(
-            warnings,
-            format!("Service {}", port.service),
-            format!(
-                "frontend {key} (port {:?}) is already served by Service {}; ignored",
-                port.port_name, existing.service
-            ),
-        );
-        return;
+) -> Frontend {
+    Frontend {
+        service: port.service.clone(),
+        port_name: port.port_name.clone(),
+        backends,
+        affinity_timeout: port.affinity_timeout,
+        policy,
     }
-    desired.insert(
-        key,
-        Frontend {
-            service: port.service.clone(),
-            port_name: port.port_name.clone(),
-            backends,
-            affinity_timeout: port.affinity_timeout,
-            policy,
-        },
-    );
 }
 
 /// The backends of a frontend: the chosen endpoints take new flows; the
@@ -290,7 +322,7 @@ fn backends(chosen: &[&EndpointInfo], all: &[EndpointInfo]) -> Vec<BackendSpec> 
     backends
 }
 
-fn node_zone<'a>(store: &'a Store, node_name: &str) -> &'a str {
+pub fn node_zone<'a>(store: &'a Store, node_name: &str) -> &'a str {
     store
         .nodes
         .get(node_name)
@@ -611,26 +643,36 @@ pub fn slice_endpoints(
 ) -> BTreeMap<ObjectKey, Vec<SliceEndpoints>> {
     let mut by_service: BTreeMap<ObjectKey, Vec<SliceEndpoints>> = BTreeMap::new();
     for (key, slice) in &store.endpoint_slices {
-        let labels = slice.metadata.labels.as_ref();
-        if skipped_by_labels(labels) {
-            continue;
+        if let Some((service, parsed)) = usable_slice(key, slice, node_name, warnings) {
+            by_service.entry(service).or_default().push(parsed);
         }
-        let Some(service) =
-            labels.and_then(|l| l.get(LABEL_SERVICE_NAME)).filter(|s| !s.is_empty())
-        else {
-            tracing::debug!(slice = %key, "ignored: no {LABEL_SERVICE_NAME} label");
-            continue;
-        };
-        if slice.address_type != "IPv4" {
-            continue; // IPv6 and FQDN: not handled (yet).
-        }
-        let parsed = parse_slice(key, slice, node_name, warnings);
-        by_service
-            .entry(ObjectKey::new(key.namespace.clone(), service.clone()))
-            .or_default()
-            .push(parsed);
     }
     by_service
+}
+
+/// One EndpointSlice as the model uses it, with the key of its service;
+/// `None` when the model ignores the slice (another proxy's, no service
+/// label, not IPv4).
+pub fn usable_slice(
+    key: &ObjectKey,
+    slice: &EndpointSlice,
+    node_name: &str,
+    warnings: &mut Vec<ModelWarning>,
+) -> Option<(ObjectKey, SliceEndpoints)> {
+    let labels = slice.metadata.labels.as_ref();
+    if skipped_by_labels(labels) {
+        return None;
+    }
+    let Some(service) = labels.and_then(|l| l.get(LABEL_SERVICE_NAME)).filter(|s| !s.is_empty())
+    else {
+        tracing::debug!(slice = %key, "ignored: no {LABEL_SERVICE_NAME} label");
+        return None;
+    };
+    if slice.address_type != "IPv4" {
+        return None; // IPv6 and FQDN: not handled (yet).
+    }
+    let parsed = parse_slice(key, slice, node_name, warnings);
+    Some((ObjectKey::new(key.namespace.clone(), service.clone()), parsed))
 }
 
 fn parse_slice(

@@ -66,6 +66,9 @@ fn map_occupancy_and_drops_are_read_at_scrape_time() {
     metrics.record_sync(&SyncReport {
         duration: std::time::Duration::from_millis(1),
         desired: &desired,
+        changed: None,
+        services: 1,
+        backends: desired.values().map(|f| f.backends.len()).sum(),
         failed_frontends: 0,
         manifest_errors: 0,
         model_warnings: 0,

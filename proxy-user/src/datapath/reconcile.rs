@@ -29,7 +29,9 @@ use super::{
     Error, Result,
     maps::{LbMaps, StatsMap},
 };
-use crate::model::{BackendState, Desired, Frontend, FrontendKey, FrontendPolicy, Protocol};
+use crate::model::{
+    BackendState, Desired, Frontend, FrontendKey, FrontendPolicy, Protocol, cache::Changes,
+};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct AppliedBackend {
@@ -90,6 +92,9 @@ pub struct Reconciler<M> {
     removed_udp_backends: BTreeSet<u32>,
     /// Number of frontends (with a master entry) per address, as in `SL_VIPS`.
     vips: BTreeMap<Ipv4Addr, u32>,
+    /// Frontends the last sync could not (fully) write: a partial sync
+    /// retries them whether or not they changed.
+    failed: BTreeSet<FrontendKey>,
 }
 
 /// Hands out ids in increasing order (wrapping, skipping 0 and ids in use),
@@ -301,6 +306,7 @@ impl<M: LbMaps> Reconciler<M> {
                 next_rev_nat,
                 removed_udp_backends: BTreeSet::new(),
                 vips,
+                failed: BTreeSet::new(),
             },
             outcome,
         ))
@@ -320,9 +326,30 @@ impl<M: LbMaps> Reconciler<M> {
     /// Makes the maps equal to `desired`. Frontends that fail are reported
     /// and retried by the next call; the others are written regardless.
     pub fn sync(&mut self, desired: &Desired) -> SyncOutcome {
-        let mut outcome = SyncOutcome::default();
         let gone: Vec<FrontendKey> =
             self.applied.keys().filter(|k| !desired.contains_key(k)).copied().collect();
+        self.sync_some(desired, gone, desired.keys().copied())
+    }
+
+    /// [`Self::sync`] for the frontends `changes` names (plus those that
+    /// failed before): the others are known to be programmed already.
+    pub fn sync_changes(&mut self, desired: &Desired, changes: &Changes) -> SyncOutcome {
+        let Changes::Keys(keys) = changes else { return self.sync(desired) };
+        let mut keys = keys.clone();
+        keys.extend(std::mem::take(&mut self.failed));
+        let (present, gone): (Vec<FrontendKey>, Vec<FrontendKey>) =
+            keys.into_iter().partition(|k| desired.contains_key(k));
+        let gone = gone.into_iter().filter(|k| self.applied.contains_key(k)).collect();
+        self.sync_some(desired, gone, present.into_iter())
+    }
+
+    fn sync_some(
+        &mut self,
+        desired: &Desired,
+        gone: Vec<FrontendKey>,
+        present: impl Iterator<Item = FrontendKey>,
+    ) -> SyncOutcome {
+        let mut outcome = SyncOutcome::default();
         // Removals first: they free ids and map room for the additions.
         for fk in gone {
             match self.remove_frontend(&fk) {
@@ -330,13 +357,14 @@ impl<M: LbMaps> Reconciler<M> {
                 Err(e) => outcome.errors.push((fk, e)),
             }
         }
-        for (fk, frontend) in desired {
-            match self.apply_frontend(fk, frontend) {
+        for fk in present {
+            match self.apply_frontend(&fk, &desired[&fk]) {
                 Ok(true) => outcome.changed += 1,
                 Ok(false) => {}
-                Err(e) => outcome.errors.push((*fk, e)),
+                Err(e) => outcome.errors.push((fk, e)),
             }
         }
+        self.failed = outcome.errors.iter().map(|(fk, _)| *fk).collect();
         // UDP has no connection teardown: flows of a removed backend would
         // keep stale conntrack until they age out (kube-proxy #139628 is
         // what this avoids). Flush them now, in one pass.

@@ -65,10 +65,12 @@ use super::{
     health::HealthState,
     http::{self, ServerHandle},
 };
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+
 use crate::{
     datapath::PinPaths,
     manifest::{ObjectKey, Store},
-    model::Desired,
+    model::{Desired, FrontendKey},
 };
 
 /// The EndpointSlice controller's annotation: when the change that produced
@@ -141,6 +143,11 @@ pub struct SyncReport<'a> {
     pub duration: Duration,
     /// What the model asked for (programmed unless `failed_frontends > 0`).
     pub desired: &'a Desired,
+    /// The frontends that may differ from the last report; `None`: any.
+    pub changed: Option<&'a BTreeSet<FrontendKey>>,
+    /// Services and backends in `desired` (the caller keeps count).
+    pub services: usize,
+    pub backends: usize,
     /// Frontends not (fully) programmed (`SyncOutcome::errors.len()`).
     pub failed_frontends: usize,
     /// Manifest documents that could not be used.
@@ -156,31 +163,50 @@ pub struct SyncReport<'a> {
 
 type Label = [(&'static str, &'static str); 1];
 
-/// Each EndpointSlice's `endpoints.kubernetes.io/last-change-trigger-time`.
-pub type TriggerTimes = BTreeMap<ObjectKey, SystemTime>;
+/// EndpointSlices' `endpoints.kubernetes.io/last-change-trigger-time`.
+#[derive(Clone, Debug, Default)]
+pub struct TriggerTimes {
+    /// The slices that have one.
+    times: BTreeMap<ObjectKey, SystemTime>,
+    /// `None`: `times` covers every slice. Otherwise only these slices
+    /// (changed since the last sync) are covered; one of them missing from
+    /// `times` has no trigger time any more (or is gone).
+    scope: Option<BTreeSet<ObjectKey>>,
+}
+
+fn trigger_time(slice: &EndpointSlice) -> Option<SystemTime> {
+    let ts = slice
+        .metadata
+        .annotations
+        .as_ref()?
+        .get(ANNOTATION_TRIGGER_TIME)?
+        .parse::<k8s_openapi::jiff::Timestamp>()
+        .ok()?;
+    let secs = u64::try_from(ts.as_second()).ok()?;
+    let nanos = u32::try_from(ts.subsec_nanosecond()).ok()?;
+    Some(UNIX_EPOCH + Duration::new(secs, nanos))
+}
 
 /// The trigger times of the slices in `store` (taken while the store is at
 /// hand, so that recording the sync later does not need it).
 #[must_use]
 pub fn trigger_times(store: &Store) -> TriggerTimes {
-    store
+    let times = store
         .endpoint_slices
         .iter()
-        .filter_map(|(key, slice)| {
-            let t = slice
-                .metadata
-                .annotations
-                .as_ref()
-                .and_then(|a| a.get(ANNOTATION_TRIGGER_TIME))
-                .and_then(|s| s.parse::<k8s_openapi::jiff::Timestamp>().ok())
-                .and_then(|ts| {
-                    let secs = u64::try_from(ts.as_second()).ok()?;
-                    let nanos = u32::try_from(ts.subsec_nanosecond()).ok()?;
-                    Some(UNIX_EPOCH + Duration::new(secs, nanos))
-                })?;
-            Some((key.clone(), t))
-        })
-        .collect()
+        .filter_map(|(key, slice)| Some((key.clone(), trigger_time(slice)?)))
+        .collect();
+    TriggerTimes { times, scope: None }
+}
+
+/// [`trigger_times`] of the slices `keys` only (those that changed).
+#[must_use]
+pub fn trigger_times_of(store: &Store, keys: &BTreeSet<ObjectKey>) -> TriggerTimes {
+    let times = keys
+        .iter()
+        .filter_map(|key| Some((key.clone(), trigger_time(store.endpoint_slices.get(key)?)?)))
+        .collect();
+    TriggerTimes { times, scope: Some(keys.clone()) }
 }
 
 /// Remembers each slice's trigger time, to time the changes once each.
@@ -195,12 +221,22 @@ struct Triggers {
 
 impl Triggers {
     fn note(&mut self, triggers: &TriggerTimes) {
-        for (key, t) in triggers {
+        for (key, t) in &triggers.times {
             if self.seen.get(key) != Some(t) && *t >= self.start {
                 self.pending.insert((*t, key.clone()));
             }
         }
-        self.seen = triggers.clone();
+        match &triggers.scope {
+            None => self.seen.clone_from(&triggers.times),
+            Some(keys) => {
+                for key in keys {
+                    match triggers.times.get(key) {
+                        Some(t) => self.seen.insert(key.clone(), *t),
+                        None => self.seen.remove(key),
+                    };
+                }
+            }
+        }
     }
 }
 
@@ -379,13 +415,26 @@ impl Metrics {
         let m = &self.0;
         m.sync_duration.observe(r.duration.as_secs_f64());
         m.sync_full_duration.observe(r.duration.as_secs_f64());
-        let services: BTreeSet<&ObjectKey> = r.desired.values().map(|f| &f.service).collect();
-        let backends: usize = r.desired.values().map(|f| f.backends.len()).sum();
-        m.services.set(gauge_value(services.len()));
-        *m.names.write().unwrap_or_else(std::sync::PoisonError::into_inner) =
-            r.desired.iter().map(|(k, f)| (k.to_string(), f.service.clone())).collect();
+        m.services.set(gauge_value(r.services));
+        {
+            let mut names = m.names.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+            match r.changed {
+                None => {
+                    *names =
+                        r.desired.iter().map(|(k, f)| (k.to_string(), f.service.clone())).collect();
+                }
+                Some(keys) => {
+                    for key in keys {
+                        match r.desired.get(key) {
+                            Some(f) => names.insert(key.to_string(), f.service.clone()),
+                            None => names.remove(&key.to_string()),
+                        };
+                    }
+                }
+            }
+        }
         m.frontends.set(gauge_value(r.desired.len()));
-        m.backends.set(gauge_value(backends));
+        m.backends.set(gauge_value(r.backends));
         m.frontends_failed.set(gauge_value(r.failed_frontends));
         m.manifest_errors.set(gauge_value(r.manifest_errors));
         m.model_warnings.set(gauge_value(r.model_warnings));
@@ -634,6 +683,9 @@ mod tests {
         let report = SyncReport {
             duration: Duration::from_millis(3),
             desired: &d,
+            changed: None,
+            services: 2,
+            backends: 3,
             failed_frontends: 0,
             manifest_errors: 4,
             model_warnings: 5,
@@ -705,6 +757,9 @@ mod tests {
                 &SyncReport {
                     duration: Duration::ZERO,
                     desired: &d,
+                    changed: None,
+                    services: 0,
+                    backends: 0,
                     failed_frontends: failed,
                     manifest_errors: 0,
                     model_warnings: 0,

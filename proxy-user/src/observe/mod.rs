@@ -31,7 +31,10 @@
 //! let hc_failures = hc.sync_services(&local.hc_services); // logged; retry next sync
 //! metrics.record_sync(&SyncReport {
 //!     duration: start.elapsed(),
-//!     desired: &desired,
+//!     desired: model.desired(),
+//!     changed: None, // or the frontends the model says changed
+//!     services: model.services(),
+//!     backends: model.backends(),
 //!     failed_frontends: outcome.errors.len(),
 //!     manifest_errors: loaded.errors.len(),
 //!     model_warnings: warnings.len(),
@@ -57,7 +60,10 @@ use std::net::SocketAddr;
 pub use hcnode::{HcServers, HcService, LocalPolicy, local_policy};
 pub use health::{HealthState, serve_health};
 pub use http::ServerHandle;
-pub use metrics::{Metrics, MetricsConfig, SyncReport, TriggerTimes, serve_metrics, trigger_times};
+pub use metrics::{
+    Metrics, MetricsConfig, SyncReport, TriggerTimes, serve_metrics, trigger_times,
+    trigger_times_of,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

@@ -1,0 +1,440 @@
+//! The model kept up to date by change: a [`ModelCache`] holds the desired
+//! state of the last update and recomputes only the services whose Service
+//! or EndpointSlices changed since, so one change at 10k services costs one
+//! service's work, not 10k. The result is the same as [`super::desired_state`] on
+//! the whole store (checked by the tests below on random change sequences).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use super::{
+    Desired, Frontend, FrontendKey, ModelWarning, SliceEndpoints, conflict_warning, node_zone,
+    service_frontends, usable_slice,
+};
+use crate::manifest::{ObjectKey, Store};
+
+/// What changed in a store since the last update.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Dirty {
+    /// Anything may have changed (a re-list, a re-read manifest directory).
+    All,
+    /// Only these Services and EndpointSlices were added, changed or
+    /// removed.
+    Keys { services: BTreeSet<ObjectKey>, slices: BTreeSet<ObjectKey> },
+}
+
+impl Default for Dirty {
+    fn default() -> Self {
+        Self::Keys { services: BTreeSet::new(), slices: BTreeSet::new() }
+    }
+}
+
+impl Dirty {
+    pub fn service(&mut self, key: ObjectKey) {
+        if let Self::Keys { services, .. } = self {
+            services.insert(key);
+        }
+    }
+
+    pub fn slice(&mut self, key: ObjectKey) {
+        if let Self::Keys { slices, .. } = self {
+            slices.insert(key);
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        matches!(self, Self::Keys { services, slices } if services.is_empty() && slices.is_empty())
+    }
+}
+
+/// Which frontends an update may have changed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Changes {
+    /// Any frontend: compare everything.
+    All,
+    /// Only these (added, changed or removed).
+    Keys(BTreeSet<FrontendKey>),
+}
+
+/// The model's output, kept up to date by [`ModelCache::update`].
+#[derive(Debug, Default)]
+pub struct ModelCache {
+    /// Node name and zone the cached state was computed for.
+    node: Option<(String, String)>,
+    /// Usable slices per service, in slice-key order.
+    slices: HashMap<ObjectKey, Vec<SliceEndpoints>>,
+    /// The service of each usable slice.
+    slice_service: HashMap<ObjectKey, ObjectKey>,
+    /// Warnings of slices and services that have some.
+    slice_warnings: HashMap<ObjectKey, Vec<ModelWarning>>,
+    service_warnings: HashMap<ObjectKey, Vec<ModelWarning>>,
+    /// The frontend keys each service claims.
+    claims: HashMap<ObjectKey, Vec<FrontendKey>>,
+    /// The winning claim of every frontend key (the service first in key
+    /// order, as in [`super::desired_state`]).
+    desired: Desired,
+    /// Claims that lost to another service, by key and service.
+    losers: BTreeMap<FrontendKey, BTreeMap<ObjectKey, Frontend>>,
+    /// Winning frontends per service and the backends of all of them.
+    frontends_of: HashMap<ObjectKey, usize>,
+    backends: usize,
+}
+
+impl ModelCache {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Everything this node must program (as [`super::desired_state`] gives it).
+    pub fn desired(&self) -> &Desired {
+        &self.desired
+    }
+
+    /// Services with at least one frontend.
+    pub fn services(&self) -> usize {
+        self.frontends_of.len()
+    }
+
+    /// Backends over all frontends.
+    pub fn backends(&self) -> usize {
+        self.backends
+    }
+
+    /// Every piece of the store the model skipped (in no particular order).
+    pub fn warnings(&self) -> Vec<ModelWarning> {
+        let mut out: Vec<ModelWarning> = self
+            .slice_warnings
+            .values()
+            .chain(self.service_warnings.values())
+            .flatten()
+            .cloned()
+            .collect();
+        for (key, losers) in &self.losers {
+            let winner = &self.desired[key].service;
+            out.extend(losers.values().map(|f| conflict_warning(key, f, winner)));
+        }
+        out
+    }
+
+    /// Brings the cache up to `store` after the changes in `dirty` and
+    /// says which frontends may differ from before.
+    pub fn update(&mut self, store: &Store, node_name: &str, dirty: Dirty) -> Changes {
+        let zone = node_zone(store, node_name);
+        let same_node = self.node.as_ref().is_some_and(|(n, z)| n == node_name && z == zone);
+        let (services, slices) = match dirty {
+            Dirty::Keys { services, slices } if same_node => (services, slices),
+            _ => {
+                *self = Self { node: Some((node_name.to_owned(), zone.to_owned())), ..Self::new() };
+                self.rebuild(store, node_name, zone);
+                return Changes::All;
+            }
+        };
+        let mut services = services;
+        for key in slices {
+            if let Some(old) = self.slice_service.remove(&key) {
+                if let Some(list) = self.slices.get_mut(&old) {
+                    list.retain(|s| s.slice != key);
+                    if list.is_empty() {
+                        self.slices.remove(&old);
+                    }
+                }
+                services.insert(old);
+            }
+            self.slice_warnings.remove(&key);
+            if let Some(slice) = store.endpoint_slices.get(&key) {
+                let mut warnings = Vec::new();
+                if let Some((service, parsed)) = usable_slice(&key, slice, node_name, &mut warnings)
+                {
+                    let list = self.slices.entry(service.clone()).or_default();
+                    let at = list.partition_point(|s| s.slice < key);
+                    list.insert(at, parsed);
+                    self.slice_service.insert(key.clone(), service.clone());
+                    services.insert(service);
+                }
+                if !warnings.is_empty() {
+                    self.slice_warnings.insert(key, warnings);
+                }
+            }
+        }
+        let mut changed = BTreeSet::new();
+        for key in &services {
+            for fk in self.claims.remove(key).unwrap_or_default() {
+                self.withdraw(key, fk);
+                changed.insert(fk);
+            }
+            self.service_warnings.remove(key);
+        }
+        for key in &services {
+            if let Some(service) = store.services.get(key) {
+                self.compute(key, service, node_name, zone, &mut changed);
+            }
+        }
+        Changes::Keys(changed)
+    }
+
+    /// Recomputes everything (the first update, or the node changed).
+    fn rebuild(&mut self, store: &Store, node_name: &str, zone: &str) {
+        for (key, slice) in &store.endpoint_slices {
+            let mut warnings = Vec::new();
+            if let Some((service, parsed)) = usable_slice(key, slice, node_name, &mut warnings) {
+                // Store order is slice-key order.
+                self.slices.entry(service.clone()).or_default().push(parsed);
+                self.slice_service.insert(key.clone(), service);
+            }
+            if !warnings.is_empty() {
+                self.slice_warnings.insert(key.clone(), warnings);
+            }
+        }
+        let mut changed = BTreeSet::new();
+        for (key, service) in &store.services {
+            self.compute(key, service, node_name, zone, &mut changed);
+        }
+    }
+
+    /// Computes one service's frontends and claims them.
+    fn compute(
+        &mut self,
+        key: &ObjectKey,
+        service: &k8s_openapi::api::core::v1::Service,
+        node_name: &str,
+        zone: &str,
+        changed: &mut BTreeSet<FrontendKey>,
+    ) {
+        let mut warnings = Vec::new();
+        let slices = self.slices.get(key).map_or(&[][..], Vec::as_slice);
+        let frontends = service_frontends(key, service, slices, node_name, zone, &mut warnings);
+        if !warnings.is_empty() {
+            self.service_warnings.insert(key.clone(), warnings);
+        }
+        let mut keys = Vec::with_capacity(frontends.len());
+        for (fk, frontend) in frontends {
+            keys.push(fk);
+            changed.insert(fk);
+            self.claim(key, fk, frontend);
+        }
+        if !keys.is_empty() {
+            self.claims.insert(key.clone(), keys);
+        }
+    }
+
+    fn claim(&mut self, service: &ObjectKey, fk: FrontendKey, frontend: Frontend) {
+        match self.desired.get(&fk) {
+            Some(winner) if winner.service < *service => {
+                self.losers.entry(fk).or_default().insert(service.clone(), frontend);
+            }
+            Some(winner) if winner.service == *service => {
+                self.install(fk, frontend);
+            }
+            Some(_) => {
+                let old = self.install(fk, frontend);
+                if let Some(old) = old {
+                    self.losers.entry(fk).or_default().insert(old.service.clone(), old);
+                }
+            }
+            None => {
+                self.install(fk, frontend);
+            }
+        }
+    }
+
+    /// Removes `service`'s claim of `fk`; the next claimant, if any, wins.
+    fn withdraw(&mut self, service: &ObjectKey, fk: FrontendKey) {
+        if self.desired.get(&fk).is_some_and(|f| f.service == *service) {
+            self.uninstall(fk);
+            if let Some(mut losers) = self.losers.remove(&fk) {
+                if let Some((_, next)) = losers.pop_first() {
+                    self.install(fk, next);
+                }
+                if !losers.is_empty() {
+                    self.losers.insert(fk, losers);
+                }
+            }
+        } else if let Some(losers) = self.losers.get_mut(&fk) {
+            losers.remove(service);
+            if losers.is_empty() {
+                self.losers.remove(&fk);
+            }
+        }
+    }
+
+    /// Makes `frontend` the winner of `fk`; returns the one it replaced.
+    fn install(&mut self, fk: FrontendKey, frontend: Frontend) -> Option<Frontend> {
+        let old = self.uninstall(fk);
+        self.backends += frontend.backends.len();
+        *self.frontends_of.entry(frontend.service.clone()).or_default() += 1;
+        self.desired.insert(fk, frontend);
+        old
+    }
+
+    fn uninstall(&mut self, fk: FrontendKey) -> Option<Frontend> {
+        let old = self.desired.remove(&fk)?;
+        self.backends -= old.backends.len();
+        if let Some(n) = self.frontends_of.get_mut(&old.service) {
+            *n -= 1;
+            if *n == 0 {
+                self.frontends_of.remove(&old.service);
+            }
+        }
+        Some(old)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::{Value, json};
+
+    use super::*;
+    use crate::model::{LABEL_SERVICE_NAME, LABEL_TOPOLOGY_ZONE, desired_state};
+
+    const NODE: &str = "node-1";
+
+    /// A small deterministic generator (no dependency needed for this).
+    struct Rng(u64);
+
+    impl Rng {
+        fn below(&mut self, n: u64) -> u64 {
+            self.0 = self
+                .0
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            (self.0 >> 33) % n
+        }
+        fn pick<'a>(&mut self, list: &[&'a str]) -> &'a str {
+            list[self.below(list.len() as u64) as usize]
+        }
+    }
+
+    /// A random Service from a small space, so keys collide between services.
+    fn random_service(rng: &mut Rng, name: &str) -> Value {
+        let ip = rng.pick(&["10.96.0.1", "10.96.0.2", "10.96.0.3", "None", "bad"]);
+        let ty = rng.pick(&["ClusterIP", "NodePort", "LoadBalancer"]);
+        let mut ports = vec![json!({"name": "http", "port": 80, "targetPort": 8080,
+                                    "nodePort": 30000 + rng.below(3)})];
+        if rng.below(2) == 0 {
+            ports.push(json!({"name": "dns", "port": 53, "protocol": "UDP", "targetPort": 53,
+                              "nodePort": 30000 + rng.below(3)}));
+        }
+        if rng.below(6) == 0 {
+            ports.push(json!({"name": "zero", "port": 0}));
+        }
+        let mut spec = json!({"clusterIP": ip, "type": ty, "ports": ports,
+                              "externalTrafficPolicy": rng.pick(&["Cluster", "Local"]),
+                              "internalTrafficPolicy": rng.pick(&["Cluster", "Local"])});
+        if rng.below(3) == 0 {
+            spec["externalIPs"] = json!([rng.pick(&["192.0.2.1", "192.0.2.2", "10.96.0.1"])]);
+        }
+        json!({"apiVersion": "v1", "kind": "Service",
+               "metadata": {"name": name, "namespace": "ns"}, "spec": spec})
+    }
+
+    fn random_slice(rng: &mut Rng, name: &str, services: &[&str]) -> Value {
+        let endpoints: Vec<Value> = (0..rng.below(4))
+            .map(|_| {
+                json!({"addresses": [rng.pick(&["10.0.0.1", "10.0.0.2", "10.0.1.1", "nope"])],
+                       "nodeName": rng.pick(&[NODE, "node-2"]),
+                       "conditions": {"ready": rng.below(4) != 0, "serving": true,
+                                      "terminating": rng.below(4) == 0}})
+            })
+            .collect();
+        json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+               "metadata": {"name": name, "namespace": "ns",
+                            "labels": {LABEL_SERVICE_NAME: rng.pick(services)}},
+               "addressType": rng.pick(&["IPv4", "IPv4", "IPv4", "IPv6"]),
+               "ports": [{"name": "http", "port": 8080 + rng.below(2), "protocol": "TCP"},
+                         {"name": "dns", "port": 53, "protocol": "UDP"}],
+               "endpoints": endpoints})
+    }
+
+    fn sorted_warnings(warnings: &[ModelWarning]) -> Vec<String> {
+        let mut out: Vec<String> = warnings.iter().map(ToString::to_string).collect();
+        out.sort();
+        out
+    }
+
+    /// Random changes, one at a time: after each, the cache equals the model
+    /// computed from scratch, and every frontend that differs from before is
+    /// among the reported changes.
+    #[test]
+    fn incremental_equals_from_scratch() {
+        let services = ["a", "b", "c", "d", "e"];
+        let slices = ["a-1", "a-2", "b-1", "c-1", "x-1", "x-2"];
+        for seed in 1..=8 {
+            let mut rng = Rng(seed);
+            let mut store = Store::default();
+            let mut cache = ModelCache::new();
+            assert_eq!(cache.update(&store, NODE, Dirty::All), Changes::All);
+            let mut before = cache.desired().clone();
+            for step in 0..300 {
+                let mut dirty = Dirty::default();
+                for _ in 0..=rng.below(3) {
+                    if rng.below(2) == 0 {
+                        let name = rng.pick(&services);
+                        let key = ObjectKey::new("ns", name);
+                        if rng.below(4) == 0 {
+                            store.services.remove(&key);
+                        } else {
+                            let object = random_service(&mut rng, name);
+                            store
+                                .services
+                                .insert(key.clone(), serde_json::from_value(object).unwrap());
+                        }
+                        dirty.service(key);
+                    } else {
+                        let name = rng.pick(&slices);
+                        let key = ObjectKey::new("ns", name);
+                        if rng.below(4) == 0 {
+                            store.endpoint_slices.remove(&key);
+                        } else {
+                            let object = random_slice(&mut rng, name, &services);
+                            store
+                                .endpoint_slices
+                                .insert(key.clone(), serde_json::from_value(object).unwrap());
+                        }
+                        dirty.slice(key);
+                    }
+                }
+                let changes = cache.update(&store, NODE, dirty);
+                let (expected, warnings) = desired_state(&store, NODE);
+                assert_eq!(cache.desired(), &expected, "seed {seed} step {step}");
+                assert_eq!(
+                    sorted_warnings(&cache.warnings()),
+                    sorted_warnings(&warnings),
+                    "seed {seed} step {step}"
+                );
+                let Changes::Keys(changed) = changes else {
+                    panic!("a partial update reported All")
+                };
+                let keys: BTreeSet<&FrontendKey> = before.keys().chain(expected.keys()).collect();
+                for key in keys {
+                    if before.get(key) != expected.get(key) {
+                        assert!(
+                            changed.contains(key),
+                            "seed {seed} step {step}: {key} not reported"
+                        );
+                    }
+                }
+                let services: BTreeSet<&ObjectKey> =
+                    expected.values().map(|f| &f.service).collect();
+                assert_eq!(cache.services(), services.len());
+                assert_eq!(
+                    cache.backends(),
+                    expected.values().map(|f| f.backends.len()).sum::<usize>()
+                );
+                before = expected;
+            }
+        }
+    }
+
+    /// A change of this node's zone (topology) recomputes everything.
+    #[test]
+    fn zone_change_is_a_full_update() {
+        let mut store = Store::default();
+        let mut cache = ModelCache::new();
+        cache.update(&store, NODE, Dirty::All);
+        assert_eq!(cache.update(&store, NODE, Dirty::default()), Changes::Keys(BTreeSet::new()));
+        let node = json!({"apiVersion": "v1", "kind": "Node",
+                          "metadata": {"name": NODE, "labels": {LABEL_TOPOLOGY_ZONE: "z1"}}});
+        store.nodes.insert(NODE.into(), serde_json::from_value(node).unwrap());
+        assert_eq!(cache.update(&store, NODE, Dirty::default()), Changes::All);
+        assert_eq!(cache.update(&store, "node-2", Dirty::default()), Changes::All);
+    }
+}
