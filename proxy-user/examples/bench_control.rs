@@ -81,10 +81,15 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 }
 
 fn peak_rss_mib(pid: u32) -> f64 {
+    status_mib(pid, "VmHWM:")
+}
+
+/// A `/proc/PID/status` size field (`VmHWM:`, `VmRSS:`) in MiB.
+fn status_mib(pid: u32, field: &str) -> f64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
         .map_or(f64::NAN, |kb| kb / 1024.0)
 }
@@ -159,11 +164,12 @@ fn run(n: u32, per: u32) -> anyhow::Result<serde_json::Value> {
     }
     latencies.sort_by(f64::total_cmp);
     let rss = agent.pid().map_or(f64::NAN, peak_rss_mib);
+    let rss_now = agent.pid().map_or(f64::NAN, |p| status_mib(p, "VmRSS:"));
     agent.stop()?;
     Ok(json!({
         "services": n, "endpoints_per_service": per, "cold_start_s": cold,
         "change_p50_ms": percentile(&latencies, 0.5), "change_p99_ms": percentile(&latencies, 0.99),
-        "peak_rss_mib": rss,
+        "peak_rss_mib": rss, "rss_after_mib": rss_now,
     }))
 }
 
@@ -190,20 +196,27 @@ fn main() -> anyhow::Result<()> {
         "control plane: agent fed by the test API server (goals: 10k x 2 cold <= 1 s, 100k x 1 <= 5 s, change p99 <= 10 ms, RSS at 10k/50k <= 64 MiB)"
     );
     println!(
-        "{:>9} {:>6} {:>12} {:>14} {:>14} {:>13}",
-        "services", "eps", "cold start s", "change p50 ms", "change p99 ms", "peak RSS MiB"
+        "{:>9} {:>6} {:>12} {:>14} {:>14} {:>13} {:>12}",
+        "services",
+        "eps",
+        "cold start s",
+        "change p50 ms",
+        "change p99 ms",
+        "peak RSS MiB",
+        "RSS after"
     );
     let mut rows = Vec::new();
     for &(n, per) in cases {
         let r = run(n, per)?;
         println!(
-            "{:>9} {:>6} {:>12.3} {:>14.2} {:>14.2} {:>13.1}",
+            "{:>9} {:>6} {:>12.3} {:>14.2} {:>14.2} {:>13.1} {:>12.1}",
             n,
             per,
             r["cold_start_s"].as_f64().unwrap_or(f64::NAN),
             r["change_p50_ms"].as_f64().unwrap_or(f64::NAN),
             r["change_p99_ms"].as_f64().unwrap_or(f64::NAN),
-            r["peak_rss_mib"].as_f64().unwrap_or(f64::NAN)
+            r["peak_rss_mib"].as_f64().unwrap_or(f64::NAN),
+            r["rss_after_mib"].as_f64().unwrap_or(f64::NAN)
         );
         rows.push(r);
     }

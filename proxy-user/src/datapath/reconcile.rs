@@ -51,6 +51,10 @@ struct Applied {
     affinity: Option<u32>,
     /// The master entry's `SVC_FLAG_*` bits other than affinity.
     flags: u16,
+    /// Counted in `SL_VIPS` (its address is a ClusterIP). Tracked apart
+    /// from `flags`, which change only once the master entry is written: a
+    /// failed master write must not count the frontend again on the retry.
+    vip_counted: bool,
     /// Backend id per slot (`slots[0]` is slot 1); 0 = unknown/missing.
     slots: Vec<u32>,
     backends: BTreeMap<(Ipv4Addr, u16), AppliedBackend>,
@@ -189,6 +193,8 @@ impl<M: LbMaps> Reconciler<M> {
                         count: Some(value.count),
                         affinity: value.affinity_timeout(),
                         flags: value.flags & !SVC_FLAG_AFFINITY,
+                        // Set by the recount below.
+                        vip_counted: false,
                         slots: Vec::new(),
                         backends: BTreeMap::new(),
                     },
@@ -269,8 +275,9 @@ impl<M: LbMaps> Reconciler<M> {
         // Frontend addresses: recount from the restored masters and fix
         // what differs.
         let mut vips: BTreeMap<Ipv4Addr, u32> = BTreeMap::new();
-        for (fk, a) in &applied {
-            if is_vip(a.flags) {
+        for (fk, a) in &mut applied {
+            if a.count.is_some() && is_vip(a.flags) {
+                a.vip_counted = true;
                 *vips.entry(fk.addr).or_default() += 1;
             }
         }
@@ -468,12 +475,16 @@ impl<M: LbMaps> Reconciler<M> {
         let flags = policy_flags(&frontend.policy);
         if self.applied[fk].count.is_none() {
             self.maps.put_stats(StatsMap::Service, rev)?;
-            if is_vip(flags) {
-                self.add_vip(fk.addr)?;
+        }
+        // A new ClusterIP frontend, or a frontend key turned external or back.
+        let vip = is_vip(flags);
+        if self.applied[fk].vip_counted != vip {
+            if vip {
+                self.add_vip(fk.addr)?
+            } else {
+                self.remove_vip(fk.addr)?
             }
-        } else if is_vip(self.applied[fk].flags) != is_vip(flags) {
-            // A ClusterIP frontend key turned external, or back.
-            if is_vip(flags) { self.add_vip(fk.addr)? } else { self.remove_vip(fk.addr)? }
+            self.entry(fk).vip_counted = vip;
         }
         let affinity = frontend.affinity_timeout;
         let a = &self.applied[fk];
@@ -514,9 +525,10 @@ impl<M: LbMaps> Reconciler<M> {
         if self.applied[fk].count.is_some() {
             self.maps.delete_service(&service_key(fk, 0))?;
             self.entry(fk).count = None;
-            if is_vip(self.applied[fk].flags) {
-                self.remove_vip(fk.addr)?;
-            }
+        }
+        if self.applied[fk].vip_counted {
+            self.remove_vip(fk.addr)?;
+            self.entry(fk).vip_counted = false;
         }
         while let Some(&_id) = self.applied[fk].slots.last() {
             let slot = u16::try_from(self.applied[fk].slots.len()).expect("slots fit u16");

@@ -201,6 +201,13 @@ fn full_map_fails_the_frontend_without_a_visible_half_service_and_retries() {
     assert_eq!(r.maps().backends.len(), 3);
     assert_eq!(r.maps().services.len(), 4);
     assert_consistent(r.maps());
+    // The address counts this frontend once, although its first attempt
+    // stopped after counting it (a double count would keep rejecting the
+    // address's other ports after the frontend is gone).
+    let addr = proxy_common::addr_to_map(fk(80).addr);
+    assert_eq!(r.maps().vips.get(&addr), Some(&1));
+    r.sync(&Desired::new());
+    assert_eq!(r.maps().vips.get(&addr), None);
 }
 
 #[test]
