@@ -12,7 +12,10 @@ use proxy_common::{
     CtEntry, CtKey, DropReason, HAIRPIN_ADDR, SVC_FLAG_EXTERNAL, ServiceValue,
 };
 
-use crate::{maps::SL_CT, parse::Ipv4};
+use crate::{
+    maps::{SL_CT, SL_REVNAT},
+    parse::Ipv4,
+};
 
 /// `BPF_NOEXIST`: insert only if the key is not there yet.
 const BPF_NOEXIST: u64 = 1;
@@ -32,6 +35,23 @@ pub fn key(saddr: u32, daddr: u32, sport: u16, dport: u16, proto: u8, dir: u8) -
 pub fn lookup(key: &CtKey) -> Option<CtEntry> {
     // SAFETY: CtEntry is plain data; we copy it out at once.
     unsafe { SL_CT.get(key) }.copied()
+}
+
+/// Removes the reply entry of the flow whose backend `backend` answers
+/// `client` (raw addresses and ports), if there is one.
+/// Its service-direction entry goes too: a later connection through the
+/// frontend from the same port must record the flow afresh.
+#[inline(always)]
+pub fn forget_reply(backend: u32, client: u32, backend_port: u16, client_port: u16, proto: u8) {
+    let rkey = key(backend, client, backend_port, client_port, proto, CT_DIR_REPLY);
+    // Absent is the common case; nothing to do then.
+    let Some(entry) = lookup(&rkey) else { return };
+    // SAFETY: RevNat is plain data, copied out at once.
+    if let Some(rn) = unsafe { SL_REVNAT.get(entry.rev_nat_index) }.copied() {
+        let fkey = key(client, entry.frontend_addr, client_port, rn.port, proto, CT_DIR_SERVICE);
+        let _ = SL_CT.remove(&fkey);
+    }
+    let _ = SL_CT.remove(&rkey);
 }
 
 /// A flow about to be recorded. Addresses and ports are raw (network order).

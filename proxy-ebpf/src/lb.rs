@@ -74,6 +74,14 @@ pub fn handle_pod_egress(ctx: &TcContext) -> Result<Action, DropReason> {
         if SL_VIPS.get_ptr(ip.daddr).is_some() {
             return reject(ctx, &ip, DropReason::NoServicePort);
         }
+        // A new connection straight to an address and port that replied to
+        // an earlier translated flow from the same client port (socket LB
+        // connects to backends directly; ports get reused): that flow is
+        // over, and its reply entry would rewrite this connection's replies
+        // to the frontend, which the client resets.
+        if is_tcp_syn(ctx, &ip) {
+            ct::forget_reply(ip.daddr, ip.saddr, dport, sport, ip.proto);
+        }
         return Ok(Action::Pass);
     };
     let (backend_id, backend, new) = match established(ctx, &ip, sport, dport, &svc) {

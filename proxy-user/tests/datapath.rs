@@ -185,6 +185,36 @@ fn non_service_traffic_is_untouched() {
     assert_eq!(h.ct_entries(), 0, "no conntrack for traffic that was not translated");
 }
 
+// Expect: a new TCP connection straight to a backend (socket LB, or a pod
+// reaching a pod IP) that reuses the ports of an earlier flow through the
+// VIP does not get its replies rewritten to the VIP by that flow's stale
+// reply entry (the client would reset them: a connect that hangs).
+#[test]
+fn direct_connection_reusing_an_old_service_tuple_is_not_reverse_nated() {
+    if !is_root() {
+        return;
+    }
+    let mut h = Harness::new();
+    h.program(&[(80, Protocol::Tcp, 8080, &[backend_ip(1)])]);
+    h.run(&tcp_frame(CLIENT, 40010, VIP, 80, 0x02));
+    // The same client port, now to the backend itself.
+    let syn = tcp_frame(CLIENT, 40010, backend_ip(1), 8080, 0x02);
+    assert_eq!(h.run(&syn), (TC_ACT_UNSPEC, syn.clone()), "passes untouched");
+    let syn_ack = tcp_frame(backend_ip(1), 8080, CLIENT, 40010, 0x12);
+    let (verdict, out) = h.run(&syn_ack);
+    assert_eq!(verdict, TC_ACT_UNSPEC);
+    assert_eq!(out, syn_ack, "the reply keeps the backend as its source");
+    // Later packets of the direct connection (no SYN) pass untouched too.
+    let ack = tcp_frame(CLIENT, 40010, backend_ip(1), 8080, 0x10);
+    assert_eq!(h.run(&ack), (TC_ACT_UNSPEC, ack.clone()));
+    // Both entries of the old flow are gone; a new connection through the
+    // VIP from that port is recorded afresh and its replies translated.
+    assert_eq!(h.ct_entries(), 0);
+    h.run(&tcp_frame(CLIENT, 40010, VIP, 80, 0x02));
+    let (_, out) = h.run(&syn_ack);
+    assert_eq!(pktgen::parse(&out).src, VIP);
+}
+
 fn dnat_target(h: &Harness, sport: u16) -> Ipv4Addr {
     let (verdict, out) = h.run(&tcp_frame(CLIENT, sport, VIP, 80, 0x10));
     assert_eq!(verdict, TC_ACT_UNSPEC);
