@@ -109,7 +109,9 @@ fn run(n: u32, per: u32) -> anyhow::Result<serde_json::Value> {
     let mut cfg =
         AgentConfig::with_kubeconfig(sluice_bin()?, &node, &kubeconfig, &bpffs, None, &dir);
     cfg.extra_args.extend(["--socket-lb=false", "--pod-devices", "nomatch"].map(String::from));
-    cfg.rust_log = "warn".into();
+    // SLUICE_BENCH_LOG=info shows the agent's sync lines (timings) after the run.
+    let log_level = std::env::var("SLUICE_BENCH_LOG").ok();
+    cfg.rust_log = log_level.clone().unwrap_or_else(|| "warn".into());
     let started = Instant::now();
     let mut agent = Agent::start(&node, cfg.clone())?;
     let paths = PinPaths::new(&cfg.bpffs_root);
@@ -165,6 +167,9 @@ fn run(n: u32, per: u32) -> anyhow::Result<serde_json::Value> {
     latencies.sort_by(f64::total_cmp);
     let rss = agent.pid().map_or(f64::NAN, peak_rss_mib);
     let rss_now = agent.pid().map_or(f64::NAN, |p| status_mib(p, "VmRSS:"));
+    if log_level.is_some() {
+        eprintln!("{}", agent.log());
+    }
     agent.stop()?;
     Ok(json!({
         "services": n, "endpoints_per_service": per, "cold_start_s": cold,
