@@ -563,6 +563,16 @@ pub(crate) fn prepare_endpoint_slice(slice: &mut EndpointSlice) -> Result<(), Ve
         }
         check_protocol(port.protocol.as_deref(), || format!("ports[{i}].protocol"), &mut errors);
     }
+    // What the model does not read (it uses the first address only), and
+    // the spare capacity deserialising left: most of a big store.
+    for endpoint in &mut slice.endpoints {
+        endpoint.addresses.truncate(1);
+        endpoint.addresses.shrink_to_fit();
+        endpoint.target_ref = None;
+        endpoint.hostname = None;
+        endpoint.deprecated_topology = None;
+    }
+    slice.endpoints.shrink_to_fit();
     if errors.is_empty() { Ok(()) } else { Err(errors) }
 }
 
@@ -594,11 +604,19 @@ fn check_name(meta: &ObjectMeta, errors: &mut Vec<FieldError>) {
     }
 }
 
-/// Drops `managedFields` and the annotations nobody here reads (notably
+/// Drops `managedFields`, the annotations nobody here reads (notably
 /// `kubectl.kubernetes.io/last-applied-configuration`, a copy of the whole
-/// object). Labels stay.
+/// object) and the other metadata nothing here reads, to keep the stores
+/// small (at 10k+ objects they are most of the agent's memory). Labels,
+/// name, namespace and resourceVersion stay.
 fn strip_metadata(meta: &mut ObjectMeta) {
     meta.managed_fields = None;
+    meta.owner_references = None;
+    meta.finalizers = None;
+    meta.uid = None;
+    meta.generate_name = None;
+    meta.self_link = None;
+    meta.creation_timestamp = None;
     if let Some(annotations) = &mut meta.annotations {
         annotations.retain(|key, _| keep_annotation(key));
         if annotations.is_empty() {
