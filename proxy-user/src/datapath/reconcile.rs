@@ -73,6 +73,19 @@ pub struct SyncOutcome {
     pub ct_flushed: usize,
     /// Flushing them failed (logged; the entries age out of the LRU).
     pub ct_flush_error: Option<Error>,
+    /// UDP backends removed from a frontend during this sync: sockets that
+    /// socket LB connected to them are to be terminated
+    /// ([`super::sockterm`]).
+    pub removed_udp: Vec<RemovedBackend>,
+}
+
+/// A backend removed from a frontend.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct RemovedBackend {
+    /// The frontend's reverse-NAT index (as socket LB recorded it).
+    pub rev_nat_index: u32,
+    pub addr: Ipv4Addr,
+    pub port: u16,
 }
 
 /// What restoring from the pinned maps found.
@@ -94,6 +107,8 @@ pub struct Reconciler<M> {
     /// UDP backends removed during this sync, whose conntrack entries are
     /// flushed at its end.
     removed_udp_backends: BTreeSet<u32>,
+    /// The same backends by frontend and address, for socket termination.
+    removed_udp: Vec<RemovedBackend>,
     /// Number of frontends (with a master entry) per address, as in `SL_VIPS`.
     vips: BTreeMap<Ipv4Addr, u32>,
     /// Frontends the last sync could not (fully) write: a partial sync
@@ -312,6 +327,7 @@ impl<M: LbMaps> Reconciler<M> {
                 next_backend_id,
                 next_rev_nat,
                 removed_udp_backends: BTreeSet::new(),
+                removed_udp: Vec::new(),
                 vips,
                 failed: BTreeSet::new(),
             },
@@ -382,6 +398,7 @@ impl<M: LbMaps> Reconciler<M> {
                 Err(e) => outcome.ct_flush_error = Some(e),
             }
         }
+        outcome.removed_udp = std::mem::take(&mut self.removed_udp);
         outcome
     }
 
@@ -556,6 +573,11 @@ impl<M: LbMaps> Reconciler<M> {
         self.maps.delete_backend(id)?;
         if fk.proto == Protocol::Udp {
             self.removed_udp_backends.insert(id);
+            self.removed_udp.push(RemovedBackend {
+                rev_nat_index: self.applied[fk].rev_nat_index,
+                addr: key.0,
+                port: key.1,
+            });
         }
         self.maps.delete_stats(StatsMap::Backend, id)?;
         self.entry(fk).backends.remove(&key);

@@ -314,12 +314,46 @@ fn removed_udp_backends_get_their_conntrack_flushed_once_per_sync() {
     let udp = FrontendKey { proto: Protocol::Udp, ..fk(53) };
     r.sync(&desired(&[(udp, frontend(&active(&[1, 2, 3]))), (fk(80), frontend(&active(&[1, 2])))]));
     let start = r.maps().log.len();
-    r.sync(&desired(&[(udp, frontend(&active(&[1]))), (fk(80), frontend(&active(&[1])))]));
+    let outcome =
+        r.sync(&desired(&[(udp, frontend(&active(&[1]))), (fk(80), frontend(&active(&[1])))]));
     let flushes: Vec<_> =
         r.maps().log[start..].iter().filter(|op| matches!(op, Op::FlushCt(_))).cloned().collect();
     // Backends 2 and 3 of the UDP frontend (ids 2, 3); not the TCP one's.
     assert_eq!(flushes, vec![Op::FlushCt(vec![2, 3])]);
+    let rev = r.applied[&udp].rev_nat_index;
+    // The same backends by frontend and address, for socket termination.
+    let want: Vec<RemovedBackend> = [2, 3]
+        .iter()
+        .map(|l| RemovedBackend {
+            rev_nat_index: rev,
+            addr: Ipv4Addr::new(10, 244, 0, *l),
+            port: 8080,
+        })
+        .collect();
+    let mut got = outcome.removed_udp.clone();
+    got.sort_unstable();
+    assert_eq!(got, want);
     let start = r.maps().log.len();
     r.sync(&desired(&[(udp, frontend(&active(&[1]))), (fk(80), frontend(&active(&[1])))]));
     assert!(!r.maps().log[start..].iter().any(|op| matches!(op, Op::FlushCt(_))));
+}
+
+#[test]
+fn a_removed_udp_frontend_reports_its_backends_for_socket_termination() {
+    let (mut r, _) = Reconciler::restore(FakeMaps::default()).unwrap();
+    let udp = FrontendKey { proto: Protocol::Udp, ..fk(53) };
+    r.sync(&desired(&[(udp, frontend(&active(&[1, 2])))]));
+    let rev = r.applied[&udp].rev_nat_index;
+    let outcome = r.sync(&desired(&[]));
+    let mut got = outcome.removed_udp;
+    got.sort_unstable();
+    assert_eq!(
+        got,
+        vec![
+            RemovedBackend { rev_nat_index: rev, addr: Ipv4Addr::new(10, 244, 0, 1), port: 8080 },
+            RemovedBackend { rev_nat_index: rev, addr: Ipv4Addr::new(10, 244, 0, 2), port: 8080 },
+        ]
+    );
+    // Nothing is reported twice.
+    assert!(r.sync(&desired(&[])).removed_udp.is_empty());
 }
