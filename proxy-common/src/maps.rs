@@ -166,6 +166,13 @@ pub struct ServiceValue {
     pub count: u16,
     /// `SVC_FLAG_*` bits; 0 for a plain ClusterIP.
     pub flags: u16,
+    /// In the master entry of a service with `SVC_FLAG_AFFINITY`: the
+    /// session-affinity group, shared by every frontend of one service port
+    /// that serves the same backends (ClusterIP, NodePort, externalIPs, LB
+    /// IPs), so a client keeps its backend across them (kube-proxy's
+    /// affinity is per service port). It is the reverse-NAT index of one of
+    /// them; 0: the frontend's own `rev_nat_index`. Elsewhere 0.
+    pub affinity_id: u32,
 }
 
 /// Value of `SL_BACKENDS`, keyed by a `u32` backend id (never 0).
@@ -287,12 +294,14 @@ pub struct FragPorts {
     pub dport: u16,
 }
 
-/// Key of `SL_AFFINITY` (an LRU hash): a client of one frontend.
+/// Key of `SL_AFFINITY` (an LRU hash): a client of one service port.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct AffinityKey {
     /// Client address, network byte order.
     pub client: u32,
+    /// The master entry's `affinity_id`, or its `rev_nat_index` when that
+    /// is 0.
     pub rev_nat_index: u32,
 }
 
@@ -300,6 +309,8 @@ pub struct AffinityKey {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct AffinityValue {
+    /// A backend id of one frontend of the group (all of them serve the
+    /// same backends, so it is valid for each).
     pub backend_id: u32,
     pub _pad: u32,
     /// `bpf_ktime_get_ns()` of the client's last new flow to this frontend.
@@ -367,7 +378,7 @@ const _: () = {
     assert!(core::mem::size_of::<SockRevNat>() == 12);
     assert!(core::mem::size_of::<AffinityValue>() == 16);
     assert!(core::mem::size_of::<ServiceKey>() == 12);
-    assert!(core::mem::size_of::<ServiceValue>() == 12);
+    assert!(core::mem::size_of::<ServiceValue>() == 16);
     assert!(core::mem::size_of::<Backend>() == 12);
     assert!(core::mem::size_of::<RevNat>() == 8);
     assert!(core::mem::size_of::<CtKey>() == 16);
@@ -454,7 +465,7 @@ mod user {
         /// The master entry (slot 0) of a service with `count` backends.
         #[must_use]
         pub fn master(count: u16, rev_nat_index: u32) -> Self {
-            Self { backend_id: 0, rev_nat_index, count, flags: 0 }
+            Self { backend_id: 0, rev_nat_index, count, flags: 0, affinity_id: 0 }
         }
 
         /// The master entry, with session affinity when `affinity_timeout`
@@ -473,9 +484,25 @@ mod user {
                     rev_nat_index,
                     count,
                     flags: flags | super::SVC_FLAG_AFFINITY,
+                    affinity_id: 0,
                 },
-                None => Self { backend_id: 0, rev_nat_index, count, flags },
+                None => Self { backend_id: 0, rev_nat_index, count, flags, affinity_id: 0 },
             }
+        }
+
+        /// The same master entry in session-affinity group `id` (0: its
+        /// own); only meaningful with an affinity timeout.
+        #[must_use]
+        pub fn in_affinity_group(mut self, id: u32) -> Self {
+            self.affinity_id = if self.flags & super::SVC_FLAG_AFFINITY != 0 { id } else { 0 };
+            self
+        }
+
+        /// The session-affinity group of a master entry: its `affinity_id`,
+        /// or its own reverse-NAT index.
+        #[must_use]
+        pub fn affinity_group(&self) -> u32 {
+            if self.affinity_id != 0 { self.affinity_id } else { self.rev_nat_index }
         }
 
         /// The session affinity timeout of a master entry, if any.
@@ -487,7 +514,7 @@ mod user {
         /// A backend slot.
         #[must_use]
         pub fn slot(backend_id: u32, rev_nat_index: u32) -> Self {
-            Self { backend_id, rev_nat_index, count: 0, flags: 0 }
+            Self { backend_id, rev_nat_index, count: 0, flags: 0, affinity_id: 0 }
         }
     }
 
@@ -578,7 +605,7 @@ mod tests {
     #[test]
     fn sizes_match_kernel_layout() {
         assert_eq!(core::mem::size_of::<ServiceKey>(), 12);
-        assert_eq!(core::mem::size_of::<ServiceValue>(), 12);
+        assert_eq!(core::mem::size_of::<ServiceValue>(), 16);
         assert_eq!(core::mem::size_of::<Backend>(), 12);
         assert_eq!(core::mem::size_of::<CtKey>(), 16);
         assert_eq!(core::mem::size_of::<CtEntry>(), 32);

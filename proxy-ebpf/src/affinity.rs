@@ -1,6 +1,7 @@
 //! Session affinity (`sessionAffinity: ClientIP`), as kube-proxy's `recent`
-//! match does it: a client's new flows to a frontend go to the backend its
-//! previous flow went to, as long as that was less than the timeout ago and
+//! match does it: a client's new flows to a service port (any of its
+//! frontends serving the same backends: the master entries' `affinity_id`)
+//! go to the backend its previous flow went to, as long as that was less than the timeout ago and
 //! the backend is still active; otherwise a new pick, remembered.
 
 use aya_ebpf::helpers::bpf_ktime_get_ns;
@@ -20,7 +21,9 @@ pub fn backend(
     dport: u16,
     svc: &ServiceValue,
 ) -> Result<Option<(u32, Backend)>, DropReason> {
-    let key = AffinityKey { client: ip.saddr, rev_nat_index: svc.rev_nat_index };
+    // Per service port: the frontends of one share an affinity group.
+    let group = if svc.affinity_id != 0 { svc.affinity_id } else { svc.rev_nat_index };
+    let key = AffinityKey { client: ip.saddr, rev_nat_index: group };
     // SAFETY: plain helper call.
     let now = unsafe { bpf_ktime_get_ns() };
     let timeout_ns = u64::from(svc.backend_id) * 1_000_000_000;
@@ -30,7 +33,9 @@ pub fn backend(
         // SAFETY: plain data, copied out at once.
         && let Some(b) = unsafe { SL_BACKENDS.get(a.backend_id) }.copied()
         && lb::is_active(&b)
-        && b.rev_nat_index == svc.rev_nat_index
+        // The backend of another frontend only within a shared group (the
+        // key says it was written by one of the group).
+        && (b.rev_nat_index == svc.rev_nat_index || svc.affinity_id != 0)
     {
         remember(&key, a.backend_id, now);
         return Ok(Some((a.backend_id, b)));

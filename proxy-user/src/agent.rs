@@ -26,6 +26,7 @@ use crate::{
         maps::PinnedMaps,
         node::{self, NodeMaps},
         reconcile::Reconciler,
+        sockterm::SocketTerminator,
     },
     k8s, manifest,
     model::cache::{Changes, Dirty, ModelCache},
@@ -280,6 +281,8 @@ struct Agent {
     reconciler: Reconciler<PinnedMaps>,
     /// The model's output, updated by change.
     model: ModelCache,
+    /// Destroys UDP sockets connected to removed backends (socket LB on).
+    sockterm: Option<SocketTerminator>,
     node_maps: NodeMaps,
     /// This node's InternalIP from its Node object (the preferred SNAT address).
     internal_ip: Option<Ipv4Addr>,
@@ -312,6 +315,12 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     }
     let maps = PinnedMaps::open(&cfg.paths)?;
     let node_maps = NodeMaps::open(&cfg.paths)?;
+    // Socket LB pins connected UDP sockets to a backend; when one is
+    // removed they are destroyed so the application reconnects.
+    let sockterm = match &cfg.socket_lb_cgroup {
+        Some(cgroup) => Some(SocketTerminator::spawn(&cfg.paths, cgroup.clone(), metrics.clone())?),
+        None => None,
+    };
     let (reconciler, restored) = Reconciler::restore(maps)?;
     info!(
         frontends = restored.frontends,
@@ -331,6 +340,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         datapath,
         reconciler,
         model: ModelCache::new(),
+        sockterm,
         node_maps,
         internal_ip: None,
         last_complaints: BTreeSet::new(),
@@ -427,7 +437,7 @@ impl Agent {
         self.last_complaints = complaints;
 
         let desired = self.model.desired();
-        let outcome = self.reconciler.sync_changes(desired, &changes);
+        let mut outcome = self.reconciler.sync_changes(desired, &changes);
         for (fk, e) in &outcome.errors {
             error!(frontend = %format!("{}:{}/{}", fk.addr, fk.port, fk.proto), error = %e, "frontend not fully programmed; will retry");
         }
@@ -437,6 +447,9 @@ impl Agent {
         }
         if outcome.ct_flushed > 0 {
             info!(entries = outcome.ct_flushed, "flushed conntrack of removed UDP backends");
+        }
+        if let Some(sockterm) = &self.sockterm {
+            sockterm.submit(std::mem::take(&mut outcome.removed_udp));
         }
         for failure in self.hc_servers.sync_services(&local.hc_services) {
             warn!(service = %failure.service, error = %failure.error, "healthCheckNodePort server; will retry");

@@ -504,6 +504,37 @@ fn session_affinity_holds_then_expires() {
     assert!(changed, "affinity never expired");
 }
 
+// Expect: two frontends of one service port with the same backends (as a
+// ClusterIP and its externalIP or NodePort are) share the client's affinity:
+// for each of 6 clients, 20 new flows to the second frontend all reach the
+// backend its first flow to the first frontend went to. (Separate
+// affinities would match for all 6 with probability 4^-6 at best.)
+#[test]
+fn session_affinity_is_shared_by_the_frontends_of_a_service_port() {
+    if !is_root() {
+        return;
+    }
+    let mut h = Harness::new();
+    let backends = [backend_ip(1), backend_ip(2), backend_ip(3), backend_ip(4)];
+    h.program_with_affinity(
+        &[(80, Protocol::Tcp, 8080, &backends), (81, Protocol::Tcp, 8080, &backends)],
+        Some(60),
+    );
+    let target = |client: Ipv4Addr, sport: u16, dport: u16| {
+        let (verdict, out) = h.run(&tcp_frame(client, sport, VIP, dport, 0x02));
+        assert_eq!(verdict, TC_ACT_UNSPEC);
+        pktgen::parse(&out).dst
+    };
+    for c in 0..6u8 {
+        let client = Ipv4Addr::new(10, 244, 0, 100 + c);
+        let first = target(client, 40000, 80);
+        for sport in 40001..40021 {
+            assert_eq!(target(client, sport, 81), first, "client {client}, flow {sport}");
+        }
+        assert_eq!(target(client, 40100, 80), first, "client {client}: back on the first");
+    }
+}
+
 // Expect: a pod that reaches itself through its Service (hairpin) sends
 // from the hairpin address, and the reply comes back as from the VIP to
 // the pod, checksums valid both ways.

@@ -396,3 +396,57 @@ fn nodeport_from_the_node_itself_through_socket_lb() {
     assert_eq!(names, ["be1".to_owned(), "be2".to_owned()].into());
     agents.stop();
 }
+
+// Expect: with sessionAffinity ClientIP the affinity is per service port,
+// shared by its ClusterIP and its NodePort (kube-proxy): each of several
+// client pods on node 1 first reaches the ClusterIP, then the NodePort on
+// node 1's address, and gets the same backend both ways, every time. Clients
+// are added until both backends were some client's first pick and at least six asked (at most 12):
+// were the frontends' affinities separate, each client would match with
+// probability 1/2.
+#[test]
+fn session_affinity_is_shared_by_clusterip_and_nodeport() {
+    if !require_root() {
+        return;
+    }
+    sweep_stale();
+    let dir = TestDir::new("np-affinity").unwrap();
+    let c = cluster(2);
+    let manifests = ManifestDir::new_in(&dir).unwrap();
+    for node in &c.nodes {
+        manifests.write_node(node).unwrap();
+    }
+    let spec = format!("  type: NodePort\n  sessionAffinity: ClientIP\n{}", ports(30081));
+    let backends = [(&c.pods[0], &c.nodes[0]), (&c.pods[1], &c.nodes[1])];
+    manifests
+        .write_file("aff.yaml", &service_yaml("aff", "10.96.0.31", &spec, "", &backends))
+        .unwrap();
+    let agents = Agents::start(&c, &dir, &manifests, &[]);
+    let cluster_ip = SocketAddrV4::new(Ipv4Addr::new(10, 96, 0, 31), 80);
+    let node_port = SocketAddrV4::new(device_addr(1), 30081);
+
+    let mut firsts = BTreeSet::new();
+    let mut clients = 0;
+    while (firsts.len() < 2 || clients < 6) && clients < 12 {
+        let i = clients;
+        clients += 1;
+        let client = c.nodes[0].add_pod(&format!("aff-c{i}")).unwrap();
+        // (The agent attaches to the new pod's interface within its 1 s scan.)
+        let (first, _) = wait_answer(client.netns(), cluster_ip);
+        let via_cluster_ip = ask_many(client.netns(), cluster_ip, 5);
+        let via_node_port = ask_many(client.netns(), node_port, 10);
+        let names = |s: &BTreeSet<(String, String)>| -> BTreeSet<String> {
+            s.iter().map(|(n, _)| n.clone()).collect()
+        };
+        assert_eq!(names(&via_cluster_ip), [first.clone()].into(), "client {i}: ClusterIP");
+        assert_eq!(
+            names(&via_node_port),
+            [first.clone()].into(),
+            "client {i}: NodePort must keep the ClusterIP's backend"
+        );
+        firsts.insert(first);
+    }
+    assert_eq!(firsts.len(), 2, "{clients} clients all went to {firsts:?}");
+    assert!(clients >= 6);
+    agents.stop();
+}

@@ -6,6 +6,7 @@ pub mod loader;
 pub mod maps;
 pub mod node;
 pub mod reconcile;
+pub mod sockterm;
 
 use std::path::{Path, PathBuf};
 

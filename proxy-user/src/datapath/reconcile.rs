@@ -49,6 +49,8 @@ struct Applied {
     count: Option<u16>,
     /// The master entry's session affinity timeout.
     affinity: Option<u32>,
+    /// The master entry's session-affinity group (0: its own).
+    affinity_id: u32,
     /// The master entry's `SVC_FLAG_*` bits other than affinity.
     flags: u16,
     /// Counted in `SL_VIPS` (its address is a ClusterIP). Tracked apart
@@ -73,6 +75,19 @@ pub struct SyncOutcome {
     pub ct_flushed: usize,
     /// Flushing them failed (logged; the entries age out of the LRU).
     pub ct_flush_error: Option<Error>,
+    /// UDP backends removed from a frontend during this sync: sockets that
+    /// socket LB connected to them are to be terminated
+    /// ([`super::sockterm`]).
+    pub removed_udp: Vec<RemovedBackend>,
+}
+
+/// A backend removed from a frontend.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct RemovedBackend {
+    /// The frontend's reverse-NAT index (as socket LB recorded it).
+    pub rev_nat_index: u32,
+    pub addr: Ipv4Addr,
+    pub port: u16,
 }
 
 /// What restoring from the pinned maps found.
@@ -94,6 +109,8 @@ pub struct Reconciler<M> {
     /// UDP backends removed during this sync, whose conntrack entries are
     /// flushed at its end.
     removed_udp_backends: BTreeSet<u32>,
+    /// The same backends by frontend and address, for socket termination.
+    removed_udp: Vec<RemovedBackend>,
     /// Number of frontends (with a master entry) per address, as in `SL_VIPS`.
     vips: BTreeMap<Ipv4Addr, u32>,
     /// Frontends the last sync could not (fully) write: a partial sync
@@ -192,6 +209,7 @@ impl<M: LbMaps> Reconciler<M> {
                         rev_nat_written: false,
                         count: Some(value.count),
                         affinity: value.affinity_timeout(),
+                        affinity_id: value.affinity_id,
                         flags: value.flags & !SVC_FLAG_AFFINITY,
                         // Set by the recount below.
                         vip_counted: false,
@@ -312,6 +330,7 @@ impl<M: LbMaps> Reconciler<M> {
                 next_backend_id,
                 next_rev_nat,
                 removed_udp_backends: BTreeSet::new(),
+                removed_udp: Vec::new(),
                 vips,
                 failed: BTreeSet::new(),
             },
@@ -364,8 +383,18 @@ impl<M: LbMaps> Reconciler<M> {
                 Err(e) => outcome.errors.push((fk, e)),
             }
         }
-        for fk in present {
-            match self.apply_frontend(&fk, &desired[&fk]) {
+        // Affinity groups span frontends: one whose group changed is
+        // rewritten even when nothing else about it did.
+        let groups = self.affinity_groups(desired, &mut outcome);
+        let mut todo: BTreeSet<FrontendKey> = present.collect();
+        todo.extend(desired.iter().filter_map(|(fk, f)| {
+            let group = groups.get(fk).copied().unwrap_or(0);
+            let applied = self.applied.get(fk).map(|a| a.affinity_id);
+            (f.affinity_timeout.is_some() && applied != Some(group)).then_some(*fk)
+        }));
+        for fk in todo {
+            let group = groups.get(&fk).copied().unwrap_or(0);
+            match self.apply_frontend(&fk, &desired[&fk], group) {
                 Ok(true) => outcome.changed += 1,
                 Ok(false) => {}
                 Err(e) => outcome.errors.push((fk, e)),
@@ -382,6 +411,7 @@ impl<M: LbMaps> Reconciler<M> {
                 Err(e) => outcome.ct_flush_error = Some(e),
             }
         }
+        outcome.removed_udp = std::mem::take(&mut self.removed_udp);
         outcome
     }
 
@@ -395,8 +425,55 @@ impl<M: LbMaps> Reconciler<M> {
             .ok_or(Error::IdsExhausted("reverse-NAT"))
     }
 
-    /// Returns whether anything was written.
-    fn apply_frontend(&mut self, fk: &FrontendKey, frontend: &Frontend) -> Result<bool> {
+    /// Session affinity is per service port (kube-proxy): the frontends of
+    /// one port (ClusterIP, NodePort, externalIPs, LB IPs) that serve the
+    /// same backends share an affinity group, named by the lowest of their
+    /// reverse-NAT indexes. Frontends alone in their group get 0 (their
+    /// own). New frontends get their reverse-NAT index here already, so a
+    /// group can name them.
+    fn affinity_groups(
+        &mut self,
+        desired: &Desired,
+        outcome: &mut SyncOutcome,
+    ) -> BTreeMap<FrontendKey, u32> {
+        type GroupKey<'a> = (&'a crate::manifest::ObjectKey, &'a str, Protocol, Vec<BackendKey>);
+        type BackendKey = (Ipv4Addr, u16, BackendState);
+        let mut groups: BTreeMap<GroupKey<'_>, Vec<(u32, FrontendKey)>> = BTreeMap::new();
+        for (fk, frontend) in desired {
+            if frontend.affinity_timeout.is_none() {
+                continue;
+            }
+            if !self.applied.contains_key(fk) {
+                match self.alloc_rev_nat() {
+                    Ok(rev_nat_index) => {
+                        self.applied.insert(*fk, Applied { rev_nat_index, ..Applied::default() });
+                    }
+                    Err(e) => {
+                        outcome.errors.push((*fk, e));
+                        continue;
+                    }
+                }
+            }
+            let backends = frontend.backends.iter().map(|b| (b.addr, b.port, b.state)).collect();
+            let key = (&frontend.service, frontend.port_name.as_str(), fk.proto, backends);
+            groups.entry(key).or_default().push((self.applied[fk].rev_nat_index, *fk));
+        }
+        let mut ids = BTreeMap::new();
+        for members in groups.values().filter(|m| m.len() > 1) {
+            let id = members.iter().map(|(rev, _)| *rev).min().unwrap_or(0);
+            ids.extend(members.iter().map(|(_, fk)| (*fk, id)));
+        }
+        ids
+    }
+
+    /// Returns whether anything was written. `affinity_id`: the frontend's
+    /// session-affinity group (0: its own).
+    fn apply_frontend(
+        &mut self,
+        fk: &FrontendKey,
+        frontend: &Frontend,
+        affinity_id: u32,
+    ) -> Result<bool> {
         if !self.applied.contains_key(fk) {
             let rev_nat_index = self.alloc_rev_nat()?;
             self.applied.insert(*fk, Applied { rev_nat_index, ..Applied::default() });
@@ -487,14 +564,21 @@ impl<M: LbMaps> Reconciler<M> {
             self.entry(fk).vip_counted = vip;
         }
         let affinity = frontend.affinity_timeout;
+        let affinity_id = if affinity.is_some() { affinity_id } else { 0 };
         let a = &self.applied[fk];
-        if a.count != Some(count) || a.affinity != affinity || a.flags != flags {
-            let master = ServiceValue::master_with(count, rev, affinity, flags);
+        if a.count != Some(count)
+            || a.affinity != affinity
+            || a.flags != flags
+            || a.affinity_id != affinity_id
+        {
+            let master = ServiceValue::master_with(count, rev, affinity, flags)
+                .in_affinity_group(affinity_id);
             self.maps.put_service(&service_key(fk, 0), &master)?;
             let a = self.entry(fk);
             a.count = Some(count);
             a.affinity = affinity;
             a.flags = flags;
+            a.affinity_id = affinity_id;
         }
 
         // 5. Surplus slots.
@@ -556,6 +640,11 @@ impl<M: LbMaps> Reconciler<M> {
         self.maps.delete_backend(id)?;
         if fk.proto == Protocol::Udp {
             self.removed_udp_backends.insert(id);
+            self.removed_udp.push(RemovedBackend {
+                rev_nat_index: self.applied[fk].rev_nat_index,
+                addr: key.0,
+                port: key.1,
+            });
         }
         self.maps.delete_stats(StatsMap::Backend, id)?;
         self.entry(fk).backends.remove(&key);

@@ -21,7 +21,9 @@
 //! (programmed by the last sync), `sluice_sync_errors_total` (syncs that
 //! failed, entirely or for some frontends), `sluice_frontends_failed`,
 //! `sluice_manifest_errors` and `sluice_model_warnings` (documents and
-//! object parts skipped in the last sync), `sluice_build_info{version}`, and
+//! object parts skipped in the last sync), `sluice_udp_sockets_destroyed_total`
+//! (connected UDP sockets of removed backends destroyed by socket
+//! termination), `sluice_build_info{version}`, and
 //! at scrape time from the pinned maps: `sluice_map_entries{map}`,
 //! `sluice_map_capacity{map}`, `sluice_drops_total{reason}`, and the
 //! per-frontend kernel counters `sluice_service_packets_total` and
@@ -252,6 +254,7 @@ struct Inner {
     frontends: Gauge,
     backends: Gauge,
     sync_errors: Counter,
+    udp_sockets_destroyed: Counter,
     frontends_failed: Gauge,
     manifest_errors: Gauge,
     model_warnings: Gauge,
@@ -360,6 +363,12 @@ impl Metrics {
             "Syncs that failed, entirely or for some frontends",
             sync_errors.clone(),
         );
+        let udp_sockets_destroyed = Counter::default();
+        registry.register(
+            "sluice_udp_sockets_destroyed",
+            "Connected UDP sockets of removed backends destroyed (socket LB)",
+            udp_sockets_destroyed.clone(),
+        );
         let names = Names::default();
         registry.register_collector(Box::new(Scraped {
             names: Arc::clone(&names),
@@ -379,6 +388,7 @@ impl Metrics {
             frontends,
             backends,
             sync_errors,
+            udp_sockets_destroyed,
             frontends_failed,
             manifest_errors,
             model_warnings,
@@ -394,6 +404,11 @@ impl Metrics {
     /// A sync was queued (same call sites as [`HealthState::queued`]).
     pub fn queued(&self) {
         self.0.last_queued_timestamp.set(unix_seconds(SystemTime::now()));
+    }
+
+    /// Socket termination destroyed `n` UDP sockets.
+    pub fn udp_sockets_destroyed(&self, n: u64) {
+        self.0.udp_sockets_destroyed.inc_by(n);
     }
 
     /// A sync could not even read its sources: counts an error and its time.

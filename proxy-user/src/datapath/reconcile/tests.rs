@@ -314,12 +314,122 @@ fn removed_udp_backends_get_their_conntrack_flushed_once_per_sync() {
     let udp = FrontendKey { proto: Protocol::Udp, ..fk(53) };
     r.sync(&desired(&[(udp, frontend(&active(&[1, 2, 3]))), (fk(80), frontend(&active(&[1, 2])))]));
     let start = r.maps().log.len();
-    r.sync(&desired(&[(udp, frontend(&active(&[1]))), (fk(80), frontend(&active(&[1])))]));
+    let outcome =
+        r.sync(&desired(&[(udp, frontend(&active(&[1]))), (fk(80), frontend(&active(&[1])))]));
     let flushes: Vec<_> =
         r.maps().log[start..].iter().filter(|op| matches!(op, Op::FlushCt(_))).cloned().collect();
     // Backends 2 and 3 of the UDP frontend (ids 2, 3); not the TCP one's.
     assert_eq!(flushes, vec![Op::FlushCt(vec![2, 3])]);
+    let rev = r.applied[&udp].rev_nat_index;
+    // The same backends by frontend and address, for socket termination.
+    let want: Vec<RemovedBackend> = [2, 3]
+        .iter()
+        .map(|l| RemovedBackend {
+            rev_nat_index: rev,
+            addr: Ipv4Addr::new(10, 244, 0, *l),
+            port: 8080,
+        })
+        .collect();
+    let mut got = outcome.removed_udp.clone();
+    got.sort_unstable();
+    assert_eq!(got, want);
     let start = r.maps().log.len();
     r.sync(&desired(&[(udp, frontend(&active(&[1]))), (fk(80), frontend(&active(&[1])))]));
     assert!(!r.maps().log[start..].iter().any(|op| matches!(op, Op::FlushCt(_))));
+}
+
+#[test]
+fn a_removed_udp_frontend_reports_its_backends_for_socket_termination() {
+    let (mut r, _) = Reconciler::restore(FakeMaps::default()).unwrap();
+    let udp = FrontendKey { proto: Protocol::Udp, ..fk(53) };
+    r.sync(&desired(&[(udp, frontend(&active(&[1, 2])))]));
+    let rev = r.applied[&udp].rev_nat_index;
+    let outcome = r.sync(&desired(&[]));
+    let mut got = outcome.removed_udp;
+    got.sort_unstable();
+    assert_eq!(
+        got,
+        vec![
+            RemovedBackend { rev_nat_index: rev, addr: Ipv4Addr::new(10, 244, 0, 1), port: 8080 },
+            RemovedBackend { rev_nat_index: rev, addr: Ipv4Addr::new(10, 244, 0, 2), port: 8080 },
+        ]
+    );
+    // Nothing is reported twice.
+    assert!(r.sync(&desired(&[])).removed_udp.is_empty());
+}
+
+#[test]
+fn frontends_of_one_service_port_with_the_same_backends_share_an_affinity_group() {
+    let (mut r, _) = Reconciler::restore(FakeMaps::default()).unwrap();
+    let mut f = frontend(&active(&[1, 2]));
+    f.affinity_timeout = Some(30);
+    let cluster_ip = fk(80);
+    let node_port = FrontendKey { addr: Ipv4Addr::UNSPECIFIED, port: 30080, proto: Protocol::Tcp };
+    let external_ip = FrontendKey { addr: Ipv4Addr::new(198, 18, 1, 9), ..fk(80) };
+    // An external frontend with a Local policy serves only local endpoints.
+    let mut local = frontend(&active(&[2]));
+    local.affinity_timeout = Some(30);
+    let mut other_port = f.clone();
+    other_port.port_name = "metrics".into();
+    let other =
+        FrontendKey { addr: Ipv4Addr::new(10, 96, 0, 10), port: 9090, proto: Protocol::Tcp };
+    let state = desired(&[
+        (cluster_ip, f.clone()),
+        (node_port, f.clone()),
+        (external_ip, local.clone()),
+        (other, other_port.clone()),
+    ]);
+    r.sync(&state);
+    let master_of = |r: &Reconciler<FakeMaps>, k: &FrontendKey| {
+        r.maps().services[&(service_key(k, 0).addr, service_key(k, 0).dport, k.proto.number(), 0)].1
+    };
+    let group = master_of(&r, &cluster_ip).affinity_id;
+    let revs = [cluster_ip, node_port].map(|k| r.applied[&k].rev_nat_index);
+    assert_eq!(group, revs[0].min(revs[1]), "named by the lowest reverse-NAT index");
+    assert_eq!(master_of(&r, &node_port).affinity_id, group);
+    assert_eq!(master_of(&r, &node_port).affinity_group(), group);
+    assert_eq!(master_of(&r, &external_ip).affinity_id, 0, "other backends: its own group");
+    assert_eq!(master_of(&r, &other).affinity_id, 0, "another service port");
+    // Restored as written: nothing to rewrite.
+    let maps = std::mem::take(&mut r.maps);
+    let (mut r, _) = Reconciler::restore(maps).unwrap();
+    let before = r.maps().log.len();
+    r.sync(&state);
+    assert_eq!(r.maps().log.len(), before);
+    // Without affinity there is no group.
+    let mut plain = f.clone();
+    plain.affinity_timeout = None;
+    r.sync(&desired(&[(cluster_ip, plain.clone()), (node_port, plain)]));
+    assert_eq!(master_of(&r, &cluster_ip).affinity_id, 0);
+    assert_eq!(master_of(&r, &node_port).affinity_id, 0);
+    // A frontend left alone returns to its own group.
+    r.sync(&desired(&[(cluster_ip, f.clone()), (node_port, f.clone())]));
+    assert_ne!(master_of(&r, &node_port).affinity_id, 0);
+    r.sync(&desired(&[(node_port, f)]));
+    assert_eq!(master_of(&r, &node_port).affinity_id, 0);
+}
+
+#[test]
+fn affinity_groups_follow_changes_that_name_only_one_frontend() {
+    use crate::model::cache::Changes;
+    let (mut r, _) = Reconciler::restore(FakeMaps::default()).unwrap();
+    let mut f = frontend(&active(&[1, 2]));
+    f.affinity_timeout = Some(30);
+    let cluster_ip = fk(80);
+    let node_port = FrontendKey { addr: Ipv4Addr::UNSPECIFIED, port: 30080, proto: Protocol::Tcp };
+    let group_of = |r: &Reconciler<FakeMaps>, k: &FrontendKey| {
+        r.maps().services[&(service_key(k, 0).addr, service_key(k, 0).dport, k.proto.number(), 0)]
+            .1
+            .affinity_group()
+    };
+    r.sync(&desired(&[(cluster_ip, f.clone())]));
+    // The NodePort is added; the change names it alone.
+    let both = desired(&[(cluster_ip, f.clone()), (node_port, f.clone())]);
+    r.sync_changes(&both, &Changes::Keys([node_port].into()));
+    assert_eq!(group_of(&r, &node_port), group_of(&r, &cluster_ip));
+    // The ClusterIP goes; the change names it alone: the NodePort, alone
+    // now, is rewritten to its own group (the old id may be reused).
+    let only = desired(&[(node_port, f)]);
+    r.sync_changes(&only, &Changes::Keys([cluster_ip].into()));
+    assert_eq!(group_of(&r, &node_port), r.applied[&node_port].rev_nat_index);
 }
