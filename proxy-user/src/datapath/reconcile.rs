@@ -557,9 +557,9 @@ impl<M: LbMaps> Reconciler<M> {
         let vip = is_vip(flags);
         if self.applied[fk].vip_counted != vip {
             if vip {
-                self.add_vip(fk.addr)?
+                self.add_vip(fk.addr)?;
             } else {
-                self.remove_vip(fk.addr)?
+                self.remove_vip(fk.addr)?;
             }
             self.entry(fk).vip_counted = vip;
         }
