@@ -93,6 +93,7 @@ impl Harness {
                 .collect(),
             affinity_timeout: None,
             policy,
+            source_ranges: Vec::new(),
         };
         let policy = FrontendPolicy { external: true, local, drop_when_empty: local };
         let desired: Desired = [

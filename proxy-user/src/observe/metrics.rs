@@ -642,6 +642,7 @@ mod tests {
                         .collect(),
                     affinity_timeout: None,
                     policy: Default::default(),
+                    source_ranges: Vec::new(),
                 },
             )
         };
