@@ -32,6 +32,13 @@ pub enum DropReason {
     /// An external flow to a backend on another node could not be SNATed:
     /// no node address known, or no free source port.
     SnatFailed = 10,
+    /// A new flow to a frontend with `loadBalancerSourceRanges` (a
+    /// LoadBalancer IP or NodePort) from a source outside the ranges.
+    SourceRangeDenied = 11,
+    /// A packet to a service port of a protocol the data path cannot
+    /// translate (SCTP: its CRC32c checksum cannot be updated by the BPF
+    /// helpers): rejected with ICMP port unreachable.
+    UnsupportedProtocol = 12,
 }
 
 impl DropReason {
@@ -39,7 +46,7 @@ impl DropReason {
     pub const COUNT: u32 = 16;
 
     /// Every reason, in value order.
-    pub const ALL: [DropReason; 10] = [
+    pub const ALL: [DropReason; 12] = [
         DropReason::InvalidIpHeader,
         DropReason::Truncated,
         DropReason::NoBackend,
@@ -50,6 +57,8 @@ impl DropReason {
         DropReason::NoServicePort,
         DropReason::NoLocalBackend,
         DropReason::SnatFailed,
+        DropReason::SourceRangeDenied,
+        DropReason::UnsupportedProtocol,
     ];
 
     /// A stable snake_case name for metrics and the CLI.
@@ -66,8 +75,10 @@ impl DropReason {
             DropReason::NoServicePort => "no_service_port",
             DropReason::NoLocalBackend => "no_local_backend",
             DropReason::SnatFailed => "snat_failed",
+            DropReason::SourceRangeDenied => "source_range_denied",
+            DropReason::UnsupportedProtocol => "unsupported_protocol",
         }
     }
 }
 
-const _: () = assert!((DropReason::SnatFailed as u32) < DropReason::COUNT);
+const _: () = assert!((DropReason::UnsupportedProtocol as u32) < DropReason::COUNT);

@@ -37,9 +37,14 @@ pub const MAP_SOCK_REVNAT: &str = "SL_SOCK_REVNAT";
 pub const MAP_NODE_ADDRS: &str = "SL_NODE_ADDRS";
 /// One `DatapathConfig` at index 0: settings of the node's agent.
 pub const MAP_CONFIG: &str = "SL_CONFIG";
+/// `loadBalancerSourceRanges`: an LPM trie keyed by
+/// `lpm_trie::Key<SourceRangeKey>` (the frontend's reverse-NAT index, then
+/// the client address) whose entries are the allowed source CIDRs of each
+/// frontend with `SVC_FLAG_SOURCE_RANGES`. Value unused (`1`).
+pub const MAP_SRC_RANGES: &str = "SL_SRC_RANGES";
 
 /// All pinned map names, for the CLI and for checks.
-pub const ALL_MAPS: [&str; 14] = [
+pub const ALL_MAPS: [&str; 15] = [
     MAP_SERVICES,
     MAP_BACKENDS,
     MAP_REVNAT,
@@ -54,6 +59,7 @@ pub const ALL_MAPS: [&str; 14] = [
     MAP_ENDPOINTS,
     MAP_NODE_ADDRS,
     MAP_CONFIG,
+    MAP_SRC_RANGES,
 ];
 
 /// Name of the tc program for traffic leaving pods (host side veth ingress).
@@ -96,6 +102,11 @@ pub const SOCK_REVNAT_MAX: u32 = 262_144;
 /// `SL_NODE_ADDRS`: addresses of this node.
 pub const NODE_ADDRS_MAX: u32 = 1_024;
 
+/// `SL_SRC_RANGES`: allowed source CIDRs, summed over all frontends with
+/// `loadBalancerSourceRanges` (each LoadBalancer IP and NodePort frontend
+/// of such a service has its own copy of the service's list).
+pub const SRC_RANGES_MAX: u32 = 65_536;
+
 /// Map flag: allocate entries on insert instead of up front.
 pub const BPF_F_NO_PREALLOC: u32 = 1;
 
@@ -130,6 +141,28 @@ pub const SVC_FLAG_EXTERNAL: u16 = 4;
 /// `ServiceValue::flags`: `externalTrafficPolicy: Local`: the client's
 /// address is preserved (never SNATed).
 pub const SVC_FLAG_LOCAL: u16 = 8;
+/// `ServiceValue::flags`: the frontend has `loadBalancerSourceRanges`: a new
+/// flow is only accepted when its source address matches one of the
+/// frontend's entries in `SL_SRC_RANGES`; other sources are dropped
+/// (`DropReason::SourceRangeDenied`). The control plane writes the ranges
+/// before it sets this flag and clears the flag before it removes them.
+pub const SVC_FLAG_SOURCE_RANGES: u16 = 16;
+
+/// Data of an `SL_SRC_RANGES` key (after the trie's `prefix_len`): the
+/// reverse-NAT index occupies the first 32 bits of every prefix, so an entry
+/// for a `/n` range has `prefix_len = SRC_RANGE_ID_BITS + n`, and a lookup
+/// uses `SRC_RANGE_ID_BITS + 32`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SourceRangeKey {
+    /// The frontend's reverse-NAT index (native order; always matched whole).
+    pub rev_nat_index: u32,
+    /// Client address (lookups) or range address (entries), network order.
+    pub addr: u32,
+}
+
+/// Bits of `SourceRangeKey::rev_nat_index` in every `SL_SRC_RANGES` prefix.
+pub const SRC_RANGE_ID_BITS: u32 = 32;
 
 /// The address of NodePort frontends in `SL_SERVICES`: "any address in
 /// `SL_NODE_ADDRS` with `NODE_ADDR_NODEPORT`".
@@ -386,6 +419,7 @@ const _: () = {
     assert!(core::mem::size_of::<DatapathConfig>() == 8);
     assert!(core::mem::size_of::<FragKey>() == 12);
     assert!(core::mem::size_of::<FragPorts>() == 4);
+    assert!(core::mem::size_of::<SourceRangeKey>() == 8);
 };
 
 #[cfg(feature = "user")]
@@ -412,6 +446,7 @@ mod user {
     unsafe impl aya::Pod for super::SockRevNat {}
     unsafe impl aya::Pod for super::AffinityValue {}
     unsafe impl aya::Pod for super::DatapathConfig {}
+    unsafe impl aya::Pod for super::SourceRangeKey {}
 
     /// An address as stored in maps (network byte order).
     #[must_use]

@@ -3,11 +3,12 @@
 //! the backend choice are shared with the external path (`nodeport`) and
 //! socket-level LB (`sock`).
 
-use aya_ebpf::{helpers::bpf_get_prandom_u32, programs::TcContext};
+use aya_ebpf::{helpers::bpf_get_prandom_u32, maps::lpm_trie::Key, programs::TcContext};
 use proxy_common::{
     BACKEND_STATE_ACTIVE, BACKEND_STATE_MASK, Backend, CT_DIR_REPLY, CT_DIR_SERVICE,
     CT_FLAG_EXTERNAL, CT_FLAG_HAIRPIN, CT_FLAG_SNAT, CtEntry, DropReason, NODE_ADDR_NODEPORT,
-    NODEPORT_ADDR, SVC_FLAG_AFFINITY, SVC_FLAG_DROP_EMPTY, ServiceKey, ServiceValue, proto,
+    NODEPORT_ADDR, SRC_RANGE_ID_BITS, SVC_FLAG_AFFINITY, SVC_FLAG_DROP_EMPTY,
+    SVC_FLAG_SOURCE_RANGES, ServiceKey, ServiceValue, SourceRangeKey, proto,
 };
 
 use crate::{
@@ -15,7 +16,7 @@ use crate::{
     ct::{self, NewFlow},
     drop::Action,
     fib, frag, icmp,
-    maps::{SL_BACKENDS, SL_NODE_ADDRS, SL_REVNAT, SL_SERVICES, SL_VIPS},
+    maps::{SL_BACKENDS, SL_NODE_ADDRS, SL_REVNAT, SL_SERVICES, SL_SRC_RANGES, SL_VIPS},
     nat::{self, Side},
     parse::{self, Ipv4},
     reject,
@@ -31,6 +32,7 @@ pub fn handle_pod_egress(ctx: &TcContext) -> Result<Action, DropReason> {
     match ip.proto {
         proto::TCP | proto::UDP => {}
         proto::ICMP => return icmp::handle_error_from_backend(ctx, &ip).map(|()| Action::Pass),
+        proto::SCTP => return unsupported_protocol(ctx, &ip),
         _ => return Ok(Action::Pass),
     }
     let Some((sport, dport)) = frag::ports(ctx, &ip)? else {
@@ -87,6 +89,7 @@ pub fn handle_pod_egress(ctx: &TcContext) -> Result<Action, DropReason> {
     let (backend_id, backend, new) = match established(ctx, &ip, sport, dport, &svc) {
         Some((entry, backend)) => (entry.backend_id, backend, false),
         None => {
+            check_source_range(&ip, &svc)?;
             let Some((backend_id, backend)) = pick(&ip, svc_addr, dport, &svc)? else {
                 return no_backend(ctx, &ip, &svc);
             };
@@ -126,6 +129,42 @@ pub fn lookup_service(daddr: u32, dport: u16, proto: u8) -> Option<(ServiceValue
     // SAFETY: plain data, copied out at once.
     let svc = unsafe { SL_SERVICES.get(service_key(NODEPORT_ADDR, dport, proto, 0)) }.copied()?;
     Some((svc, NODEPORT_ADDR))
+}
+
+/// `loadBalancerSourceRanges`: a new flow to a frontend with ranges must
+/// come from inside one of them. Frontends without ranges pay one flag test.
+#[inline(always)]
+pub fn check_source_range(ip: &Ipv4, svc: &ServiceValue) -> Result<(), DropReason> {
+    if svc.flags & SVC_FLAG_SOURCE_RANGES == 0 || source_in_ranges(ip.saddr, svc.rev_nat_index) {
+        return Ok(());
+    }
+    Err(DropReason::SourceRangeDenied)
+}
+
+/// Whether `saddr` lies in one of the frontend's source ranges.
+#[inline(never)]
+fn source_in_ranges(saddr: u32, rev_nat_index: u32) -> bool {
+    let key = Key::new(SRC_RANGE_ID_BITS + 32, SourceRangeKey { rev_nat_index, addr: saddr });
+    SL_SRC_RANGES.get(&key).is_some()
+}
+
+/// A protocol the data path cannot translate (SCTP: the BPF helpers cannot
+/// update its CRC32c). Traffic to a service port of it is rejected at once
+/// and counted (`unsupported_protocol`) instead of reaching a frontend
+/// address nothing answers on; to another port of a cluster IP it is
+/// rejected like TCP and UDP; anything else passes.
+#[inline(always)]
+pub fn unsupported_protocol(ctx: &TcContext, ip: &Ipv4) -> Result<Action, DropReason> {
+    let Some((_, dport)) = frag::ports(ctx, ip)? else {
+        return Ok(Action::Pass);
+    };
+    if lookup_service(ip.daddr, dport, ip.proto).is_some() {
+        return reject(ctx, ip, DropReason::UnsupportedProtocol);
+    }
+    if SL_VIPS.get_ptr(ip.daddr).is_some() {
+        return reject(ctx, ip, DropReason::NoServicePort);
+    }
+    Ok(Action::Pass)
 }
 
 /// What to do with a packet of a service that has no backend for it.

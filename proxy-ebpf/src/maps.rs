@@ -3,11 +3,12 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap},
 };
 use proxy_common::{
     AffinityKey, AffinityValue, Backend, CtEntry, CtKey, DatapathConfig, DropReason, EndpointInfo,
-    FragKey, FragPorts, RevNat, ServiceKey, ServiceValue, SockRevNat, SockRevNatKey, TrafficStats,
+    FragKey, FragPorts, RevNat, ServiceKey, ServiceValue, SockRevNat, SockRevNatKey,
+    SourceRangeKey, TrafficStats,
 };
 
 #[map]
@@ -71,3 +72,9 @@ pub static SL_NODE_ADDRS: HashMap<u32, u32> = HashMap::pinned(proxy_common::NODE
 /// The agent's settings for the data path (index 0).
 #[map]
 pub static SL_CONFIG: Array<DatapathConfig> = Array::pinned(1, 0);
+
+/// `loadBalancerSourceRanges`: (reverse-NAT index, source) prefixes allowed
+/// on frontends with `SVC_FLAG_SOURCE_RANGES` (written by the agent).
+#[map]
+pub static SL_SRC_RANGES: LpmTrie<SourceRangeKey, u32> =
+    LpmTrie::pinned(proxy_common::SRC_RANGES_MAX, 0);

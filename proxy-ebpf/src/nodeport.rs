@@ -35,8 +35,10 @@ pub fn handle_external(ctx: &TcContext) -> Result<Action, DropReason> {
     let Some(ip) = parse::ipv4(ctx)? else {
         return Ok(Action::Pass);
     };
-    if !matches!(ip.proto, proto::TCP | proto::UDP) {
-        return Ok(Action::Pass);
+    match ip.proto {
+        proto::TCP | proto::UDP => {}
+        proto::SCTP => return lb::unsupported_protocol(ctx, &ip),
+        _ => return Ok(Action::Pass),
     }
     let Some((sport, dport)) = frag::ports(ctx, &ip)? else {
         return Ok(Action::Pass);
@@ -80,6 +82,7 @@ pub fn handle_external(ctx: &TcContext) -> Result<Action, DropReason> {
             (entry.backend_id, backend, snat, false)
         }
         None => {
+            lb::check_source_range(&ip, &svc)?;
             let Some((backend_id, backend)) = lb::pick(&ip, svc_addr, dport, &svc)? else {
                 return lb::no_backend(ctx, &ip, &svc);
             };

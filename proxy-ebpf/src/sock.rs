@@ -4,16 +4,19 @@
 //! frontend again where the application looks at the peer (recvmsg source
 //! address, getpeername).
 //!
-//! Services with session affinity are left to the per-packet path (the
-//! client's address is not known before the socket is bound); so are
-//! protocols other than TCP and UDP.
+//! Services with session affinity or `loadBalancerSourceRanges` are left to
+//! the per-packet path (the client's address is not known before the socket
+//! is bound); so are protocols other than TCP and UDP.
 
 use aya_ebpf::{
     EbpfContext as _,
     helpers::{bpf_get_socket_cookie, bpf_set_retval},
     programs::SockAddrContext,
 };
-use proxy_common::{SVC_FLAG_AFFINITY, SVC_FLAG_DROP_EMPTY, SockRevNat, SockRevNatKey, proto};
+use proxy_common::{
+    SVC_FLAG_AFFINITY, SVC_FLAG_DROP_EMPTY, SVC_FLAG_SOURCE_RANGES, SockRevNat, SockRevNatKey,
+    proto,
+};
 
 use crate::{
     lb,
@@ -43,7 +46,7 @@ pub fn to_backend(ctx: &SockAddrContext) -> i32 {
         }
         return ALLOW;
     };
-    if svc.flags & SVC_FLAG_AFFINITY != 0 {
+    if svc.flags & (SVC_FLAG_AFFINITY | SVC_FLAG_SOURCE_RANGES) != 0 {
         return ALLOW;
     }
     let (backend_id, backend) = match lb::select_backend(svc_addr, dport, proto, &svc) {

@@ -70,6 +70,7 @@ fn measure(services: u32) -> Row {
         frontends: services + 1024,
         conntrack: 65_536,
         affinity: 1024,
+        source_ranges: 1024,
     };
     let row = {
         let _dp = Datapath::load(&paths, &sizes).expect("load");
@@ -89,6 +90,7 @@ fn measure(services: u32) -> Row {
                         }],
                         affinity_timeout: None,
                         policy: Default::default(),
+                        source_ranges: Vec::new(),
                     },
                 )
             })

@@ -145,6 +145,7 @@ impl Config {
                 frontends: args.map_size_frontends,
                 conntrack: args.map_size_conntrack,
                 affinity: args.map_size_affinity,
+                source_ranges: args.map_size_source_ranges,
             },
         })
     }

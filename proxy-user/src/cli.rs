@@ -133,6 +133,10 @@ pub struct AgentArgs {
     /// Max session-affinity entries (LRU, preallocated).
     #[arg(long, default_value_t = proxy_common::AFFINITY_MAX, value_parser = map_size)]
     pub map_size_affinity: u32,
+    /// Max loadBalancerSourceRanges entries (SL_SRC_RANGES): one per range
+    /// per LoadBalancer IP and NodePort frontend of services that have them.
+    #[arg(long, default_value_t = proxy_common::SRC_RANGES_MAX, value_parser = map_size)]
+    pub map_size_source_ranges: u32,
 }
 
 /// A map size: 1 ..= 2^28.

@@ -247,6 +247,11 @@ fn count_entries(paths: &PinPaths, name: &'static str) -> Option<u64> {
                 crate::datapath::maps::open_pinned(paths, name).ok()?;
             m.keys().count()
         }
+        proxy_common::MAP_SRC_RANGES => {
+            let m: aya::maps::LpmTrie<MapData, proxy_common::SourceRangeKey, u32> =
+                crate::datapath::maps::open_pinned(paths, name).ok()?;
+            m.keys().count()
+        }
         proxy_common::MAP_ENDPOINTS => {
             let m: HashMap<MapData, u32, proxy_common::EndpointInfo> =
                 crate::datapath::maps::open_pinned(paths, name).ok()?;

@@ -17,6 +17,11 @@
 //!    externalIP and each LoadBalancer ingress IP (ipMode VIP) with
 //!    [`Categorized::for_external`].
 //!
+//! `spec.loadBalancerSourceRanges` (kube-proxy reads only the field, not the
+//! old `service.beta.kubernetes.io/load-balancer-source-ranges` annotation)
+//! restrict the LoadBalancer IP frontends of a `type: LoadBalancer` service,
+//! and, beyond kube-proxy (issue 3), its NodePort frontends too.
+//!
 //! Only IPv4 is handled for now. Objects the model cannot use (a port 0, an
 //! address that does not parse) give a [`ModelWarning`] and only the bad piece
 //! is skipped.
@@ -25,6 +30,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr};
 
+use ipnetwork::Ipv4Network;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 
@@ -162,6 +168,10 @@ pub struct Frontend {
     /// (`sessionAffinityConfig.clientIP.timeoutSeconds`, default 10800).
     pub affinity_timeout: Option<u32>,
     pub policy: FrontendPolicy,
+    /// `loadBalancerSourceRanges` (IPv4, host bits cleared, sorted, no
+    /// duplicates): when not empty, new flows from other sources are
+    /// dropped. Only on LoadBalancer IP and NodePort frontends.
+    pub source_ranges: Vec<Ipv4Network>,
 }
 
 /// Everything this node must program, by frontend.
@@ -259,7 +269,7 @@ pub fn service_frontends(
         let chosen = categorized.for_cluster_ip(&port);
         let policy = FrontendPolicy { drop_when_empty: has_endpoints, ..FrontendPolicy::default() };
         let internal = backends(chosen, &endpoints);
-        push(frontend, make_frontend(&port, internal, policy), warnings);
+        push(frontend, make_frontend(&port, internal, policy, Vec::new()), warnings);
         if !port.externally_accessible {
             continue;
         }
@@ -270,14 +280,19 @@ pub fn service_frontends(
             drop_when_empty: has_endpoints,
         };
         let external = backends(chosen, &endpoints);
+        // Source ranges: on LoadBalancer IPs (kube-proxy) and NodePorts
+        // (issue 3), never on externalIPs.
+        let ranges = &port.source_ranges;
+        let none = Vec::new();
         let addrs = (port.node_port != 0)
-            .then_some((NODEPORT_ADDR, port.node_port))
+            .then_some((NODEPORT_ADDR, port.node_port, ranges))
             .into_iter()
-            .chain(port.external_ips.iter().map(|ip| (*ip, port.port)))
-            .chain(port.load_balancer_ips.iter().map(|ip| (*ip, port.port)));
-        for (addr, number) in addrs {
+            .chain(port.external_ips.iter().map(|ip| (*ip, port.port, &none)))
+            .chain(port.load_balancer_ips.iter().map(|ip| (*ip, port.port, ranges)));
+        for (addr, number, source_ranges) in addrs {
             let key = FrontendKey { addr, port: number, proto: port.protocol };
-            push(key, make_frontend(&port, external.clone(), policy), warnings);
+            let fe = make_frontend(&port, external.clone(), policy, source_ranges.clone());
+            push(key, fe, warnings);
         }
     }
     out
@@ -287,6 +302,7 @@ fn make_frontend(
     port: &ServicePortInfo,
     backends: Vec<BackendSpec>,
     policy: FrontendPolicy,
+    source_ranges: Vec<Ipv4Network>,
 ) -> Frontend {
     Frontend {
         service: port.service.clone(),
@@ -294,6 +310,7 @@ fn make_frontend(
         backends,
         affinity_timeout: port.affinity_timeout,
         policy,
+        source_ranges,
     }
 }
 
@@ -366,6 +383,9 @@ pub struct ServicePortInfo {
     pub external_ips: Vec<Ipv4Addr>,
     /// `status.loadBalancer.ingress[].ip` whose `ipMode` is not `Proxy` (IPv4).
     pub load_balancer_ips: Vec<Ipv4Addr>,
+    /// `spec.loadBalancerSourceRanges` (IPv4) of a `type: LoadBalancer`
+    /// service; empty: no filtering.
+    pub source_ranges: Vec<Ipv4Network>,
 }
 
 impl ServicePortInfo {
@@ -430,6 +450,7 @@ pub fn service_ports(
     let internal_policy_local = spec.internal_traffic_policy.as_deref() == Some("Local");
     let affinity_timeout = session_affinity(key, spec, warnings);
     let external_local_requested = spec.external_traffic_policy.as_deref() == Some("Local");
+    let source_ranges = source_ranges(spec, &object(), warnings);
 
     let mut ports: Vec<ServicePortInfo> = Vec::new();
     for (i, port) in spec.ports.iter().flatten().enumerate() {
@@ -452,6 +473,17 @@ pub fn service_ports(
                 continue;
             }
         };
+        if protocol == Protocol::Sctp {
+            // Kept, so that the data path can reject and count its traffic
+            // (a visible signal) instead of letting it time out.
+            warn(
+                warnings,
+                object(),
+                format!(
+                    "spec.ports[{i}] is SCTP, which sluice cannot translate (no CRC32c update in eBPF); its traffic is rejected and counted as unsupported_protocol"
+                ),
+            );
+        }
         let node_port = match port.node_port {
             None | Some(0) => 0,
             Some(n) => valid_port(n).unwrap_or_else(|| {
@@ -491,9 +523,60 @@ pub fn service_ports(
             affinity_timeout,
             external_ips: external_ips.clone(),
             load_balancer_ips: load_balancer_ips.clone(),
+            source_ranges: source_ranges.clone(),
         });
     }
     ports
+}
+
+/// `spec.loadBalancerSourceRanges` as kube-proxy reads them: whitespace
+/// trimmed, host bits cleared, the other family's ranges left out; a range
+/// that does not parse is skipped with a warning (the rest still applies).
+/// Only a `type: LoadBalancer` service has them (the API refuses them on
+/// other types); elsewhere they are ignored with a warning.
+fn source_ranges(
+    spec: &k8s_openapi::api::core::v1::ServiceSpec,
+    object: &str,
+    warnings: &mut Vec<ModelWarning>,
+) -> Vec<Ipv4Network> {
+    let field = "spec.loadBalancerSourceRanges";
+    let listed = spec.load_balancer_source_ranges.as_deref().unwrap_or_default();
+    if listed.is_empty() {
+        return Vec::new();
+    }
+    if spec.type_.as_deref() != Some("LoadBalancer") {
+        warn(
+            warnings,
+            object.to_owned(),
+            format!("{field} is only used with type LoadBalancer; ignored"),
+        );
+        return Vec::new();
+    }
+    let mut out = Vec::new();
+    for (i, range) in listed.iter().enumerate() {
+        let range = range.trim();
+        // A CIDR, as kube-proxy's ParseCIDR wants (a bare address is not one).
+        let parsed = if range.contains('/') {
+            range.parse::<ipnetwork::IpNetwork>().map_err(|e| e.to_string())
+        } else {
+            Err("no prefix length".to_owned())
+        };
+        match parsed {
+            Ok(ipnetwork::IpNetwork::V4(net)) => {
+                let net = Ipv4Network::new(net.network(), net.prefix()).expect("valid prefix");
+                out.push(net);
+            }
+            Ok(ipnetwork::IpNetwork::V6(_)) => {}
+            Err(e) => warn(
+                warnings,
+                object.to_owned(),
+                format!("{field}[{i}] {range:?} is not a CIDR ({e}); skipped"),
+            ),
+        }
+    }
+    out.sort_unstable_by_key(|n| (n.network(), n.prefix()));
+    out.dedup();
+    out
 }
 
 /// The IPv4 addresses of a list field; IPv6 ones are skipped (IPv4 only for
@@ -1018,7 +1101,8 @@ mod tests {
     }
 
     /// One line per frontend: `addr:port/PROTO svc/name port_name -> backends`
-    /// with `~` marking terminating backends.
+    /// with `~` marking terminating backends, then ` from [ranges]` when the
+    /// frontend has source ranges.
     fn render(desired: &Desired) -> Vec<String> {
         desired
             .iter()
@@ -1031,7 +1115,14 @@ mod tests {
                         format!("{}:{}{mark}", b.addr, b.port)
                     })
                     .collect();
-                format!("{key} {} {} -> [{}]", fe.service, fe.port_name, backends.join(" "))
+                let mut line =
+                    format!("{key} {} {} -> [{}]", fe.service, fe.port_name, backends.join(" "));
+                if !fe.source_ranges.is_empty() {
+                    let ranges: Vec<String> =
+                        fe.source_ranges.iter().map(ToString::to_string).collect();
+                    line.push_str(&format!(" from [{}]", ranges.join(" ")));
+                }
+                line
             })
             .collect()
     }
@@ -1055,7 +1146,87 @@ mod tests {
         let web_ports = || json!([{"name": "http", "port": 8080}, {"name": "https", "port": 8443}]);
         let one = || svc("one", "10.96.0.20", json!([{"port": 80}]));
         let one_ports = || json!([{"port": 8080}]);
+        // A LoadBalancer service with a NodePort, an externalIP, an ingress
+        // IP and the given loadBalancerSourceRanges.
+        let lb = |type_: &str, ranges: Value| {
+            let s = svc("lb", "10.96.0.30", json!([{"port": 80, "nodePort": 30080}]));
+            let s = with(s, &["spec", "type"], json!(type_));
+            let s = with(s, &["spec", "externalIPs"], json!(["192.0.2.7"]));
+            let s = with(s, &["spec", "loadBalancerSourceRanges"], ranges);
+            with(s, &["status"], json!({"loadBalancer": {"ingress": [{"ip": "203.0.113.10"}]}}))
+        };
+        let lb_slice = || slice("lb-a", "lb", one_ports(), json!([ep("10.244.1.5")]));
         vec![
+            Case {
+                name: "source ranges on the NodePort and LoadBalancer IP, not the externalIP",
+                objects: vec![
+                    lb(
+                        "LoadBalancer",
+                        json!([" 198.18.1.5/28 ", "10.0.0.0/8", "2001:db8::/64", "10.0.0.0/8"]),
+                    ),
+                    lb_slice(),
+                ],
+                want: &[
+                    "0.0.0.0:30080/TCP ns/lb  -> [10.244.1.5:8080] from [10.0.0.0/8 198.18.1.0/28]",
+                    "10.96.0.30:80/TCP ns/lb  -> [10.244.1.5:8080]",
+                    "192.0.2.7:80/TCP ns/lb  -> [10.244.1.5:8080]",
+                    "203.0.113.10:80/TCP ns/lb  -> [10.244.1.5:8080] from [10.0.0.0/8 198.18.1.0/28]",
+                ],
+                warnings: &[],
+            },
+            Case {
+                name: "a bad source range is skipped, the others apply",
+                objects: vec![
+                    lb("LoadBalancer", json!(["198.18.1.0/28", "300.1.1.0/24", "10.1.2.3"])),
+                    lb_slice(),
+                ],
+                want: &[
+                    "0.0.0.0:30080/TCP ns/lb  -> [10.244.1.5:8080] from [198.18.1.0/28]",
+                    "10.96.0.30:80/TCP ns/lb  -> [10.244.1.5:8080]",
+                    "192.0.2.7:80/TCP ns/lb  -> [10.244.1.5:8080]",
+                    "203.0.113.10:80/TCP ns/lb  -> [10.244.1.5:8080] from [198.18.1.0/28]",
+                ],
+                warnings: &[
+                    "loadBalancerSourceRanges[1] \"300.1.1.0/24\" is not a CIDR",
+                    "loadBalancerSourceRanges[2] \"10.1.2.3\" is not a CIDR",
+                ],
+            },
+            Case {
+                name: "source ranges on a NodePort service are ignored",
+                objects: vec![lb("NodePort", json!(["198.18.1.0/28"])), lb_slice()],
+                want: &[
+                    "0.0.0.0:30080/TCP ns/lb  -> [10.244.1.5:8080]",
+                    "10.96.0.30:80/TCP ns/lb  -> [10.244.1.5:8080]",
+                    "192.0.2.7:80/TCP ns/lb  -> [10.244.1.5:8080]",
+                    "203.0.113.10:80/TCP ns/lb  -> [10.244.1.5:8080]",
+                ],
+                warnings: &["loadBalancerSourceRanges is only used with type LoadBalancer"],
+            },
+            Case {
+                name: "no source ranges: no filtering",
+                objects: vec![lb("LoadBalancer", json!([])), lb_slice()],
+                want: &[
+                    "0.0.0.0:30080/TCP ns/lb  -> [10.244.1.5:8080]",
+                    "10.96.0.30:80/TCP ns/lb  -> [10.244.1.5:8080]",
+                    "192.0.2.7:80/TCP ns/lb  -> [10.244.1.5:8080]",
+                    "203.0.113.10:80/TCP ns/lb  -> [10.244.1.5:8080]",
+                ],
+                warnings: &[],
+            },
+            Case {
+                name: "SCTP port kept (the data path rejects and counts it), with a warning",
+                objects: vec![
+                    svc("sig", "10.96.0.40", json!([{"port": 9000, "protocol": "SCTP"}])),
+                    slice(
+                        "sig-a",
+                        "sig",
+                        json!([{"port": 9000, "protocol": "SCTP"}]),
+                        json!([ep("10.244.1.5")]),
+                    ),
+                ],
+                want: &["10.96.0.40:9000/SCTP ns/sig  -> [10.244.1.5:9000]"],
+                warnings: &["spec.ports[0] is SCTP, which sluice cannot translate"],
+            },
             Case {
                 name: "multi-port service, named ports matched through slices",
                 objects: vec![
@@ -1430,6 +1601,7 @@ mod tests {
             affinity_timeout: None,
             external_ips: Vec::new(),
             load_balancer_ips: Vec::new(),
+            source_ranges: Vec::new(),
         }
     }
 

@@ -1,5 +1,5 @@
-//! Test packets: Ethernet + IPv4 (with options and fragments) + TCP/UDP/ICMP
-//! frames with correct checksums, and parsing/verification of frames that
+//! Test packets: Ethernet + IPv4 (with options and fragments) + TCP/UDP/ICMP/
+//! SCTP frames with correct checksums, and parsing/verification of frames that
 //! the kernel programs rewrote. Used by the BPF_PROG_TEST_RUN tests and
 //! benchmarks; the checksum code is RFC 1071, written out so the tests do
 //! not trust the code under test.
@@ -9,6 +9,42 @@ use std::net::Ipv4Addr;
 pub const TCP: u8 = 6;
 pub const UDP: u8 = 17;
 pub const ICMP: u8 = 1;
+pub const SCTP: u8 = 132;
+
+/// CRC32c (Castagnoli, reflected polynomial 0x82f63b78), bit by bit: the
+/// SCTP checksum (RFC 9260, appendix A).
+#[must_use]
+pub fn crc32c(data: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &byte in data {
+        crc ^= u32::from(byte);
+        for _ in 0..8 {
+            crc = if crc & 1 != 0 { (crc >> 1) ^ 0x82f6_3b78 } else { crc >> 1 };
+        }
+    }
+    !crc
+}
+
+/// An SCTP packet with one INIT chunk, its CRC32c set (stored little-endian
+/// as RFC 9260 appendix A says).
+#[must_use]
+pub fn sctp_init(sport: u16, dport: u16, init_tag: u32) -> Vec<u8> {
+    let mut s = Vec::with_capacity(32);
+    s.extend_from_slice(&sport.to_be_bytes());
+    s.extend_from_slice(&dport.to_be_bytes());
+    s.extend_from_slice(&0u32.to_be_bytes()); // verification tag: 0 in INIT
+    s.extend_from_slice(&[0; 4]); // checksum, below
+    // INIT: type 1, flags 0, length 20, tag, a_rwnd, streams, initial TSN.
+    s.extend_from_slice(&[1, 0, 0, 20]);
+    s.extend_from_slice(&init_tag.to_be_bytes());
+    s.extend_from_slice(&65_535u32.to_be_bytes());
+    s.extend_from_slice(&10u16.to_be_bytes());
+    s.extend_from_slice(&10u16.to_be_bytes());
+    s.extend_from_slice(&init_tag.to_be_bytes());
+    let c = crc32c(&s);
+    s[8..12].copy_from_slice(&c.to_le_bytes());
+    s
+}
 
 /// One's-complement sum of `data` (RFC 1071), folded, not inverted.
 #[must_use]
@@ -161,7 +197,7 @@ pub struct Parsed {
     pub src: Ipv4Addr,
     pub dst: Ipv4Addr,
     pub proto: u8,
-    /// Source and destination port (TCP/UDP, not for later fragments).
+    /// Source and destination port (TCP/UDP/SCTP, not for later fragments).
     pub ports: Option<(u16, u16)>,
     pub ip_checksum_ok: bool,
     /// `None` when there is no L4 checksum to verify (later fragment,
@@ -197,6 +233,14 @@ pub fn parse(f: &[u8]) -> Parsed {
         }
     } else if !later && proto == ICMP {
         l4_checksum_ok = Some(checksum(l4) == 0);
+    } else if !later && proto == SCTP {
+        ports = Some((u16::from_be_bytes([l4[0], l4[1]]), u16::from_be_bytes([l4[2], l4[3]])));
+        if !fragmented {
+            let mut zeroed = l4.to_vec();
+            zeroed[8..12].fill(0);
+            let stored = u32::from_le_bytes([l4[8], l4[9], l4[10], l4[11]]);
+            l4_checksum_ok = Some(crc32c(&zeroed) == stored);
+        }
     }
     Parsed {
         src,
@@ -224,6 +268,17 @@ mod tests {
         assert_eq!(p.ports, Some((1, 2)));
         let u = parse(&frame(&Ipv4Spec::new(a, b, UDP), &udp(a, 1, b, 2, b"odd", true)));
         assert_eq!(u.l4_checksum_ok, Some(true));
+    }
+
+    #[test]
+    fn crc32c_matches_the_rfc_check_value_and_sctp_verifies() {
+        // RFC 3720 B.4: 32 bytes of zeros.
+        assert_eq!(crc32c(&[0; 32]), 0x8a91_36aa);
+        assert_eq!(crc32c(b"123456789"), 0xe306_9283);
+        let a = Ipv4Addr::new(10, 0, 0, 1);
+        let b = Ipv4Addr::new(10, 0, 0, 2);
+        let p = parse(&frame(&Ipv4Spec::new(a, b, SCTP), &sctp_init(5000, 9000, 7)));
+        assert_eq!((p.proto, p.ports, p.l4_checksum_ok), (SCTP, Some((5000, 9000)), Some(true)));
     }
 
     #[test]

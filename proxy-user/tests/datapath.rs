@@ -85,6 +85,7 @@ impl Harness {
                             .collect(),
                         affinity_timeout,
                         policy: Default::default(),
+                        source_ranges: Vec::new(),
                     },
                 )
             })
@@ -605,6 +606,7 @@ fn full_service_map_fails_clearly_and_shows_no_half_service() {
                     .collect(),
                 affinity_timeout: None,
                 policy: Default::default(),
+                source_ranges: Vec::new(),
             },
         )
     };
@@ -675,6 +677,7 @@ fn removing_a_udp_backend_flushes_its_conntrack() {
             }],
             affinity_timeout: None,
             policy: Default::default(),
+            source_ranges: Vec::new(),
         },
     )]
     .into_iter()
@@ -709,6 +712,7 @@ fn terminating_backend_keeps_flows_but_not_new_connections() {
             ],
             affinity_timeout: None,
             policy: Default::default(),
+            source_ranges: Vec::new(),
         },
     )]
     .into_iter()

@@ -6,6 +6,8 @@
 
 use std::net::Ipv4Addr;
 
+use ipnetwork::Ipv4Network;
+
 use aya::{
     maps::{HashMap, MapData},
     programs::SchedClassifier,
@@ -26,7 +28,7 @@ use sluice::{
         BackendSpec, BackendState, Desired, Frontend, FrontendKey, FrontendPolicy, NODEPORT_ADDR,
         Protocol,
     },
-    pktgen::{self, Ipv4Spec, TCP, UDP},
+    pktgen::{self, ICMP, Ipv4Spec, SCTP, TCP, UDP},
     testbed::{BpffsMount, drop_count, prog_test_run},
 };
 
@@ -38,6 +40,11 @@ const CLIENT: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 10);
 const LOCAL_POD: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 11);
 const REMOTE_POD: Ipv4Addr = Ipv4Addr::new(10, 244, 2, 11);
 const EXTERNAL_IP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
+const CLUSTER_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 40);
+/// A client outside the source range `198.18.1.0/28` that `CLIENT` is in.
+const OUTSIDER: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 100);
+/// A pod of this node acting as a client.
+const CLIENT_POD: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 12);
 
 fn is_root() -> bool {
     if nix::unistd::geteuid().is_root() {
@@ -79,7 +86,15 @@ impl Harness {
 
     /// A NodePort 30080 and an externalIP port 80, both to `backends` (8080).
     fn program(&mut self, backends: &[Ipv4Addr], local: bool) {
-        let frontend = |policy| Frontend {
+        self.program_ranges(backends, local, &[]);
+    }
+
+    /// As `program`, with `ranges` as the loadBalancerSourceRanges of the
+    /// TCP NodePort 30080 and of `EXTERNAL_IP` port 80 (standing for the
+    /// service's LoadBalancer IP); the UDP NodePort 30053 has none.
+    fn program_ranges(&mut self, backends: &[Ipv4Addr], local: bool, ranges: &[&str]) {
+        let ranges: Vec<Ipv4Network> = ranges.iter().map(|r| r.parse().unwrap()).collect();
+        let frontend = |policy, source_ranges: &Vec<Ipv4Network>| Frontend {
             service: ObjectKey { namespace: "default".into(), name: "web".into() },
             port_name: "http".into(),
             backends: backends
@@ -93,15 +108,23 @@ impl Harness {
                 .collect(),
             affinity_timeout: None,
             policy,
+            source_ranges: source_ranges.clone(),
         };
         let policy = FrontendPolicy { external: true, local, drop_when_empty: local };
+        let none = Vec::new();
         let desired: Desired = [
-            (FrontendKey { addr: NODEPORT_ADDR, port: 30080, proto: Protocol::Tcp }, policy),
-            (FrontendKey { addr: NODEPORT_ADDR, port: 30053, proto: Protocol::Udp }, policy),
-            (FrontendKey { addr: EXTERNAL_IP, port: 80, proto: Protocol::Tcp }, policy),
+            (FrontendKey { addr: NODEPORT_ADDR, port: 30080, proto: Protocol::Tcp }, &ranges),
+            (FrontendKey { addr: NODEPORT_ADDR, port: 30053, proto: Protocol::Udp }, &none),
+            (FrontendKey { addr: EXTERNAL_IP, port: 80, proto: Protocol::Tcp }, &ranges),
+            // SCTP: a NodePort and a ClusterIP (translation not supported).
+            (FrontendKey { addr: NODEPORT_ADDR, port: 30132, proto: Protocol::Sctp }, &none),
         ]
         .into_iter()
-        .map(|(k, p)| (k, frontend(p)))
+        .map(|(k, r)| (k, frontend(policy, r)))
+        .chain([(
+            FrontendKey { addr: CLUSTER_IP, port: 9000, proto: Protocol::Sctp },
+            frontend(FrontendPolicy::default(), &none),
+        )])
         .collect();
         let out = self.reconciler.sync(&desired);
         assert!(out.errors.is_empty(), "{:?}", out.errors);
@@ -264,4 +287,104 @@ fn other_traffic_passes_untouched() {
         assert_ne!(verdict, TC_ACT_REDIRECT);
         assert_eq!(out, frame);
     }
+}
+
+// Expect: with loadBalancerSourceRanges 198.18.1.0/28 on the LoadBalancer IP
+// and the NodePort, a client inside is translated, one outside is dropped
+// (counted as source_range_denied, on the LoadBalancer IP and the NodePort,
+// from outside and from a pod); a port of the node without ranges (the UDP
+// NodePort) serves the outsider; its established flow survives a range
+// change; and once the ranges are gone the outsider is served.
+#[test]
+fn source_ranges_admit_inside_and_drop_outside() {
+    if !is_root() {
+        return;
+    }
+    let mut h = Harness::new();
+    h.program_ranges(&[REMOTE_POD], false, &["198.18.1.0/28", "192.0.2.0/24"]);
+
+    // Inside: translated, on both frontends.
+    let (verdict, p) = h.ext(&tcp_frame(CLIENT, 41000, EXTERNAL_IP, 80, 0x02));
+    assert_ne!(verdict, TC_ACT_SHOT);
+    assert_eq!((p.src, p.dst), (NODE, REMOTE_POD));
+    assert_checksums(&p);
+    let (_, p) = h.ext(&tcp_frame(CLIENT, 41001, NODE, 30080, 0x02));
+    assert_eq!((p.src, p.dst), (NODE, REMOTE_POD));
+
+    // Outside: dropped and counted, on both frontends and from a pod.
+    let before = h.drops(DropReason::SourceRangeDenied);
+    for frame in [
+        tcp_frame(OUTSIDER, 41002, EXTERNAL_IP, 80, 0x02),
+        tcp_frame(OUTSIDER, 41003, NODE, 30080, 0x02),
+    ] {
+        let (verdict, _) = Harness::run(&h.ext, &frame);
+        assert_eq!(verdict, TC_ACT_SHOT);
+    }
+    let (verdict, _) = h.pod(&tcp_frame(CLIENT_POD, 41004, EXTERNAL_IP, 80, 0x02));
+    assert_eq!(verdict, TC_ACT_SHOT);
+    assert_eq!(h.drops(DropReason::SourceRangeDenied), before + 3);
+
+    // A frontend without ranges is not filtered.
+    let (verdict, u) = h.ext(&udp_frame(OUTSIDER, 5001, NODE, 30053));
+    assert_ne!(verdict, TC_ACT_SHOT);
+    assert_eq!((u.src, u.dst), (NODE, REMOTE_POD));
+
+    // The ranges change: the flow already admitted keeps going (only new
+    // flows are checked, as kube-proxy's NAT-table firewall does).
+    h.program_ranges(&[REMOTE_POD], false, &["192.0.2.0/24"]);
+    let (verdict, p) = h.ext(&tcp_frame(CLIENT, 41000, EXTERNAL_IP, 80, 0x10));
+    assert_ne!(verdict, TC_ACT_SHOT);
+    assert_eq!((p.src, p.dst), (NODE, REMOTE_POD));
+    let (verdict, _) = Harness::run(&h.ext, &tcp_frame(CLIENT, 41005, EXTERNAL_IP, 80, 0x02));
+    assert_eq!(verdict, TC_ACT_SHOT, "a new flow from outside the new ranges");
+
+    // No ranges: everyone is served.
+    h.program_ranges(&[REMOTE_POD], false, &[]);
+    let before = h.drops(DropReason::SourceRangeDenied);
+    let (verdict, p) = h.ext(&tcp_frame(OUTSIDER, 41006, EXTERNAL_IP, 80, 0x02));
+    assert_ne!(verdict, TC_ACT_SHOT);
+    assert_eq!((p.src, p.dst), (NODE, REMOTE_POD));
+    assert_eq!(h.drops(DropReason::SourceRangeDenied), before);
+}
+
+// Expect: SCTP to a service port (a NodePort from outside, a ClusterIP from a
+// pod) is answered with ICMP port unreachable from the address the client
+// tried and counted as unsupported_protocol; SCTP to another port of the
+// cluster IP is rejected as no_service_port; SCTP elsewhere passes untouched.
+#[test]
+fn sctp_to_a_service_port_is_rejected_and_counted() {
+    if !is_root() {
+        return;
+    }
+    let mut h = Harness::new();
+    h.program(&[REMOTE_POD], false);
+    let sctp = |src, dst, dport| {
+        pktgen::frame(&Ipv4Spec::new(src, dst, SCTP), &pktgen::sctp_init(5000, dport, 0x1234_5678))
+    };
+    let unsupported = || h.drops(DropReason::UnsupportedProtocol);
+    let before = unsupported();
+
+    let (verdict, icmp) = h.ext(&sctp(CLIENT, NODE, 30132));
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    assert_eq!((icmp.proto, icmp.src, icmp.dst), (ICMP, NODE, CLIENT));
+    assert!(icmp.ip_checksum_ok);
+    assert_eq!(icmp.l4_checksum_ok, Some(true));
+
+    let (verdict, icmp) = h.pod(&sctp(CLIENT_POD, CLUSTER_IP, 9000));
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    assert_eq!((icmp.proto, icmp.src, icmp.dst), (ICMP, CLUSTER_IP, CLIENT_POD));
+    assert_eq!(unsupported(), before + 2);
+
+    let no_port = h.drops(DropReason::NoServicePort);
+    let (verdict, _) = h.pod(&sctp(CLIENT_POD, CLUSTER_IP, 9001));
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    assert_eq!(h.drops(DropReason::NoServicePort), no_port + 1);
+
+    for frame in [sctp(CLIENT, NODE, 9000), sctp(CLIENT, LOCAL_POD, 30132)] {
+        let (verdict, out) = Harness::run(&h.ext, &frame);
+        assert_ne!(verdict, TC_ACT_SHOT);
+        assert_ne!(verdict, TC_ACT_REDIRECT);
+        assert_eq!(out, frame);
+    }
+    assert_eq!(unsupported(), before + 2);
 }

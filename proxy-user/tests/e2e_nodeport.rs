@@ -15,11 +15,13 @@ use std::{
     time::{Duration, Instant},
 };
 
+use proxy_common::DropReason;
 use sluice::{
     datapath::{PinPaths, maps::open_pinned},
     testbed::{
         Agent, AgentConfig, BpffsMount, EXTERNAL_ADDR, EchoServer, ManifestDir, Netns, Node, Pod,
-        Reply, TestCgroup, TestDir, Underlay, require_root, run_with_timeout, sweep_stale,
+        Reply, TestCgroup, TestDir, Underlay, drop_count, require_root, run_with_timeout,
+        sweep_stale,
     },
 };
 
@@ -29,6 +31,9 @@ const CLIENT: Ipv4Addr = EXTERNAL_ADDR;
 const EXTERNAL_IP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
 const LB_IP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 20);
 const LB_PROXY_IP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 21);
+/// A second external client, outside the source range of the test that
+/// uses it.
+const OUTSIDER: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 2);
 
 fn sluice_bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_sluice"))
@@ -448,5 +453,58 @@ fn session_affinity_is_shared_by_clusterip_and_nodeport() {
     }
     assert_eq!(firsts.len(), 2, "{clients} clients all went to {firsts:?}");
     assert!(clients >= 6);
+    agents.stop();
+}
+
+// Expect: a LoadBalancer service with loadBalancerSourceRanges [198.18.1.1/32]
+// serves the external client inside the range on its LoadBalancer IP and its
+// NodePort, while a second external client outside it gets no answer on
+// either (its SYNs are dropped and counted as source_range_denied); once the
+// ranges are removed from the Service, the outsider is served too.
+#[test]
+fn load_balancer_source_ranges_admit_only_listed_clients() {
+    if !require_root() {
+        return;
+    }
+    sweep_stale();
+    let dir = TestDir::new("lbsr").unwrap();
+    let c = cluster(1);
+    let underlay = &c._underlay;
+    let outsider = underlay.add_external_at("np-outsider", OUTSIDER).unwrap();
+    outsider.ip(&["route", "add", "203.0.113.0/24", "via", &device_addr(1).to_string()]).unwrap();
+    let manifests = ManifestDir::new_in(&dir).unwrap();
+    manifests.write_node(&c.nodes[0]).unwrap();
+    let status = format!("status:\n  loadBalancer:\n    ingress:\n    - ip: {LB_IP}\n");
+    let backends = [(&c.pods[0], &c.nodes[0])];
+    let write = |ranges: &str| {
+        let spec = format!("  type: LoadBalancer\n{ranges}{}", ports(30081));
+        let yaml = service_yaml("guarded", "10.96.0.31", &spec, &status, &backends);
+        manifests.write_file("guarded.yaml", &yaml).unwrap();
+    };
+    write(&format!("  loadBalancerSourceRanges: [\"{CLIENT}/32\"]\n"));
+    let agents = Agents::start(&c, &dir, &manifests, &[]);
+    let paths = PinPaths::new(agents.bpffs[0].path().join("sluice"));
+    let denied = || drop_count(&paths, DropReason::SourceRangeDenied).unwrap();
+
+    let lb = SocketAddrV4::new(LB_IP, 80);
+    let node_port = SocketAddrV4::new(device_addr(1), 30081);
+    for addr in [lb, node_port] {
+        wait_answer(&c.client, addr);
+        let seen = ask_many(&c.client, addr, 10);
+        assert_eq!(seen, [("be1".to_owned(), CLIENT.to_string())].into(), "inside -> {addr}");
+    }
+    let before = denied();
+    for addr in [lb, node_port] {
+        let res = ask(&outsider, addr);
+        assert!(res.is_err(), "outsider reached {addr}: {res:?}");
+    }
+    assert!(denied() >= before + 2, "source_range_denied {} -> {}", before, denied());
+
+    // Without ranges the service is open to everyone.
+    write("");
+    for addr in [lb, node_port] {
+        let (name, _) = wait_answer(&outsider, addr);
+        assert_eq!(name, "be1");
+    }
     agents.stop();
 }

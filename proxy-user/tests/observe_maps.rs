@@ -60,6 +60,7 @@ fn map_occupancy_and_drops_are_read_at_scrape_time() {
                 .to_vec(),
             affinity_timeout: None,
             policy: Default::default(),
+            source_ranges: Vec::new(),
         },
     )]);
     assert!(reconciler.sync(&desired).errors.is_empty());

@@ -4,10 +4,15 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use aya::maps::{HashMap, Map, MapData, MapError, PerCpuArray, PerCpuHashMap, PerCpuValues};
+use aya::maps::{
+    HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray, PerCpuHashMap, PerCpuValues,
+    lpm_trie::Key,
+};
+use ipnetwork::Ipv4Network;
 use proxy_common::{
     Backend, CtEntry, CtKey, DropReason, MAP_BACKENDS, MAP_BE_STATS, MAP_CT, MAP_DROPS, MAP_REVNAT,
-    MAP_SERVICES, MAP_SVC_STATS, MAP_VIPS, RevNat, ServiceKey, ServiceValue, TrafficStats,
+    MAP_SERVICES, MAP_SRC_RANGES, MAP_SVC_STATS, MAP_VIPS, RevNat, SRC_RANGE_ID_BITS, ServiceKey,
+    ServiceValue, SourceRangeKey, TrafficStats,
 };
 
 use super::{Error, PinPaths, Result};
@@ -35,6 +40,50 @@ pub trait LbMaps {
     /// Deletes the conntrack entries (both directions) of flows to these
     /// backends; returns how many.
     fn flush_ct_backends(&mut self, backend_ids: &BTreeSet<u32>) -> Result<usize>;
+    /// `SL_SRC_RANGES`: every entry; keys that are no valid range come
+    /// back as [`SourceRangeEntry::Invalid`] so they can be pruned.
+    fn source_ranges(&self) -> Result<Vec<SourceRangeEntry>>;
+    fn put_source_range(&mut self, rev_nat_index: u32, range: Ipv4Network) -> Result<()>;
+    fn delete_source_range(&mut self, entry: &SourceRangeEntry) -> Result<()>;
+}
+
+/// One `SL_SRC_RANGES` entry as read back.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum SourceRangeEntry {
+    /// A frontend's range.
+    Range(u32, Ipv4Network),
+    /// A key no writer of this version makes: (prefix_len, data).
+    Invalid(u32, u32, u32),
+}
+
+/// The trie key of a frontend's range.
+#[must_use]
+pub fn source_range_key(rev_nat_index: u32, range: Ipv4Network) -> Key<SourceRangeKey> {
+    let addr = proxy_common::addr_to_map(range.network());
+    Key::new(SRC_RANGE_ID_BITS + u32::from(range.prefix()), SourceRangeKey { rev_nat_index, addr })
+}
+
+impl SourceRangeEntry {
+    fn from_key(key: &Key<SourceRangeKey>) -> Self {
+        let (len, data) = (key.prefix_len(), key.data());
+        let range = len
+            .checked_sub(SRC_RANGE_ID_BITS)
+            .and_then(|p| u8::try_from(p).ok())
+            .and_then(|p| Ipv4Network::new(proxy_common::addr_from_map(data.addr), p).ok());
+        match range {
+            Some(r) => Self::Range(data.rev_nat_index, r),
+            None => Self::Invalid(len, data.rev_nat_index, data.addr),
+        }
+    }
+
+    fn key(&self) -> Key<SourceRangeKey> {
+        match *self {
+            Self::Range(rev, range) => source_range_key(rev, range),
+            Self::Invalid(len, rev_nat_index, addr) => {
+                Key::new(len, SourceRangeKey { rev_nat_index, addr })
+            }
+        }
+    }
 }
 
 /// The two counter maps.
@@ -65,7 +114,8 @@ pub struct PinnedMaps {
     ct: HashMap<MapData, CtKey, CtEntry>,
     svc_stats: PerCpuHashMap<MapData, u32, TrafficStats>,
     be_stats: PerCpuHashMap<MapData, u32, TrafficStats>,
-    capacities: [u32; 4],
+    src_ranges: LpmTrie<MapData, SourceRangeKey, u32>,
+    capacities: [u32; 5],
     nr_cpus: usize,
 }
 
@@ -103,6 +153,7 @@ impl PinnedMaps {
             ct: open_pinned(paths, MAP_CT)?,
             svc_stats: open_pinned(paths, MAP_SVC_STATS)?,
             be_stats: open_pinned(paths, MAP_BE_STATS)?,
+            src_ranges: open_pinned(paths, MAP_SRC_RANGES)?,
             nr_cpus: aya::util::nr_cpus()
                 .map_err(|(what, source)| Error::Io { path: what.into(), source })?,
             capacities: [
@@ -110,6 +161,7 @@ impl PinnedMaps {
                 capacity(paths, MAP_BACKENDS)?,
                 capacity(paths, MAP_REVNAT)?,
                 capacity(paths, MAP_VIPS)?,
+                capacity(paths, MAP_SRC_RANGES)?,
             ],
         })
     }
@@ -270,6 +322,23 @@ impl LbMaps for PinnedMaps {
         }
         Ok(doomed.len())
     }
+
+    fn source_ranges(&self) -> Result<Vec<SourceRangeEntry>> {
+        let keys = self.src_ranges.keys().collect::<Result<Vec<_>, _>>().map_err(|source| {
+            Error::MapOp { name: MAP_SRC_RANGES, op: "iterate", source: Box::new(source) }
+        })?;
+        Ok(keys.iter().map(SourceRangeEntry::from_key).collect())
+    }
+
+    fn put_source_range(&mut self, rev_nat_index: u32, range: Ipv4Network) -> Result<()> {
+        self.src_ranges
+            .insert(&source_range_key(rev_nat_index, range), 1, 0)
+            .map_err(|e| write_err(MAP_SRC_RANGES, "update", self.capacities[4], e))
+    }
+
+    fn delete_source_range(&mut self, entry: &SourceRangeEntry) -> Result<()> {
+        delete_ok(self.src_ranges.remove(&entry.key()), MAP_SRC_RANGES)
+    }
 }
 
 /// Counters of one entry, summed over CPUs; `None` when there is no entry.
@@ -305,6 +374,8 @@ pub enum Op {
     PutStats(StatsMap, u32),
     DeleteStats(StatsMap, u32),
     FlushCt(Vec<u32>),
+    PutSourceRange(u32, Ipv4Network),
+    DeleteSourceRange(SourceRangeEntry),
 }
 
 /// In-memory maps with a log of writes and optional capacities, for tests.
@@ -315,7 +386,12 @@ pub struct FakeMaps {
     pub rev_nats: BTreeMap<u32, RevNat>,
     pub vips: BTreeMap<u32, u32>,
     pub stats: BTreeMap<(StatsMap, u32), ()>,
+    pub src_ranges: BTreeSet<SourceRangeEntry>,
     pub log: Vec<Op>,
+    /// Moments the kernel would have seen a master entry with
+    /// `SVC_FLAG_SOURCE_RANGES` but no range of its frontend (every client
+    /// denied): checked after each write.
+    pub range_violations: Vec<String>,
     /// When set, inserting a new key beyond this many entries fails as a
     /// full kernel map does.
     pub service_capacity: Option<usize>,
@@ -324,6 +400,21 @@ pub struct FakeMaps {
 
 fn skey(k: &ServiceKey) -> (u32, u16, u8, u16) {
     (k.addr, k.dport, k.proto, k.backend_slot)
+}
+
+impl FakeMaps {
+    fn check_ranges(&mut self) {
+        for (key, value) in self.services.values() {
+            let flagged = value.flags & proxy_common::SVC_FLAG_SOURCE_RANGES != 0;
+            let has_ranges = self.src_ranges.iter().any(
+                |e| matches!(e, SourceRangeEntry::Range(rev, _) if *rev == value.rev_nat_index),
+            );
+            if key.backend_slot == 0 && flagged && !has_ranges {
+                let what = format!("master of {key:?} flagged without ranges");
+                self.range_violations.push(what);
+            }
+        }
+    }
 }
 
 impl LbMaps for FakeMaps {
@@ -365,6 +456,7 @@ impl LbMaps for FakeMaps {
             return Err(Error::MapFull { name: MAP_SERVICES, capacity: cap as u32 });
         }
         self.services.insert(skey(key), (*key, *value));
+        self.check_ranges();
         self.log.push(Op::PutService {
             slot: key.backend_slot,
             count: value.count,
@@ -426,5 +518,22 @@ impl LbMaps for FakeMaps {
     fn flush_ct_backends(&mut self, backend_ids: &BTreeSet<u32>) -> Result<usize> {
         self.log.push(Op::FlushCt(backend_ids.iter().copied().collect()));
         Ok(0)
+    }
+
+    fn source_ranges(&self) -> Result<Vec<SourceRangeEntry>> {
+        Ok(self.src_ranges.iter().copied().collect())
+    }
+
+    fn put_source_range(&mut self, rev_nat_index: u32, range: Ipv4Network) -> Result<()> {
+        self.src_ranges.insert(SourceRangeEntry::Range(rev_nat_index, range));
+        self.log.push(Op::PutSourceRange(rev_nat_index, range));
+        Ok(())
+    }
+
+    fn delete_source_range(&mut self, entry: &SourceRangeEntry) -> Result<()> {
+        self.src_ranges.remove(entry);
+        self.check_ranges();
+        self.log.push(Op::DeleteSourceRange(*entry));
+        Ok(())
     }
 }

@@ -24,6 +24,8 @@ pub struct MapSizes {
     pub conntrack: u32,
     /// `SL_AFFINITY`: (client, frontend) pairs with session affinity.
     pub affinity: u32,
+    /// `SL_SRC_RANGES`: loadBalancerSourceRanges entries of all frontends.
+    pub source_ranges: u32,
 }
 
 impl Default for MapSizes {
@@ -34,6 +36,7 @@ impl Default for MapSizes {
             frontends: proxy_common::REVNAT_MAX,
             conntrack: proxy_common::CT_MAX,
             affinity: proxy_common::AFFINITY_MAX,
+            source_ranges: proxy_common::SRC_RANGES_MAX,
         }
     }
 }
@@ -49,6 +52,7 @@ impl MapSizes {
             pc::MAP_REVNAT | pc::MAP_SVC_STATS | pc::MAP_VIPS => self.frontends,
             pc::MAP_CT => self.conntrack,
             pc::MAP_AFFINITY => self.affinity,
+            pc::MAP_SRC_RANGES => self.source_ranges,
             pc::MAP_SOCK_REVNAT => pc::SOCK_REVNAT_MAX,
             pc::MAP_FRAGS => pc::FRAGS_MAX,
             pc::MAP_ENDPOINTS => pc::ENDPOINTS_MAX,
@@ -68,6 +72,7 @@ impl MapSizes {
             frontends: 4_096,
             conntrack: 16_384,
             affinity: 4_096,
+            source_ranges: 1_024,
         }
     }
 }

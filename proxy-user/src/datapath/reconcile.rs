@@ -8,6 +8,12 @@
 //! away loses its master entry first, so no new flow can start on it while
 //! the rest is removed.
 //!
+//! `loadBalancerSourceRanges` entries are written before the master entry
+//! sets `SVC_FLAG_SOURCE_RANGES` and removed only after the master entry
+//! has dropped the flag (or is gone), so the kernel never sees the flag
+//! without the frontend's ranges (which would deny every client). While a
+//! list changes, the union of old and new ranges is allowed for a moment.
+//!
 //! The applied state is updated after each write that succeeded, so a
 //! failed sync leaves an exact record and the next sync carries on from
 //! there: nothing is leaked and nothing is written twice. At start the
@@ -19,15 +25,16 @@ use std::{
     net::Ipv4Addr,
 };
 
+use ipnetwork::Ipv4Network;
 use proxy_common::{
     BACKEND_FLAG_LOCAL, BACKEND_STATE_ACTIVE, BACKEND_STATE_MASK, BACKEND_STATE_TERMINATING,
     Backend, RevNat, SVC_FLAG_AFFINITY, SVC_FLAG_DROP_EMPTY, SVC_FLAG_EXTERNAL, SVC_FLAG_LOCAL,
-    ServiceKey, ServiceValue,
+    SVC_FLAG_SOURCE_RANGES, ServiceKey, ServiceValue,
 };
 
 use super::{
     Error, Result,
-    maps::{LbMaps, StatsMap},
+    maps::{LbMaps, SourceRangeEntry, StatsMap},
 };
 use crate::model::{
     BackendState, Desired, Frontend, FrontendKey, FrontendPolicy, Protocol, cache::Changes,
@@ -60,6 +67,8 @@ struct Applied {
     /// Backend id per slot (`slots[0]` is slot 1); 0 = unknown/missing.
     slots: Vec<u32>,
     backends: BTreeMap<(Ipv4Addr, u16), AppliedBackend>,
+    /// `SL_SRC_RANGES` entries of this frontend.
+    ranges: BTreeSet<Ipv4Network>,
 }
 
 /// What a sync did.
@@ -150,9 +159,13 @@ fn state_from_map(state: u8) -> (BackendState, bool) {
     }
 }
 
-/// A frontend's policy as `SVC_FLAG_*` bits.
-fn policy_flags(policy: &FrontendPolicy) -> u16 {
+/// A frontend's policy (and whether it has source ranges) as `SVC_FLAG_*`
+/// bits.
+fn policy_flags(policy: &FrontendPolicy, source_ranges: bool) -> u16 {
     let mut flags = 0;
+    if source_ranges {
+        flags |= SVC_FLAG_SOURCE_RANGES;
+    }
     if policy.external {
         flags |= SVC_FLAG_EXTERNAL;
     }
@@ -215,6 +228,7 @@ impl<M: LbMaps> Reconciler<M> {
                         vip_counted: false,
                         slots: Vec::new(),
                         backends: BTreeMap::new(),
+                        ranges: BTreeSet::new(),
                     },
                 );
             } else {
@@ -260,10 +274,29 @@ impl<M: LbMaps> Reconciler<M> {
             }
         }
 
+        let mut stray_ranges = Vec::new();
+        for entry in maps.source_ranges()? {
+            match entry {
+                SourceRangeEntry::Range(rev, range) => {
+                    match by_rev_nat.get(&rev).and_then(|fk| applied.get_mut(fk)) {
+                        Some(a) => {
+                            a.ranges.insert(range);
+                        }
+                        None => stray_ranges.push(entry),
+                    }
+                }
+                SourceRangeEntry::Invalid(..) => stray_ranges.push(entry),
+            }
+        }
+
         // Prune what nobody owns, in the safe order: slots, then backends,
-        // then reverse NAT.
+        // then reverse NAT. (Ranges of no restored master are no one's:
+        // no flag points at them.)
         for key in &stray_keys {
             maps.delete_service(key)?;
+        }
+        for entry in &stray_ranges {
+            maps.delete_source_range(entry)?;
         }
         for id in &stray_backends {
             maps.delete_backend(*id)?;
@@ -271,7 +304,8 @@ impl<M: LbMaps> Reconciler<M> {
         for index in &stray_rev_nats {
             maps.delete_rev_nat(*index)?;
         }
-        outcome.pruned = stray_keys.len() + stray_backends.len() + stray_rev_nats.len();
+        outcome.pruned =
+            stray_keys.len() + stray_backends.len() + stray_rev_nats.len() + stray_ranges.len();
         outcome.frontends = applied.len();
 
         // Counters: keep those of restored frontends and backends (they go
@@ -547,9 +581,19 @@ impl<M: LbMaps> Reconciler<M> {
             self.entry(fk).rev_nat_written = true;
         }
 
+        // 3b. Source ranges, before a master entry flag sends the kernel
+        // looking for them.
+        let ranges: BTreeSet<Ipv4Network> = frontend.source_ranges.iter().copied().collect();
+        let missing: Vec<Ipv4Network> =
+            ranges.difference(&self.applied[fk].ranges).copied().collect();
+        for range in missing {
+            self.maps.put_source_range(rev, range)?;
+            self.entry(fk).ranges.insert(range);
+        }
+
         // 4. The master entry, now that everything it points at exists; a
         // new frontend first registers its address.
-        let flags = policy_flags(&frontend.policy);
+        let flags = policy_flags(&frontend.policy, !ranges.is_empty());
         if self.applied[fk].count.is_none() {
             self.maps.put_stats(StatsMap::Service, rev)?;
         }
@@ -579,6 +623,15 @@ impl<M: LbMaps> Reconciler<M> {
             a.affinity = affinity;
             a.flags = flags;
             a.affinity_id = affinity_id;
+        }
+
+        // 4b. Ranges no longer wanted, now that the master entry no longer
+        // relies on them.
+        let surplus: Vec<Ipv4Network> =
+            self.applied[fk].ranges.difference(&ranges).copied().collect();
+        for range in surplus {
+            self.maps.delete_source_range(&SourceRangeEntry::Range(rev, range))?;
+            self.entry(fk).ranges.remove(&range);
         }
 
         // 5. Surplus slots.
@@ -614,6 +667,12 @@ impl<M: LbMaps> Reconciler<M> {
             self.remove_vip(fk.addr)?;
             self.entry(fk).vip_counted = false;
         }
+        let rev = self.applied[fk].rev_nat_index;
+        let ranges: Vec<Ipv4Network> = self.applied[fk].ranges.iter().copied().collect();
+        for range in ranges {
+            self.maps.delete_source_range(&SourceRangeEntry::Range(rev, range))?;
+            self.entry(fk).ranges.remove(&range);
+        }
         while let Some(&_id) = self.applied[fk].slots.last() {
             let slot = u16::try_from(self.applied[fk].slots.len()).expect("slots fit u16");
             self.maps.delete_service(&service_key(fk, slot))?;
@@ -624,7 +683,6 @@ impl<M: LbMaps> Reconciler<M> {
         for (k, id) in ids {
             self.delete_backend(fk, k, id)?;
         }
-        let rev = self.applied[fk].rev_nat_index;
         if self.applied[fk].rev_nat_written {
             self.maps.delete_rev_nat(rev)?;
         }

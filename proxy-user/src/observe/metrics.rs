@@ -657,6 +657,7 @@ mod tests {
                         .collect(),
                     affinity_timeout: None,
                     policy: Default::default(),
+                    source_ranges: Vec::new(),
                 },
             )
         };

@@ -765,8 +765,14 @@ impl Underlay {
     /// [`EXTERNAL_ADDR`] (so every answer, UDP too, comes from that address),
     /// a direct route to the node subnet, and no route to any pod.
     pub fn add_external(&self, label: &str) -> anyhow::Result<Netns> {
+        self.add_external_at(label, EXTERNAL_ADDR)
+    }
+
+    /// Another external host, as [`Underlay::add_external`] but with `addr`
+    /// (in `198.18.1.0/24`, which [`Underlay::route_to_external`] routes).
+    pub fn add_external_at(&self, label: &str, addr: Ipv4Addr) -> anyhow::Result<Netns> {
         let ns = Netns::new(label)?;
-        self.plug(&ns, &[format!("{EXTERNAL_ADDR}/24")])?;
+        self.plug(&ns, &[format!("{addr}/24")])?;
         ns.ip(&["route", "add", &format!("198.18.0.0/{UNDERLAY_PREFIX}"), "dev", "eth0"])?;
         Ok(ns)
     }

@@ -25,6 +25,7 @@ fn frontend(backends: &[BackendSpec]) -> Frontend {
         backends: backends.to_vec(),
         affinity_timeout: None,
         policy: Default::default(),
+        source_ranges: Vec::new(),
     }
 }
 
@@ -432,4 +433,113 @@ fn affinity_groups_follow_changes_that_name_only_one_frontend() {
     let only = desired(&[(node_port, f)]);
     r.sync_changes(&only, &Changes::Keys([cluster_ip].into()));
     assert_eq!(group_of(&r, &node_port), r.applied[&node_port].rev_nat_index);
+}
+
+fn net(s: &str) -> Ipv4Network {
+    s.parse().unwrap()
+}
+
+fn with_ranges(backends: &[BackendSpec], ranges: &[&str]) -> Frontend {
+    Frontend { source_ranges: ranges.iter().map(|r| net(r)).collect(), ..frontend(backends) }
+}
+
+fn master(r: &Reconciler<FakeMaps>, fk: &FrontendKey) -> ServiceValue {
+    r.maps().services.values().find(|(k, _)| *k == service_key(fk, 0)).unwrap().1
+}
+
+/// The source-range writes and master writes, in order.
+fn range_ops(log: &[Op]) -> Vec<Op> {
+    log.iter()
+        .filter(|op| {
+            matches!(
+                op,
+                Op::PutSourceRange(..)
+                    | Op::DeleteSourceRange(..)
+                    | Op::PutService { slot: 0, .. }
+                    | Op::DeleteService { slot: 0 }
+            )
+        })
+        .cloned()
+        .collect()
+}
+
+#[test]
+fn source_ranges_are_written_before_the_flag_and_removed_after_it() {
+    let (mut r, _) = Reconciler::restore(FakeMaps::default()).unwrap();
+    let lb = FrontendKey { addr: Ipv4Addr::new(203, 0, 113, 10), ..fk(80) };
+    let master_op = Op::PutService { slot: 0, count: 1, backend_id: 0 };
+
+    // New frontend with ranges: both ranges, then the master with the flag.
+    r.sync(&desired(&[(lb, with_ranges(&active(&[1]), &["198.18.1.0/28", "10.0.0.0/8"]))]));
+    assert_eq!(
+        range_ops(&r.maps().log),
+        vec![
+            Op::PutSourceRange(1, net("10.0.0.0/8")),
+            Op::PutSourceRange(1, net("198.18.1.0/28")),
+            master_op.clone(),
+        ]
+    );
+    assert_ne!(master(&r, &lb).flags & SVC_FLAG_SOURCE_RANGES, 0);
+
+    // A changed list: the new range first, the old one after (the master is
+    // unchanged, the flag stays).
+    let start = r.maps().log.len();
+    r.sync(&desired(&[(lb, with_ranges(&active(&[1]), &["198.18.1.0/28", "192.0.2.0/24"]))]));
+    assert_eq!(
+        range_ops(&r.maps().log[start..]),
+        vec![
+            Op::PutSourceRange(1, net("192.0.2.0/24")),
+            Op::DeleteSourceRange(SourceRangeEntry::Range(1, net("10.0.0.0/8"))),
+        ]
+    );
+
+    // No ranges any more: the flag goes first, then the ranges.
+    let start = r.maps().log.len();
+    r.sync(&desired(&[(lb, with_ranges(&active(&[1]), &[]))]));
+    assert_eq!(
+        range_ops(&r.maps().log[start..]),
+        vec![
+            master_op,
+            Op::DeleteSourceRange(SourceRangeEntry::Range(1, net("192.0.2.0/24"))),
+            Op::DeleteSourceRange(SourceRangeEntry::Range(1, net("198.18.1.0/28"))),
+        ]
+    );
+    assert_eq!(master(&r, &lb).flags & SVC_FLAG_SOURCE_RANGES, 0);
+    assert!(r.maps().src_ranges.is_empty());
+
+    // Back on, then the service goes: master first, then its ranges.
+    r.sync(&desired(&[(lb, with_ranges(&active(&[1]), &["198.18.1.0/28"]))]));
+    let start = r.maps().log.len();
+    r.sync(&Desired::new());
+    assert_eq!(
+        range_ops(&r.maps().log[start..]),
+        vec![
+            Op::DeleteService { slot: 0 },
+            Op::DeleteSourceRange(SourceRangeEntry::Range(1, net("198.18.1.0/28"))),
+        ]
+    );
+    assert!(r.maps().src_ranges.is_empty() && r.maps().services.is_empty());
+    assert!(r.maps().range_violations.is_empty(), "{:?}", r.maps().range_violations);
+}
+
+#[test]
+fn restore_adopts_source_ranges_of_live_frontends_and_prunes_the_rest() {
+    let (mut r, _) = Reconciler::restore(FakeMaps::default()).unwrap();
+    let d = desired(&[(fk(80), with_ranges(&active(&[1]), &["198.18.1.0/28"]))]);
+    r.sync(&d);
+    let mut maps = std::mem::take(&mut r.maps);
+    // A range of a frontend that no longer exists, and a key no writer makes.
+    maps.src_ranges.insert(SourceRangeEntry::Range(42, net("192.0.2.0/24")));
+    maps.src_ranges.insert(SourceRangeEntry::Invalid(8, 1, 0));
+    maps.log.clear();
+    let (mut r2, restored) = Reconciler::restore(maps).unwrap();
+    assert_eq!(restored.pruned, 2);
+    assert_eq!(
+        r2.maps().src_ranges.iter().copied().collect::<Vec<_>>(),
+        vec![SourceRangeEntry::Range(1, net("198.18.1.0/28"))]
+    );
+    // Adopted: the same desired state writes nothing.
+    let before = r2.maps().log.len();
+    r2.sync(&d);
+    assert_eq!(r2.maps().log.len(), before, "rewrote: {:?}", &r2.maps().log[before..]);
 }
