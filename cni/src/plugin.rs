@@ -7,7 +7,7 @@
 //!  CNI_IFNAME  <------- veth pair ------->  sl<12 hex>
 //!   10.244.0.5/32                            route 10.244.0.5/32 scope link
 //!   169.254.1.1 dev IF scope link            neigh 10.244.0.5 -> pod MAC (permanent)
-//!   default via 169.254.1.1                  tcx ingress: sl_pod_ingress (pinned link)
+//!   default via 169.254.1.1                  tc ingress: sl_pod_ingress (clsact, bpf da)
 //!   neigh 169.254.1.1 -> host MAC (perm.)    SL_ENDPOINTS[10.244.0.5] = {ifindex, MACs}
 //! ```
 //! The gateway 169.254.1.1 exists nowhere: the pod resolves it with a static
@@ -18,8 +18,8 @@
 //! the host veth.
 //!
 //! ADD is transactional: [`AddGuard`] undoes the address allocation, the veth
-//! (and with it everything on it), the endpoint entry and the link pin unless
-//! it is disarmed at the end. DEL needs only the container ID and ifname: the
+//! (and with it everything on it, the tc filter too) and the endpoint entry
+//! unless it is disarmed at the end. DEL needs only the container ID and ifname: the
 //! host veth's name is derived from them, and deleting it deletes the pair.
 
 use std::net::Ipv4Addr;
@@ -137,7 +137,6 @@ struct AddGuard<'a> {
     delegate_added: bool,
     host_if: Option<String>,
     endpoint: Option<Ipv4Addr>,
-    link_pin: Option<u32>,
     armed: bool,
 }
 
@@ -154,9 +153,6 @@ impl Drop for AddGuard<'_> {
         }
         // Best effort, in reverse order. Errors are dropped: the ADD's own
         // error is what the runtime sees (and it will call DEL as well).
-        if let Some(ifindex) = self.link_pin {
-            let _ = self.pins.detach(ifindex);
-        }
         if let Some(ip) = self.endpoint {
             let _ = self.pins.remove_endpoint(ip);
         }
@@ -234,7 +230,6 @@ async fn add(env: &Env, conf: &NetConf) -> Result<Value> {
         delegate_added: false,
         host_if: None,
         endpoint: None,
-        link_pin: None,
         armed: true,
     };
 
@@ -286,6 +281,12 @@ async fn add(env: &Env, conf: &NetConf) -> Result<Value> {
         errno: None,
     })?;
 
+    // The pod program, while the host veth is still down (the filter goes
+    // with the veth if ADD fails later).
+    pins.attach(&host_if)?;
+    env.fail_point("attach")?;
+    timing.mark("attach");
+
     // Node side.
     netlink::ensure_sysctl("net.ipv4.ip_forward", "1")?;
     netlink::ensure_sysctl(&format!("net.ipv4.conf.{host_if}.rp_filter"), "0")?;
@@ -325,10 +326,6 @@ async fn add(env: &Env, conf: &NetConf) -> Result<Value> {
     guard.endpoint = Some(ip);
     env.fail_point("endpoint")?;
     timing.mark("endpoint");
-    pins.attach(&host_if, host.index)?;
-    guard.link_pin = Some(host.index);
-    env.fail_point("attach")?;
-    timing.mark("attach");
 
     {
         let mut st = Store::open(&conf.data_dir, &conf.name)?;
@@ -393,10 +390,10 @@ async fn teardown(
             pins.remove_endpoint(ip)?;
         }
     }
-    // The link before its pin: releasing the tcx link of a live interface
-    // waits for an RCU grace period under the RTNL lock, which would stall
-    // the deletion; once the interface is gone the link is defunct and its
-    // release is cheap.
+    // The link (and with it the pod program's filter), then a tcx link pin
+    // that an older version left: releasing the tcx link of a live
+    // interface waits for an RCU grace period under the RTNL lock; once the
+    // interface is gone the link is defunct and its release is cheap.
     if let Some(l) = &link {
         let t = Timing::new();
         netlink::delete_link_index(node, l.index, host_if).await?;
@@ -544,11 +541,8 @@ async fn check(env: &Env, conf: &NetConf) -> Result<Value> {
                 }
             }
         }
-        if !pins.link(h.index).exists() {
-            diffs.push(format!(
-                "the pod program's link pin {} is missing",
-                pins.link(h.index).display()
-            ));
+        if !netlink::has_pod_filter(&node, h.index).await? {
+            diffs.push(format!("the pod program's tc filter on {host_if} is missing"));
         }
     }
     match Store::open_existing(&conf.data_dir, &conf.name)? {

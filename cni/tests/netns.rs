@@ -46,7 +46,8 @@ fn add_check_del_in_every_version() {
 
         // Node sysctls, pins, map entries.
         assert_eq!(fx.node.read_sysctl("net.ipv4.ip_forward").unwrap(), "1");
-        assert_eq!(fx.link_pins().len(), 2, "{:?}", fx.link_pins());
+        assert_eq!(fx.pod_filters().len(), 2, "{:?}", fx.pod_filters());
+        assert_eq!(fx.link_pins(), Vec::<String>::new());
         let mut eps = fx.endpoint_entries();
         eps.sort();
         let mut want = vec![ip_a, ip_b];
@@ -70,11 +71,16 @@ fn add_check_del_in_every_version() {
         assert_eq!(r.raw.trim(), "", "CHECK prints nothing on success");
         a.ip(&["route", "del", "default"]).unwrap();
         fx.node.ip(&["link", "set", &host_if, "down"]).unwrap();
+        let mut del_filter = std::process::Command::new("tc");
+        del_filter.args(["-n", fx.node.name(), "filter", "del", "dev", &host_if, "ingress"]);
+        sluice::testbed::run_checked(&mut del_filter, IO).unwrap();
+        assert_eq!(fx.pod_filters().len(), 1, "{:?}", fx.pod_filters());
         let r = fx.verb("CHECK", &check_conf, "ctr-a", &a_path, "eth0");
         r.expect_code(105, "CHECK after tampering");
         let details = r.stdout["details"].as_str().unwrap();
         assert!(details.contains("default route"), "{details}");
         assert!(details.contains("is down"), "{details}");
+        assert!(details.contains("tc filter"), "{details}");
 
         // DEL, DEL again, DEL as containerd's second call (no netns, no prevResult).
         let del_conf = fx.conf(version, &json!({"prevResult": ra}));
@@ -183,7 +189,7 @@ fn status_gc_and_agent_readiness() {
     assert_eq!(fx.host_links(), vec![sluice_cni::names::host_veth_name("ctr-1", "eth0")]);
     assert_eq!(fx.endpoint_entries(), vec![ips[1]]);
     assert_eq!(fx.store_entries(), 1);
-    assert_eq!(fx.link_pins().len(), 1);
+    assert_eq!(fx.pod_filters().len(), 1);
     // A veth that no record owns (a killed ADD) goes too.
     fx.node.ip(&["link", "add", "sl00000000beef", "type", "veth", "peer", "name", "x0"]).unwrap();
     let r = fx.run(&[("CNI_COMMAND", "GC")], gc.to_string().as_bytes());
