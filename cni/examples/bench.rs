@@ -108,7 +108,15 @@ fn main() -> anyhow::Result<()> {
                 "mtu": 1500}),
         ));
     }
-    let mut step_times: std::collections::BTreeMap<String, Vec<f64>> = Default::default();
+    // (step, samples) in the order the steps first appear.
+    let mut step_times: Vec<(String, Vec<f64>)> = Vec::new();
+    let push_step = |steps: &mut Vec<(String, Vec<f64>)>, step: String, v: f64| match steps
+        .iter_mut()
+        .find(|(s, _)| *s == step)
+    {
+        Some((_, samples)) => samples.push(v),
+        None => steps.push((step, vec![v])),
+    };
 
     eprintln!("creating {} pod namespaces ...", pods * plugins.len());
     let netns: Vec<Vec<Netns>> = (0..plugins.len())
@@ -126,17 +134,18 @@ fn main() -> anyhow::Result<()> {
         let mut cmd = node.command(&bin)?;
         cmd.env_clear()
             .env("CNI_COMMAND", verb)
-            .env("CNI_CONTAINERID", format!("bench{i}"))
+            // Per plugin: the host veth's name derives from it.
+            .env("CNI_CONTAINERID", format!("{}-{i}", conf["name"].as_str().unwrap_or_default()))
             .env("CNI_NETNS", &path)
             .env("CNI_IFNAME", "eth0")
             .env("CNI_PATH", &bin_dir)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        if steps && p == 0 {
-            cmd.env("SLUICE_CNI_TIMING", "1");
-        }
         let input = conf.to_string();
+        if steps && p == 0 {
+            cmd.env("SLUICE_CNI_TIMING", sluice_cni::timing::monotonic_ns().to_string());
+        }
         let start = Instant::now();
         let mut child = cmd.spawn()?;
         child.stdin.take().expect("piped").write_all(input.as_bytes())?;
@@ -149,7 +158,8 @@ fn main() -> anyhow::Result<()> {
             String::from_utf8_lossy(&out.stderr)
         );
         if steps && p == 0 {
-            // "sluice-cni: STEP at X ms", cumulative: each step's share.
+            // "sluice-cni: STEP at X ms", cumulative from the spawn: each
+            // step's share; "exit" is from the last mark to the wait's end.
             let mut last = 0.0;
             for line in String::from_utf8_lossy(&out.stderr).lines() {
                 let Some((step, at)) = line
@@ -159,16 +169,13 @@ fn main() -> anyhow::Result<()> {
                 else {
                     continue;
                 };
-                let share = if step == "link deleted" { at } else { at - last };
-                if step != "link deleted" {
-                    last = at;
-                }
-                step_times.entry(format!("{verb} {step}")).or_default().push(share);
+                let share = at - last;
+                last = at;
+                push_step(&mut step_times, format!("{verb} {step}"), share);
             }
-            step_times
-                .entry(format!("{verb} total (spawn to exit)"))
-                .or_default()
-                .push(took.as_secs_f64() * 1000.0);
+            let total = took.as_secs_f64() * 1000.0;
+            push_step(&mut step_times, format!("{verb} exit"), total - last);
+            push_step(&mut step_times, format!("{verb} total (spawn to exit)"), total);
         }
         Ok(took)
     };
