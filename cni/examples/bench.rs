@@ -2,15 +2,19 @@
 //! reference `ptp`+`host-local` and `bridge`+`host-local` (from
 //! /usr/lib/cni), interleaved in one run, plus the kernel's own deletion
 //! time of a bare veth pair and of a pod-like one (peer in a pod namespace,
-//! pod program attached with tcx) as DEL's floors. Needs root; everything
-//! happens in namespaces it creates.
+//! pod program attached as sluice-cni attaches it) as DEL's floors. Needs
+//! root; everything happens in namespaces it creates.
 //!
 //! ```text
 //! cargo build --release -p sluice-cni --examples
 //! sudo target/release/examples/bench [--pods N] [--plugin-bin PATH]
+//!     [--baseline-bin PATH] [--steps]
 //! ```
 //! Default 500 pods per plugin; `--plugin-bin` defaults to `sluice-cni`
 //! next to this example's directory (`target/<profile>/sluice-cni`).
+//! `--baseline-bin`: another sluice-cni build (e.g. main's) as one more
+//! plugin in the same interleaved run. `--steps`: ADD's and DEL's steps
+//! (the plugin's `SLUICE_CNI_TIMING` output), p50 of each step's share.
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -30,12 +34,18 @@ fn main() -> anyhow::Result<()> {
     }
     let mut pods = 500usize;
     let mut plugin_bin: Option<PathBuf> = None;
+    let mut baseline_bin: Option<PathBuf> = None;
+    let mut steps = false;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
             "--pods" => pods = args.next().unwrap_or_default().parse()?,
             "--plugin-bin" => plugin_bin = args.next().map(PathBuf::from),
-            other => anyhow::bail!("unknown argument {other:?} (--pods N, --plugin-bin PATH)"),
+            "--baseline-bin" => baseline_bin = args.next().map(PathBuf::from),
+            "--steps" => steps = true,
+            other => anyhow::bail!(
+                "unknown argument {other:?} (--pods N, --plugin-bin PATH, --baseline-bin PATH, --steps)"
+            ),
         }
     }
     let exe = std::env::current_exe()?;
@@ -64,11 +74,14 @@ fn main() -> anyhow::Result<()> {
     let bin_dir = dir.join("bin");
     std::fs::create_dir_all(&bin_dir)?;
     std::fs::copy(&plugin_bin, bin_dir.join("sluice-cni"))?;
+    if let Some(b) = &baseline_bin {
+        std::fs::copy(b, bin_dir.join("sluice-cni-baseline"))?;
+    }
     for p in ["ptp", "bridge", "host-local"] {
         std::os::unix::fs::symlink(Path::new(REF_DIR).join(p), bin_dir.join(p))?;
     }
     let host_local = |subnet: &str| json!({"type": "host-local", "subnet": subnet, "dataDir": dir.join("host-local")});
-    let plugins: Vec<(&str, Value)> = vec![
+    let mut plugins: Vec<(&str, Value)> = vec![
         (
             "sluice-cni",
             json!({"cniVersion": "1.0.0", "name": "bench-sluice", "type": "sluice-cni",
@@ -86,6 +99,24 @@ fn main() -> anyhow::Result<()> {
                 "bridge": "benchbr0", "isGateway": true, "ipam": host_local("10.246.0.0/16")}),
         ),
     ];
+    if baseline_bin.is_some() {
+        // Its own network name and dataDir; the same agent pins.
+        plugins.push((
+            "sluice-cni baseline",
+            json!({"cniVersion": "1.0.0", "name": "bench-base", "type": "sluice-cni-baseline",
+                "podCIDR": "10.247.0.0/16", "bpffsRoot": root, "dataDir": dir.join("base-data"),
+                "mtu": 1500}),
+        ));
+    }
+    // (step, samples) in the order the steps first appear.
+    let mut step_times: Vec<(String, Vec<f64>)> = Vec::new();
+    let push_step = |steps: &mut Vec<(String, Vec<f64>)>, step: String, v: f64| match steps
+        .iter_mut()
+        .find(|(s, _)| *s == step)
+    {
+        Some((_, samples)) => samples.push(v),
+        None => steps.push((step, vec![v])),
+    };
 
     eprintln!("creating {} pod namespaces ...", pods * plugins.len());
     let netns: Vec<Vec<Netns>> = (0..plugins.len())
@@ -96,14 +127,15 @@ fn main() -> anyhow::Result<()> {
     let mut del: Vec<Vec<Duration>> = vec![Vec::new(); plugins.len()];
     let mut veth_del: Vec<Duration> = Vec::new();
     let mut veth_tcx_del: Vec<Duration> = Vec::new();
-    let run = |p: usize, verb: &str, i: usize| -> anyhow::Result<Duration> {
+    let mut run = |p: usize, verb: &str, i: usize| -> anyhow::Result<Duration> {
         let (name, conf) = &plugins[p];
         let bin = bin_dir.join(conf["type"].as_str().unwrap_or_default());
         let path = netns[p][i].path();
         let mut cmd = node.command(&bin)?;
         cmd.env_clear()
             .env("CNI_COMMAND", verb)
-            .env("CNI_CONTAINERID", format!("bench{i}"))
+            // Per plugin: the host veth's name derives from it.
+            .env("CNI_CONTAINERID", format!("{}-{i}", conf["name"].as_str().unwrap_or_default()))
             .env("CNI_NETNS", &path)
             .env("CNI_IFNAME", "eth0")
             .env("CNI_PATH", &bin_dir)
@@ -111,6 +143,9 @@ fn main() -> anyhow::Result<()> {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         let input = conf.to_string();
+        if steps && p == 0 {
+            cmd.env("SLUICE_CNI_TIMING", sluice_cni::timing::monotonic_ns().to_string());
+        }
         let start = Instant::now();
         let mut child = cmd.spawn()?;
         child.stdin.take().expect("piped").write_all(input.as_bytes())?;
@@ -122,6 +157,26 @@ fn main() -> anyhow::Result<()> {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
+        if steps && p == 0 {
+            // "sluice-cni: STEP at X ms", cumulative from the spawn: each
+            // step's share; "exit" is from the last mark to the wait's end.
+            let mut last = 0.0;
+            for line in String::from_utf8_lossy(&out.stderr).lines() {
+                let Some((step, at)) = line
+                    .strip_prefix("sluice-cni: ")
+                    .and_then(|l| l.split_once(" at "))
+                    .and_then(|(s, t)| Some((s, t.strip_suffix(" ms")?.parse::<f64>().ok()?)))
+                else {
+                    continue;
+                };
+                let share = at - last;
+                last = at;
+                push_step(&mut step_times, format!("{verb} {step}"), share);
+            }
+            let total = took.as_secs_f64() * 1000.0;
+            push_step(&mut step_times, format!("{verb} exit"), total - last);
+            push_step(&mut step_times, format!("{verb} total (spawn to exit)"), total);
+        }
         Ok(took)
     };
 
@@ -137,19 +192,16 @@ fn main() -> anyhow::Result<()> {
     for (i, pod_ns) in netns[0].iter().enumerate() {
         let veth = format!("bv{i}");
         node.ip(&["link", "add", &veth, "type", "veth", "peer", "name", &format!("bp{i}")])?;
-        // A second one with the pod program attached, as every pod's has.
-        // Its peer in a pod namespace, both ends up, like a pod's pair.
+        // A second one with the pod program attached, as every pod's has
+        // (before it is up, as sluice-cni does). Its peer in a pod
+        // namespace, both ends up, like a pod's pair.
         let tcx = format!("bt{i}");
         let peer_ns = pod_ns.name();
         node.ip(&["link", "add", &tcx, "type", "veth", "peer", "name", "bq0", "netns", peer_ns])?;
+        let (p2, t2) = (pins.clone(), tcx.clone());
+        node.exec(Duration::from_secs(10), move || p2.attach(&t2))??;
         node.ip(&["link", "set", &tcx, "up"])?;
         pod_ns.ip(&["link", "set", "bq0", "up"])?;
-        let (p2, t2) = (pins.clone(), tcx.clone());
-        let tcx_index = node.exec(Duration::from_secs(10), move || -> anyhow::Result<u32> {
-            let index = nix::net::if_::if_nametoindex(t2.as_str())?;
-            p2.attach(&t2, index)?;
-            Ok(index)
-        })??;
         for k in 0..plugins.len() + 2 {
             let p = (i + k) % (plugins.len() + 2);
             if p == plugins.len() {
@@ -158,7 +210,6 @@ fn main() -> anyhow::Result<()> {
                 veth_del.push(kernel_veth_del(&node, &veth)?);
             } else if p == plugins.len() + 1 {
                 veth_tcx_del.push(kernel_veth_del(&node, &tcx)?);
-                pins.detach(tcx_index)?;
             } else {
                 del[p].push(run(p, "DEL", i)?);
             }
@@ -189,7 +240,7 @@ fn main() -> anyhow::Result<()> {
     let (v50, v99) = (pct(&mut veth_del, 0.5), pct(&mut veth_del, 0.99));
     println!("{:<20} {:>9} {:>9} {v50:>9.2} {v99:>9.2}", "veth del (kernel)", "-", "-");
     let (t50, t99) = (pct(&mut veth_tcx_del, 0.5), pct(&mut veth_tcx_del, 0.99));
-    println!("{:<20} {:>9} {:>9} {t50:>9.2} {t99:>9.2}", "pod veth+tcx (kernel)", "-", "-");
+    println!("{:<20} {:>9} {:>9} {t50:>9.2} {t99:>9.2}", "pod veth+tc (kernel)", "-", "-");
     let ok_add = rows[0].0 <= rows[1].0 / 2.0;
     println!(
         "goal ADD p50 <= ptp/2: {} ({:.2} vs {:.2})",
@@ -197,13 +248,21 @@ fn main() -> anyhow::Result<()> {
         rows[0].0,
         rows[1].0 / 2.0
     );
-    for (what, floor) in [("veth del", v50), ("pod veth+tcx del", t50)] {
+    for (what, floor) in [("veth del", v50), ("pod veth+tc del", t50)] {
         println!(
             "goal DEL p50 <= {what} + 2 ms: {} ({:.2} vs {:.2})",
             if rows[0].2 <= floor + 2.0 { "met" } else { "MISSED" },
             rows[0].2,
             floor + 2.0
         );
+    }
+    if steps {
+        println!("sluice-cni steps (SLUICE_CNI_TIMING), ms p50 / p99 of each step's share:");
+        for (step, v) in &mut step_times {
+            v.sort_by(f64::total_cmp);
+            let q = |q: f64| v[((v.len() as f64 - 1.0) * q).round() as usize];
+            println!("  {step:<32} {:>7.2} / {:>7.2}", q(0.5), q(0.99));
+        }
     }
     // Dropping the namespaces and the node removes everything.
     drop(netns);

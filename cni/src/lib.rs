@@ -19,6 +19,7 @@ pub mod plugin;
 pub mod result;
 pub mod skel;
 pub mod store;
+pub mod timing;
 pub mod version;
 
 pub use error::{Error, Result};

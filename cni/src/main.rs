@@ -5,11 +5,13 @@ use std::io::{IsTerminal as _, Read as _};
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
+    sluice_cni::timing::mark("main");
     let env = sluice_cni::config::Env::from_process();
     let outcome = sluice_cni::skel::run_env(&env, read_stdin());
     if !outcome.stdout.is_null() {
         println!("{}", outcome.stdout);
     }
+    sluice_cni::timing::mark("printed");
     ExitCode::from(outcome.exit_code)
 }
 

@@ -410,3 +410,34 @@ pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
     }
     parts.next().is_none().then_some(out)
 }
+
+/// Whether link `index` has the pod program's tc filter: a `bpf` filter on
+/// the clsact ingress at [`proxy_common::pins::POD_FILTER_PRIORITY`] and
+/// [`proxy_common::pins::POD_FILTER_HANDLE`].
+pub async fn has_pod_filter(h: &Handle, index: u32) -> Result<bool> {
+    use proxy_common::pins::{POD_FILTER_HANDLE, POD_FILTER_PRIORITY};
+    use rtnetlink::packet_route::tc::TcAttribute;
+    let Ok(ifindex) = i32::try_from(index) else {
+        return Ok(false);
+    };
+    let mut s = h.traffic_filter(ifindex).get().ingress().execute();
+    let mut found = false;
+    loop {
+        let m = match s.try_next().await {
+            Ok(Some(m)) => m,
+            Ok(None) => break,
+            // No such interface, or no clsact qdisc on it.
+            Err(e) if matches!(netlink_errno(&e), Some(libc::ENODEV | libc::EINVAL)) => {
+                return Ok(false);
+            }
+            Err(e) => return Err(Error::netlink(format!("listing tc filters of link {index}"))(e)),
+        };
+        let priority = m.header.info >> 16;
+        let handle = u32::from(m.header.handle);
+        let bpf = m.attributes.iter().any(|a| matches!(a, TcAttribute::Kind(k) if k == "bpf"));
+        if bpf && priority == u32::from(POD_FILTER_PRIORITY) && handle == POD_FILTER_HANDLE {
+            found = true;
+        }
+    }
+    Ok(found)
+}

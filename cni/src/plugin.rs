@@ -7,7 +7,7 @@
 //!  CNI_IFNAME  <------- veth pair ------->  sl<12 hex>
 //!   10.244.0.5/32                            route 10.244.0.5/32 scope link
 //!   169.254.1.1 dev IF scope link            neigh 10.244.0.5 -> pod MAC (permanent)
-//!   default via 169.254.1.1                  tcx ingress: sl_pod_ingress (pinned link)
+//!   default via 169.254.1.1                  tc ingress: sl_pod_ingress (clsact, bpf da)
 //!   neigh 169.254.1.1 -> host MAC (perm.)    SL_ENDPOINTS[10.244.0.5] = {ifindex, MACs}
 //! ```
 //! The gateway 169.254.1.1 exists nowhere: the pod resolves it with a static
@@ -18,8 +18,8 @@
 //! the host veth.
 //!
 //! ADD is transactional: [`AddGuard`] undoes the address allocation, the veth
-//! (and with it everything on it), the endpoint entry and the link pin unless
-//! it is disarmed at the end. DEL needs only the container ID and ifname: the
+//! (and with it everything on it, the tc filter too) and the endpoint entry
+//! unless it is disarmed at the end. DEL needs only the container ID and ifname: the
 //! host veth's name is derived from them, and deleting it deletes the pair.
 
 use std::net::Ipv4Addr;
@@ -36,7 +36,7 @@ use crate::result::{self, Wired};
 use crate::skel::Request;
 use crate::store::{Record, Store};
 use crate::version::{self, VersionReply};
-use crate::{Error, Result, delegate};
+use crate::{Error, Result, delegate, timing};
 
 /// VERSION: the versions this plugin supports, answered in the config's version.
 pub fn cmd_version(request: &Request) -> Result<Value> {
@@ -137,7 +137,6 @@ struct AddGuard<'a> {
     delegate_added: bool,
     host_if: Option<String>,
     endpoint: Option<Ipv4Addr>,
-    link_pin: Option<u32>,
     armed: bool,
 }
 
@@ -154,9 +153,6 @@ impl Drop for AddGuard<'_> {
         }
         // Best effort, in reverse order. Errors are dropped: the ADD's own
         // error is what the runtime sees (and it will call DEL as well).
-        if let Some(ifindex) = self.link_pin {
-            let _ = self.pins.detach(ifindex);
-        }
         if let Some(ip) = self.endpoint {
             let _ = self.pins.remove_endpoint(ip);
         }
@@ -188,23 +184,7 @@ impl Drop for AddGuard<'_> {
     }
 }
 
-/// `SLUICE_CNI_TIMING=1`: step timings on stderr (for benchmarks).
-struct Timing(Option<std::time::Instant>);
-
-impl Timing {
-    fn new() -> Self {
-        Timing(std::env::var_os("SLUICE_CNI_TIMING").map(|_| std::time::Instant::now()))
-    }
-
-    fn mark(&self, step: &str) {
-        if let Some(t) = self.0 {
-            eprintln!("sluice-cni: {step} at {:.3} ms", t.elapsed().as_secs_f64() * 1000.0);
-        }
-    }
-}
-
 async fn add(env: &Env, conf: &NetConf) -> Result<Value> {
-    let timing = Timing::new();
     let container_id = env.container_id()?;
     let ifname = env.ifname()?;
     let netns = env.netns()?;
@@ -214,7 +194,7 @@ async fn add(env: &Env, conf: &NetConf) -> Result<Value> {
     let node = netlink::connect()?;
     let pod = netlink::connect_in(&ns, netns)?;
     let host_if = host_veth_name(container_id, ifname);
-    timing.mark("connected");
+    timing::mark("connected");
 
     // A host veth of this attachment is a leftover of an earlier ADD (the
     // name is derived from it): replace it, with its link pin.
@@ -222,7 +202,7 @@ async fn add(env: &Env, conf: &NetConf) -> Result<Value> {
     if netlink::link_by_name(&pod, ifname).await?.is_some() {
         return Err(Error::IfnameTaken { ifname: ifname.to_owned(), netns: netns.to_owned() });
     }
-    timing.mark("stale checked");
+    timing::mark("stale checked");
 
     let mut guard = AddGuard {
         env,
@@ -234,7 +214,6 @@ async fn add(env: &Env, conf: &NetConf) -> Result<Value> {
         delegate_added: false,
         host_if: None,
         endpoint: None,
-        link_pin: None,
         armed: true,
     };
 
@@ -264,7 +243,7 @@ async fn add(env: &Env, conf: &NetConf) -> Result<Value> {
         ip
     };
     env.fail_point("ipam")?;
-    timing.mark("ipam");
+    timing::mark("ipam");
 
     // Links.
     let mtu = match conf.mtu {
@@ -274,7 +253,7 @@ async fn add(env: &Env, conf: &NetConf) -> Result<Value> {
     netlink::create_veth(&node, &host_if, ifname, &ns, mtu).await?;
     guard.host_if = Some(host_if.clone());
     env.fail_point("veth")?;
-    timing.mark("veth");
+    timing::mark("veth");
     let host = netlink::link_by_name(&node, &host_if).await?.ok_or_else(|| Error::Netlink {
         what: format!("looking up {host_if}"),
         reason: "created, but gone".into(),
@@ -286,6 +265,12 @@ async fn add(env: &Env, conf: &NetConf) -> Result<Value> {
         errno: None,
     })?;
 
+    // The pod program, while the host veth is still down (the filter goes
+    // with the veth if ADD fails later).
+    pins.attach(&host_if)?;
+    env.fail_point("attach")?;
+    timing::mark("attach");
+
     // Node side.
     netlink::ensure_sysctl("net.ipv4.ip_forward", "1")?;
     netlink::ensure_sysctl(&format!("net.ipv4.conf.{host_if}.rp_filter"), "0")?;
@@ -293,7 +278,7 @@ async fn add(env: &Env, conf: &NetConf) -> Result<Value> {
     netlink::add_route(&node, host.index, ip, 32, None).await?;
     netlink::add_neighbour(&node, host.index, ip, pod_link.mac).await?;
     env.fail_point("node")?;
-    timing.mark("node side");
+    timing::mark("node side");
 
     // Pod side.
     let i = pod_link.index;
@@ -311,7 +296,7 @@ async fn add(env: &Env, conf: &NetConf) -> Result<Value> {
     }
     netlink::add_neighbour(&pod, i, GATEWAY, host.mac).await?;
     env.fail_point("pod")?;
-    timing.mark("pod side");
+    timing::mark("pod side");
 
     // Data path.
     let info = EndpointInfo {
@@ -324,11 +309,7 @@ async fn add(env: &Env, conf: &NetConf) -> Result<Value> {
     pins.insert_endpoint(ip, info)?;
     guard.endpoint = Some(ip);
     env.fail_point("endpoint")?;
-    timing.mark("endpoint");
-    pins.attach(&host_if, host.index)?;
-    guard.link_pin = Some(host.index);
-    env.fail_point("attach")?;
-    timing.mark("attach");
+    timing::mark("endpoint");
 
     {
         let mut st = Store::open(&conf.data_dir, &conf.name)?;
@@ -339,6 +320,7 @@ async fn add(env: &Env, conf: &NetConf) -> Result<Value> {
         st.save()?;
     }
     guard.disarm();
+    timing::mark("store saved");
 
     let wired = Wired {
         host_if,
@@ -393,14 +375,13 @@ async fn teardown(
             pins.remove_endpoint(ip)?;
         }
     }
-    // The link before its pin: releasing the tcx link of a live interface
-    // waits for an RCU grace period under the RTNL lock, which would stall
-    // the deletion; once the interface is gone the link is defunct and its
-    // release is cheap.
+    // The link (and with it the pod program's filter), then a tcx link pin
+    // that an older version left: releasing the tcx link of a live
+    // interface waits for an RCU grace period under the RTNL lock; once the
+    // interface is gone the link is defunct and its release is cheap.
     if let Some(l) = &link {
-        let t = Timing::new();
         netlink::delete_link_index(node, l.index, host_if).await?;
-        t.mark("link deleted");
+        timing::mark("link deleted");
     }
     if let Some(i) = ifindex {
         pins.detach(i)?;
@@ -409,7 +390,6 @@ async fn teardown(
 }
 
 async fn del(env: &Env, conf: &NetConf) -> Result<Value> {
-    let timing = Timing::new();
     let container_id = env.container_id()?;
     let ifname = env.ifname()?;
     let host_if = host_veth_name(container_id, ifname);
@@ -423,9 +403,9 @@ async fn del(env: &Env, conf: &NetConf) -> Result<Value> {
             result::expected(p, ifname, env.netns.as_deref().unwrap_or(""), &host_if).ip
         })
     });
-    timing.mark("store read");
+    timing::mark("store read");
     teardown(&node, &pins, &host_if, ip, record.as_ref().map(|r| r.host_ifindex)).await?;
-    timing.mark("teardown");
+    timing::mark("teardown");
     if conf.ipam.is_some() {
         delegate::exec(env, conf, "DEL", &conf.raw)?;
     }
@@ -435,6 +415,7 @@ async fn del(env: &Env, conf: &NetConf) -> Result<Value> {
         st.mark_dirty();
         st.save()?;
     }
+    timing::mark("store saved");
     Ok(Value::Null)
 }
 
@@ -544,11 +525,8 @@ async fn check(env: &Env, conf: &NetConf) -> Result<Value> {
                 }
             }
         }
-        if !pins.link(h.index).exists() {
-            diffs.push(format!(
-                "the pod program's link pin {} is missing",
-                pins.link(h.index).display()
-            ));
+        if !netlink::has_pod_filter(&node, h.index).await? {
+            diffs.push(format!("the pod program's tc filter on {host_if} is missing"));
         }
     }
     match Store::open_existing(&conf.data_dir, &conf.name)? {

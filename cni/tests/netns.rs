@@ -46,7 +46,8 @@ fn add_check_del_in_every_version() {
 
         // Node sysctls, pins, map entries.
         assert_eq!(fx.node.read_sysctl("net.ipv4.ip_forward").unwrap(), "1");
-        assert_eq!(fx.link_pins().len(), 2, "{:?}", fx.link_pins());
+        assert_eq!(fx.pod_filters().len(), 2, "{:?}", fx.pod_filters());
+        assert_eq!(fx.link_pins(), Vec::<String>::new());
         let mut eps = fx.endpoint_entries();
         eps.sort();
         let mut want = vec![ip_a, ip_b];
@@ -70,11 +71,16 @@ fn add_check_del_in_every_version() {
         assert_eq!(r.raw.trim(), "", "CHECK prints nothing on success");
         a.ip(&["route", "del", "default"]).unwrap();
         fx.node.ip(&["link", "set", &host_if, "down"]).unwrap();
+        let mut del_filter = std::process::Command::new("tc");
+        del_filter.args(["-n", fx.node.name(), "filter", "del", "dev", &host_if, "ingress"]);
+        sluice::testbed::run_checked(&mut del_filter, IO).unwrap();
+        assert_eq!(fx.pod_filters().len(), 1, "{:?}", fx.pod_filters());
         let r = fx.verb("CHECK", &check_conf, "ctr-a", &a_path, "eth0");
         r.expect_code(105, "CHECK after tampering");
         let details = r.stdout["details"].as_str().unwrap();
         assert!(details.contains("default route"), "{details}");
         assert!(details.contains("is down"), "{details}");
+        assert!(details.contains("tc filter"), "{details}");
 
         // DEL, DEL again, DEL as containerd's second call (no netns, no prevResult).
         let del_conf = fx.conf(version, &json!({"prevResult": ra}));
@@ -183,7 +189,7 @@ fn status_gc_and_agent_readiness() {
     assert_eq!(fx.host_links(), vec![sluice_cni::names::host_veth_name("ctr-1", "eth0")]);
     assert_eq!(fx.endpoint_entries(), vec![ips[1]]);
     assert_eq!(fx.store_entries(), 1);
-    assert_eq!(fx.link_pins().len(), 1);
+    assert_eq!(fx.pod_filters().len(), 1);
     // A veth that no record owns (a killed ADD) goes too.
     fx.node.ip(&["link", "add", "sl00000000beef", "type", "veth", "peer", "name", "x0"]).unwrap();
     let r = fx.run(&[("CNI_COMMAND", "GC")], gc.to_string().as_bytes());
@@ -461,4 +467,109 @@ fn failed_add_leaves_nothing() {
     fx.add(&conf, "ctr-rb", &pod, "eth0").expect_ok("ADD");
     fx.verb("DEL", &conf, "ctr-rb", &path, "eth0").expect_ok("DEL");
     fx.assert_clean("end");
+}
+
+/// An attachment made by a version that attached the pod program with a
+/// pinned tcx link (`<root>/links/pod-ingress-<ifindex>`): DEL removes the
+/// pin with the veth, and an ADD over such a leftover replaces both.
+#[test]
+fn del_removes_an_older_versions_tcx_link_pin() {
+    use aya::programs::links::FdLink;
+    use aya::programs::tc::TcAttachOptions;
+    use aya::programs::{LinkOrder, SchedClassifier, TcAttachType};
+    if !require_root() {
+        return;
+    }
+    sweep_stale();
+    let fx = Fixture::new("legacy-pin", true);
+    let conf = fx.conf("1.0.0", &json!({}));
+    let pod = Netns::new("pod-l").unwrap();
+    let pod_path = pod.path().to_str().unwrap().to_owned();
+    // As the older version left it: the tcx link pinned next to the filter.
+    let pin_tcx = |fx: &Fixture| {
+        let host_if = fx.host_links().pop().expect("a host veth");
+        let pins = sluice_cni::datapath::Pins::new(&fx.root);
+        fx.node
+            .exec(IO, move || {
+                let index = nix::net::if_::if_nametoindex(host_if.as_str()).unwrap();
+                let mut prog = SchedClassifier::from_pin(pins.program()).unwrap();
+                let id = prog
+                    .attach_with_options(
+                        &host_if,
+                        TcAttachType::Ingress,
+                        TcAttachOptions::TcxOrder(LinkOrder::default()),
+                    )
+                    .unwrap();
+                let link = FdLink::try_from(prog.take_link(id).unwrap()).unwrap();
+                link.pin(pins.link(index)).unwrap();
+            })
+            .unwrap();
+        assert_eq!(fx.link_pins().len(), 1, "{:?}", fx.link_pins());
+    };
+    let old_pod = Netns::new("pod-old").unwrap();
+    fx.add(&conf, "ctr-l", &old_pod, "eth0").expect_ok("ADD");
+    pin_tcx(&fx);
+    // ADD again (a new sandbox namespace) over the leftover veth and pin:
+    // both replaced, no pin left.
+    fx.add(&conf, "ctr-l", &pod, "eth0").expect_ok("ADD over a leftover");
+    assert!(old_pod.ip(&["link", "show", "eth0"]).is_err(), "old pair left");
+    assert_eq!(fx.link_pins(), Vec::<String>::new());
+    assert_eq!(fx.pod_filters().len(), 1, "{:?}", fx.pod_filters());
+    pin_tcx(&fx);
+    let r = fx.verb("DEL", &conf, "ctr-l", &pod_path, "eth0");
+    assert!(r.ok, "DEL: {}", r.raw);
+    fx.assert_clean("after DEL of an older version's attachment");
+}
+
+/// The agent and the CNI attach the same filter: the agent's scan finds
+/// the CNI's filter and replaces the program in it (no second filter), a
+/// restarted agent (a new load, as on upgrade) does so again, and the filter
+/// keeps its place until the veth goes.
+#[test]
+fn agent_replaces_the_program_in_the_cnis_filter() {
+    use sluice::datapath::PinPaths;
+    use sluice::datapath::loader::Datapath;
+    if !require_root() {
+        return;
+    }
+    sweep_stale();
+    let fx = Fixture::new("agent-filter", true);
+    let conf = fx.conf("1.0.0", &json!({}));
+    let pod = Netns::new("pod-f").unwrap();
+    let pod_path = pod.path().to_str().unwrap().to_owned();
+    fx.add(&conf, "ctr-f", &pod, "eth0").expect_ok("ADD");
+    let host_if = fx.host_links().pop().expect("a host veth");
+    // The program id in our filter (`... handle 0x51 ... id N ...`).
+    let filter_prog_id = || {
+        let mut show = std::process::Command::new("tc");
+        show.args(["-n", fx.node.name(), "filter", "show", "dev", &host_if, "ingress"]);
+        let filters = sluice::testbed::run_checked(&mut show, IO).unwrap();
+        let ours: Vec<&str> = filters.lines().filter(|l| l.contains("handle 0x51")).collect();
+        assert_eq!(ours.len(), 1, "{filters}");
+        let words: Vec<&str> = ours[0].split_whitespace().collect();
+        let at = words.iter().position(|w| *w == "id").expect("a program id");
+        words[at + 1].parse::<u32>().unwrap()
+    };
+    let mut ids = vec![filter_prog_id()];
+    for agent in ["first agent", "restarted agent"] {
+        let (root, name) = (fx.root.clone(), host_if.clone());
+        let attached = fx
+            .node
+            .exec(Duration::from_secs(20), move || {
+                let sizes = sluice::datapath::MapSizes::small();
+                let mut dp = Datapath::load(&PinPaths::new(&root), &sizes).unwrap();
+                let index = nix::net::if_::if_nametoindex(name.as_str()).unwrap();
+                dp.attach_pod_device(&name, index).map(|()| dp.attached().contains(&index))
+            })
+            .unwrap();
+        assert!(attached.unwrap_or_else(|e| panic!("{agent}: {e}")), "{agent}");
+        assert_eq!(fx.pod_filters(), vec![host_if.clone()], "{agent}");
+        // Each agent loaded a program of its own, now in the filter.
+        let id = filter_prog_id();
+        assert!(!ids.contains(&id), "{agent}: the filter still has program {id} ({ids:?})");
+        ids.push(id);
+    }
+    let r = fx.verb("DEL", &conf, "ctr-f", &pod_path, "eth0");
+    assert!(r.ok, "DEL: {}", r.raw);
+    fx.assert_clean("after DEL");
 }

@@ -655,9 +655,22 @@ pub mod pins {
     pub const MAPS_DIR: &str = "maps";
     /// `<root>/progs/<PROG_NAME>`: the programs.
     pub const PROGS_DIR: &str = "progs";
-    /// `<root>/links/<POD_LINK_PREFIX><ifindex>`: one tcx link per pod interface.
+    /// `<root>/links/`: pinned bpf links (external devices, cgroups).
     pub const LINKS_DIR: &str = "links";
+    /// `<root>/links/<POD_LINK_PREFIX><ifindex>`: a tcx link per pod
+    /// interface, as versions before the tc filter (below) pinned them. No
+    /// longer created; the agent and the CNI remove those they find.
     pub const POD_LINK_PREFIX: &str = "pod-ingress-";
+    /// The pod program on pod interfaces is not a pinned link but a tc
+    /// filter: clsact qdisc, ingress, cls_bpf in direct-action mode, at this
+    /// priority and handle. (A tcx attach waits a full RCU grace period
+    /// under the RTNL lock, ~10 ms per pod, and makes deleting the interface
+    /// ~12 ms slower; the filter costs ~0.3 ms.) The CNI creates it on a new
+    /// veth before setting it up; the agent creates it on pod devices it
+    /// finds and replaces the program in it atomically on upgrade.
+    pub const POD_FILTER_PRIORITY: u16 = 1;
+    /// Handle of the pod program's filter (see [`POD_FILTER_PRIORITY`]).
+    pub const POD_FILTER_HANDLE: u32 = 0x51;
     /// `<root>/links/<EXT_LINK_PREFIX><ifindex>`: one tcx link per external device.
     pub const EXT_LINK_PREFIX: &str = "ext-ingress-";
 }

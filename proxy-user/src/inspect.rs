@@ -194,6 +194,8 @@ pub struct Status {
     pub program_pinned: bool,
     /// Socket-level LB links pinned (attached to the agent's cgroup root).
     pub socket_lb_attached: bool,
+    /// Interfaces of this network namespace with the pod program's tc
+    /// filter, and those with a tcx link pin an older version left.
     pub attached_ifindexes: Vec<u32>,
     pub maps: Vec<MapStatus>,
     pub drops: BTreeMap<&'static str, u64>,
@@ -262,6 +264,45 @@ fn count_entries(paths: &PinPaths, name: &'static str) -> Option<u64> {
     Some(n as u64)
 }
 
+/// Interfaces of the current network namespace that carry the pod
+/// program's tc filter (a `bpf` filter on the clsact ingress at
+/// `POD_FILTER_PRIORITY`/`POD_FILTER_HANDLE`); none when netlink fails.
+/// Runs on a thread of its own (callers may be inside a tokio runtime).
+#[must_use]
+pub fn pod_filter_ifindexes() -> Vec<u32> {
+    use futures::TryStreamExt as _;
+    use proxy_common::pins::{POD_FILTER_HANDLE, POD_FILTER_PRIORITY};
+    use rtnetlink::packet_route::tc::TcAttribute;
+    let query = || -> Option<Vec<u32>> {
+        let ifaces = nix::net::if_::if_nameindex().ok()?;
+        let rt = tokio::runtime::Builder::new_current_thread().enable_io().build().ok()?;
+        rt.block_on(async {
+            let (conn, handle, _) = rtnetlink::new_connection().ok()?;
+            tokio::spawn(conn);
+            let mut out = Vec::new();
+            for iface in &ifaces {
+                let index = iface.index();
+                let Ok(ifindex) = i32::try_from(index) else { continue };
+                let mut s = handle.traffic_filter(ifindex).get().ingress().execute();
+                while let Ok(Some(m)) = s.try_next().await {
+                    let bpf = m
+                        .attributes
+                        .iter()
+                        .any(|a| matches!(a, TcAttribute::Kind(k) if k == "bpf"));
+                    if bpf
+                        && m.header.info >> 16 == u32::from(POD_FILTER_PRIORITY)
+                        && u32::from(m.header.handle) == POD_FILTER_HANDLE
+                    {
+                        out.push(index);
+                    }
+                }
+            }
+            Some(out)
+        })
+    };
+    std::thread::scope(|s| s.spawn(query).join().ok().flatten()).unwrap_or_default()
+}
+
 /// `sluice status`.
 pub fn status(paths: &PinPaths) -> Status {
     let maps = ALL_MAPS
@@ -273,8 +314,11 @@ pub fn status(paths: &PinPaths) -> Status {
             capacity: capacity(paths, name).ok(),
         })
         .collect();
-    let attached: Vec<u32> =
+    let mut attached: Vec<u32> =
         paths.pod_links().unwrap_or_default().into_iter().map(|(ifindex, _)| ifindex).collect();
+    attached.extend(pod_filter_ifindexes());
+    attached.sort_unstable();
+    attached.dedup();
     let drops = read_drops(paths)
         .map(|d| d.into_iter().map(|(r, n)| (r.name(), n)).collect())
         .unwrap_or_default();

@@ -159,7 +159,32 @@ impl Fixture {
         sluice_cni::datapath::Pins::new(&self.root).endpoint_addrs().unwrap()
     }
 
-    /// Link pins under `<root>/links`.
+    /// Host links that carry the pod program's tc filter (`tc filter show`:
+    /// a `bpf` filter on the clsact ingress at the agent's priority and
+    /// handle, direct-action).
+    pub fn pod_filters(&self) -> Vec<String> {
+        use proxy_common::pins::{POD_FILTER_HANDLE, POD_FILTER_PRIORITY};
+        let mut out = Vec::new();
+        for link in self.host_links() {
+            let mut cmd = std::process::Command::new("tc");
+            cmd.args(["-n", self.node.name(), "-j", "filter", "show", "dev", &link, "ingress"]);
+            let json = sluice::testbed::run_checked(&mut cmd, Duration::from_secs(10)).unwrap();
+            let v: Value = serde_json::from_str(&json).unwrap();
+            let ours = v.as_array().unwrap().iter().any(|f| {
+                f["kind"] == "bpf"
+                    && f["pref"] == u64::from(POD_FILTER_PRIORITY)
+                    && f["options"]["handle"] == format!("{POD_FILTER_HANDLE:#x}")
+                    && f["options"]["direct-action"] == true
+            });
+            if ours {
+                out.push(link);
+            }
+        }
+        out
+    }
+
+    /// Link pins under `<root>/links` (none since the pod program is a tc
+    /// filter; older versions pinned tcx links there).
     pub fn link_pins(&self) -> Vec<String> {
         std::fs::read_dir(self.root.join("links"))
             .map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())

@@ -1,13 +1,22 @@
 //! Loads the kernel programs, pins maps and programs under the bpffs root,
-//! and attaches the pod program to interfaces with tcx links that are pinned
-//! too, so that an agent restart or upgrade replaces the program in place
-//! (atomically, through the pinned link) and drops no packet.
+//! and attaches the pod program to pod interfaces as tc filters and the
+//! external program to external devices with pinned tcx links, so that an
+//! agent restart or upgrade replaces the programs in place (atomically, in
+//! the filter or through the pinned link) and drops no packet.
 //!
 //! Pins under `<root>`:
 //! - `maps/<MAP_NAME>`: every map (reused when present, so state survives);
 //! - `progs/sl_pod_ingress`: the pod program (the CNI attaches it to new pods);
-//! - `links/pod-ingress-<ifindex>`: one tcx link per attached interface;
-//! - `links/ext-ingress-<ifindex>`: one per external device (`--devices`).
+//! - `links/ext-ingress-<ifindex>`: one tcx link per external device (`--devices`).
+//!
+//! Pod interfaces carry the pod program as a cls_bpf filter (clsact
+//! ingress, direct-action) at [`POD_FILTER_PRIORITY`]/[`POD_FILTER_HANDLE`],
+//! not a tcx link: a tcx attach waits a full RCU grace period under the RTNL
+//! lock (~10 ms, most of a CNI ADD) and slows the interface's deletion. The
+//! CNI attaches the same filter; the filter lives and dies with the
+//! interface. `links/pod-ingress-<ifindex>` tcx link pins that older versions
+//! left are removed once the filter is in place (the tcx copy ran first
+//! until then; it returns a verdict, so the program never runs twice).
 
 use std::{
     collections::BTreeSet,
@@ -24,8 +33,13 @@ use aya::{
         links::{FdLink, PinnedLink},
         tc::{SchedClassifierLink, TcAttachOptions},
     },
+    programs::{
+        ProgramError,
+        tc::{NlOptions, TcError, TcHandle, qdisc_add_clsact},
+    },
     util::KernelVersion,
 };
+use proxy_common::pins::{POD_FILTER_HANDLE, POD_FILTER_PRIORITY};
 use proxy_common::{
     AffinityKey, AffinityValue, Backend, CtEntry, CtKey, DatapathConfig, EndpointInfo, FragKey,
     FragPorts, MAP_AFFINITY, MAP_BACKENDS, MAP_BE_STATS, MAP_CONFIG, MAP_CT, MAP_DROPS,
@@ -237,12 +251,58 @@ impl Datapath {
         &self.attached
     }
 
-    /// Attaches the pod program to `ifname` (tc ingress, tcx). A link pinned
-    /// by an earlier agent is updated in place, atomically.
+    /// Attaches the pod program to `ifname` as its tc filter (clsact
+    /// ingress, direct-action, [`POD_FILTER_PRIORITY`]/[`POD_FILTER_HANDLE`]).
+    /// A filter there (the CNI's, or an earlier agent's) gets this agent's
+    /// program, atomically. Then a tcx link pin an older version left for
+    /// the interface is removed.
     pub fn attach_pod_device(&mut self, ifname: &str, ifindex: u32) -> Result<()> {
+        let attach_err =
+            |source| Error::Attach { ifname: ifname.to_string(), source: Box::new(source) };
+        let is_exists = |e: &ProgramError| {
+            matches!(e, ProgramError::TcError(TcError::NetlinkError(n))
+                if n.raw_os_error() == Some(libc::EEXIST))
+        };
+        match qdisc_add_clsact(ifname) {
+            Ok(()) => {}
+            Err(TcError::NetlinkError(e)) if e.raw_os_error() == Some(libc::EEXIST) => {}
+            Err(e) => return Err(attach_err(ProgramError::TcError(e))),
+        }
+        let options = || {
+            TcAttachOptions::Netlink(NlOptions {
+                priority: POD_FILTER_PRIORITY,
+                handle: TcHandle::from(POD_FILTER_HANDLE),
+                classid: None,
+            })
+        };
+        let prog = self.tc_program(PROG_POD_INGRESS)?;
+        let id = match prog.attach_with_options(ifname, TcAttachType::Ingress, options()) {
+            Ok(id) => id,
+            Err(e) if is_exists(&e) => {
+                // Replace the program in the existing filter (no create).
+                let link = SchedClassifierLink::attached(
+                    ifname,
+                    TcAttachType::Ingress,
+                    POD_FILTER_PRIORITY,
+                    TcHandle::from(POD_FILTER_HANDLE),
+                    None,
+                )
+                .map_err(|e| attach_err(ProgramError::TcError(TcError::IoError(e))))?;
+                prog.attach_to_link(link).map_err(attach_err)?
+            }
+            Err(e) => return Err(attach_err(e)),
+        };
+        // Dropping the link would delete the filter; it stays with the
+        // interface (the link is only an ifindex, priority and handle).
+        std::mem::forget(prog.take_link(id).map_err(attach_err)?);
         let pin = self.paths.pod_link(ifindex);
-        self.attach_tc(PROG_POD_INGRESS, &pin, ifname, ifindex)?;
+        match fs::remove_file(&pin) {
+            Ok(()) => info!(ifname, ifindex, "older version's tcx link replaced by the tc filter"),
+            Err(e) if e.kind() == ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::Io { path: pin, source: e }),
+        }
         self.attached.insert(ifindex);
+        info!(ifname, ifindex, "pod program attached");
         Ok(())
     }
 
@@ -348,15 +408,15 @@ impl Datapath {
         Ok(())
     }
 
-    /// Removes link pins of interfaces that are gone (their links are
-    /// already defunct) or no longer selected.
+    /// Forgets pod interfaces not in `keep` (gone: their filters went with
+    /// them), and removes tcx link pins older versions left for them.
     pub fn prune_links(&mut self, keep: &BTreeSet<u32>) -> Result<()> {
+        self.attached.retain(|i| keep.contains(i));
         let dir = self.paths.links();
         for (ifindex, path) in self.paths.pod_links().map_err(io_err(&dir))? {
             if !keep.contains(&ifindex) {
                 fs::remove_file(&path).map_err(io_err(&path))?;
-                self.attached.remove(&ifindex);
-                info!(ifindex, "pod program link removed (interface gone)");
+                info!(ifindex, "older version's pod link pin removed (interface gone)");
             }
         }
         Ok(())
