@@ -255,7 +255,9 @@ fn snapshot(
         changes,
         objects: objects(store),
         bad_objects,
-        local: observe::local_policy(store, node),
+        local: observe::hcnode::local_policy_of(store, node, model.local_services(), |k| {
+            model.slices_of(k)
+        }),
         triggers,
         node_eligible: store.nodes.get(node).map(observe::health::node_eligible),
         pod_cidrs: store.nodes.get(node).map(cniconf::pod_cidrs),

@@ -125,6 +125,9 @@ pub struct Reconciler<M> {
     /// Frontends the last sync could not (fully) write: a partial sync
     /// retries them whether or not they changed.
     failed: BTreeSet<FrontendKey>,
+    /// The desired frontends with session affinity (the only ones the
+    /// affinity-group pass looks at).
+    with_affinity: BTreeSet<FrontendKey>,
 }
 
 /// Hands out ids in increasing order (wrapping, skipping 0 and ids in use),
@@ -367,6 +370,7 @@ impl<M: LbMaps> Reconciler<M> {
                 removed_udp: Vec::new(),
                 vips,
                 failed: BTreeSet::new(),
+                with_affinity: BTreeSet::new(),
             },
             outcome,
         ))
@@ -388,6 +392,8 @@ impl<M: LbMaps> Reconciler<M> {
     pub fn sync(&mut self, desired: &Desired) -> SyncOutcome {
         let gone: Vec<FrontendKey> =
             self.applied.keys().filter(|k| !desired.contains_key(k)).copied().collect();
+        self.with_affinity =
+            desired.iter().filter(|(_, f)| f.affinity_timeout.is_some()).map(|(k, _)| *k).collect();
         self.sync_some(desired, gone, desired.keys().copied())
     }
 
@@ -399,7 +405,18 @@ impl<M: LbMaps> Reconciler<M> {
         keys.extend(std::mem::take(&mut self.failed));
         let (present, gone): (Vec<FrontendKey>, Vec<FrontendKey>) =
             keys.into_iter().partition(|k| desired.contains_key(k));
-        let gone = gone.into_iter().filter(|k| self.applied.contains_key(k)).collect();
+        let gone: Vec<FrontendKey> =
+            gone.into_iter().filter(|k| self.applied.contains_key(k)).collect();
+        for fk in &gone {
+            self.with_affinity.remove(fk);
+        }
+        for fk in &present {
+            if desired[fk].affinity_timeout.is_some() {
+                self.with_affinity.insert(*fk);
+            } else {
+                self.with_affinity.remove(fk);
+            }
+        }
         self.sync_some(desired, gone, present.into_iter())
     }
 
@@ -421,10 +438,12 @@ impl<M: LbMaps> Reconciler<M> {
         // rewritten even when nothing else about it did.
         let groups = self.affinity_groups(desired, &mut outcome);
         let mut todo: BTreeSet<FrontendKey> = present.collect();
-        todo.extend(desired.iter().filter_map(|(fk, f)| {
+        todo.extend(self.with_affinity.iter().filter(|fk| {
+            if !desired.contains_key(fk) {
+                return false;
+            }
             let group = groups.get(fk).copied().unwrap_or(0);
-            let applied = self.applied.get(fk).map(|a| a.affinity_id);
-            (f.affinity_timeout.is_some() && applied != Some(group)).then_some(*fk)
+            self.applied.get(fk).map(|a| a.affinity_id) != Some(group)
         }));
         for fk in todo {
             let group = groups.get(&fk).copied().unwrap_or(0);
@@ -473,10 +492,8 @@ impl<M: LbMaps> Reconciler<M> {
         type GroupKey<'a> = (&'a crate::manifest::ObjectKey, &'a str, Protocol, Vec<BackendKey>);
         type BackendKey = (Ipv4Addr, u16, BackendState);
         let mut groups: BTreeMap<GroupKey<'_>, Vec<(u32, FrontendKey)>> = BTreeMap::new();
-        for (fk, frontend) in desired {
-            if frontend.affinity_timeout.is_none() {
-                continue;
-            }
+        for fk in &self.with_affinity.clone() {
+            let Some(frontend) = desired.get(fk) else { continue };
             if !self.applied.contains_key(fk) {
                 match self.alloc_rev_nat() {
                     Ok(rev_nat_index) => {

@@ -11,6 +11,7 @@ use super::{
     service_frontends, usable_slice,
 };
 use crate::manifest::{ObjectKey, Store};
+use crate::observe::hcnode::has_local_policy;
 
 /// What changed in a store since the last update.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -77,6 +78,8 @@ pub struct ModelCache {
     /// Winning frontends per service and the backends of all of them.
     frontends_of: HashMap<ObjectKey, usize>,
     backends: usize,
+    /// Services with a Local traffic policy (health checks, no-local counts).
+    local_services: BTreeSet<ObjectKey>,
 }
 
 impl ModelCache {
@@ -97,6 +100,16 @@ impl ModelCache {
     /// Backends over all frontends.
     pub fn backends(&self) -> usize {
         self.backends
+    }
+
+    /// The Services with a Local traffic policy.
+    pub fn local_services(&self) -> impl Iterator<Item = &ObjectKey> {
+        self.local_services.iter()
+    }
+
+    /// A Service's usable EndpointSlices, parsed, in slice-key order.
+    pub fn slices_of(&self, service: &ObjectKey) -> &[SliceEndpoints] {
+        self.slices.get(service).map_or(&[][..], Vec::as_slice)
     }
 
     /// Every piece of the store the model skipped (in no particular order).
@@ -162,6 +175,7 @@ impl ModelCache {
                 changed.insert(fk);
             }
             self.service_warnings.remove(key);
+            self.local_services.remove(key);
         }
         for key in &services {
             if let Some(service) = store.services.get(key) {
@@ -199,6 +213,9 @@ impl ModelCache {
         zone: &str,
         changed: &mut BTreeSet<FrontendKey>,
     ) {
+        if has_local_policy(service) {
+            self.local_services.insert(key.clone());
+        }
         let mut warnings = Vec::new();
         let slices = self.slices.get(key).map_or(&[][..], Vec::as_slice);
         let frontends = service_frontends(key, service, slices, node_name, zone, &mut warnings);
@@ -319,6 +336,9 @@ mod tests {
         let mut spec = json!({"clusterIP": ip, "type": ty, "ports": ports,
                               "externalTrafficPolicy": rng.pick(&["Cluster", "Local"]),
                               "internalTrafficPolicy": rng.pick(&["Cluster", "Local"])});
+        if ty == "LoadBalancer" && rng.below(2) == 0 {
+            spec["healthCheckNodePort"] = json!(32000 + rng.below(2));
+        }
         if rng.below(3) == 0 {
             spec["externalIPs"] = json!([rng.pick(&["192.0.2.1", "192.0.2.2", "10.96.0.1"])]);
         }

@@ -57,28 +57,41 @@ pub struct LocalPolicy {
 /// the model's semantics (same skipped services, same endpoint choice).
 #[must_use]
 pub fn local_policy(store: &Store, node_name: &str) -> LocalPolicy {
-    // Only Services with a Local traffic policy count here; most clusters
-    // have few or none, so skip the endpoint pass when there are none.
-    let any_local = store.services.values().any(|svc| {
-        svc.spec.as_ref().is_some_and(|spec| {
-            spec.internal_traffic_policy.as_deref() == Some("Local")
-                || spec.external_traffic_policy.as_deref() == Some("Local")
-        })
-    });
-    if !any_local {
-        return LocalPolicy::default();
-    }
     let mut ignored = Vec::new();
-    let zone = store
-        .nodes
-        .get(node_name)
-        .and_then(|n| n.metadata.labels.as_ref())
-        .and_then(|l| l.get(model::LABEL_TOPOLOGY_ZONE))
-        .map_or("", String::as_str);
     let slices = model::slice_endpoints(store, node_name, &mut ignored);
+    local_policy_of(store, node_name, store.services.keys(), |key| {
+        slices.get(key).map_or(&[][..], Vec::as_slice)
+    })
+}
+
+/// Whether a Service has a Local traffic policy (only those count in
+/// [`LocalPolicy`]).
+#[must_use]
+pub fn has_local_policy(service: &k8s_openapi::api::core::v1::Service) -> bool {
+    service.spec.as_ref().is_some_and(|spec| {
+        spec.internal_traffic_policy.as_deref() == Some("Local")
+            || spec.external_traffic_policy.as_deref() == Some("Local")
+    })
+}
+
+/// [`local_policy`] over the Services `keys` (those with a Local policy;
+/// others are skipped) with their usable slices from `slices_of` (the model
+/// cache has them parsed), so a sync does not walk every Service.
+pub fn local_policy_of<'k, 's>(
+    store: &Store,
+    node_name: &str,
+    keys: impl Iterator<Item = &'k ObjectKey>,
+    slices_of: impl Fn(&ObjectKey) -> &'s [model::SliceEndpoints],
+) -> LocalPolicy {
+    let mut ignored = Vec::new();
+    let zone = model::node_zone(store, node_name);
     let mut out = LocalPolicy::default();
-    for (key, service) in &store.services {
-        let service_slices = slices.get(key).map_or(&[][..], Vec::as_slice);
+    for key in keys {
+        let Some(service) = store.services.get(key) else { continue };
+        if !has_local_policy(service) {
+            continue;
+        }
+        let service_slices = slices_of(key);
         let ports = model::service_ports(key, service, &mut ignored);
         for port in &ports {
             let endpoints = model::endpoints_for_port(port, service_slices);
