@@ -436,6 +436,9 @@ fn trial(bed: &Bed, inputs: &Inputs, peer: Peer, rep: u32, seconds: f64) -> anyh
                 &bed.dir,
             );
             cfg.rust_log = "warn".to_owned();
+            // One node and no egress: no masquerade table (its netfilter
+            // hook would be on sluice's path and stay after the agent).
+            cfg.extra_args.extend(["--masquerade=false", "--routing", "none"].map(String::from));
             if peer == Peer::Sluice {
                 cfg.extra_args.push("--socket-lb=false".to_owned());
             }
@@ -447,16 +450,19 @@ fn trial(bed: &Bed, inputs: &Inputs, peer: Peer, rep: u32, seconds: f64) -> anyh
                 bail!("agent exited ({status}); log:\n{}", agent.log());
             }
             program_reachable_ms = Some(ms(reachable?));
-            if peer == Peer::SluiceSocklb && on_path("bpftool") {
-                // The client's connect() must meet the agent's hooks.
-                let hooks = run_checked(
-                    Command::new("bpftool").args(["cgroup", "show"]).arg(cgroup.path()),
-                    Duration::from_secs(10),
-                )?;
+            if peer == Peer::SluiceSocklb {
+                // The client's connect() must meet the agent's hooks: the
+                // agent pins the connect4 link once it is attached to its
+                // --cgroup-root. (Debian's bpftool 7.1 lists no hooks of a
+                // cgroup v2 directory on this kernel, so it cannot tell.)
+                let pin = sluice::datapath::PinPaths::new(bpffs.path().join("sluice"))
+                    .sock_link(proxy_common::PROG_SOCK_CONNECT4);
                 ensure!(
-                    hooks.contains("connect4") || hooks.contains("inet4_connect"),
-                    "no connect4 hook on {}: {hooks}",
-                    cgroup.path().display()
+                    pin.exists(),
+                    "no connect4 hook on {}: {} missing; agent log:\n{}",
+                    cgroup.path().display(),
+                    pin.display(),
+                    agent.log()
                 );
             }
             let socklb = (peer == Peer::SluiceSocklb).then(|| cgroup.path());
