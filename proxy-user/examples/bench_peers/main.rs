@@ -343,9 +343,25 @@ fn manifests_yaml(services: &[kube_rules::ServicePort], node: &Node) -> String {
 
 /// Counts tcx programs attached in `ns` (`bpftool net show`), to check that
 /// nothing of a sluice run stays behind for the next peer.
+/// BPF programs on the namespace's interfaces: tcx links and tc (clsact) filters.
 fn tcx_attached(ns: &Netns) -> anyhow::Result<usize> {
     let out = run_checked(ns.command("bpftool")?.args(["net", "show"]), Duration::from_secs(10))?;
-    Ok(out.lines().filter(|l| l.contains("tcx/")).count())
+    Ok(out.lines().filter(|l| l.contains("tcx/") || l.contains("clsact/")).count())
+}
+
+/// Removes the clsact qdisc (and with it the pod program's tc filter, which
+/// outlives the agent by design) from every interface of `ns`, so the next
+/// peer does not run through a stopped agent's program and maps.
+fn clear_tc_filters(ns: &Netns) -> anyhow::Result<()> {
+    let links =
+        run_checked(ns.command("ip")?.args(["-o", "link", "show"]), Duration::from_secs(10))?;
+    for line in links.lines() {
+        let Some(name) = line.split(": ").nth(1) else { continue };
+        let name = name.split('@').next().unwrap_or(name);
+        // Most interfaces have no clsact qdisc: that error is expected.
+        let _ = ns.command("tc")?.args(["qdisc", "del", "dev", name, "clsact"]).output();
+    }
+    Ok(())
 }
 
 fn nft_ruleset_empty(ns: &Netns) -> anyhow::Result<bool> {
@@ -459,9 +475,13 @@ fn trial(bed: &Bed, inputs: &Inputs, peer: Peer, rep: u32, seconds: f64) -> anyh
                     .sock_link(proxy_common::PROG_SOCK_CONNECT4);
                 ensure!(
                     pin.exists(),
-                    "no connect4 hook on {}: {} missing; agent log:\n{}",
+                    "no connect4 hook on {}: {} missing (links: {:?}); agent log:\n{}",
                     cgroup.path().display(),
                     pin.display(),
+                    pin.parent().and_then(|d| fs::read_dir(d).ok()).map(|d| d
+                        .filter_map(Result::ok)
+                        .map(|e| e.file_name())
+                        .collect::<Vec<_>>()),
                     agent.log()
                 );
             }
@@ -469,8 +489,10 @@ fn trial(bed: &Bed, inputs: &Inputs, peer: Peer, rep: u32, seconds: f64) -> anyh
             let r = run_client(&bed.client, bed.client_cpu, inputs.vip, seconds, socklb);
             let status = agent.stop()?;
             ensure!(status.success(), "agent exited with {status}; log:\n{}", agent.log());
-            // Unpin everything (links detach with their last reference).
+            // Unpin everything (links detach with their last reference);
+            // the pod program's tc filter goes with its qdisc.
             let _ = fs::remove_dir_all(bpffs.path().join("sluice"));
+            clear_tc_filters(bed.node.netns())?;
             drop(bpffs);
             drop(cgroup);
             r?
@@ -582,6 +604,7 @@ fn orchestrate(cli: &Cli) -> anyhow::Result<()> {
 fn clean_after_failure(bed: &Bed) -> anyhow::Result<()> {
     let ns = bed.node.netns();
     nft_flush(ns)?;
+    clear_tc_filters(ns)?;
     ensure!(nft_ruleset_empty(ns)?, "netfilter rules left after a failed trial");
     if on_path("bpftool") {
         ensure!(tcx_attached(ns)? == 0, "tcx programs left after a failed trial");
