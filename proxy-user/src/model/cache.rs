@@ -41,10 +41,6 @@ impl Dirty {
             slices.insert(key);
         }
     }
-
-    pub fn is_empty(&self) -> bool {
-        matches!(self, Self::Keys { services, slices } if services.is_empty() && slices.is_empty())
-    }
 }
 
 /// Which frontends an update may have changed.
@@ -301,6 +297,7 @@ mod tests {
 
     use super::*;
     use crate::model::{LABEL_SERVICE_NAME, LABEL_TOPOLOGY_ZONE, desired_state};
+    use crate::observe::{hcnode::local_policy_of, local_policy};
 
     const NODE: &str = "node-1";
 
@@ -377,6 +374,8 @@ mod tests {
     fn incremental_equals_from_scratch() {
         let services = ["a", "b", "c", "d", "e"];
         let slices = ["a-1", "a-2", "b-1", "c-1", "x-1", "x-2"];
+        // Both kinds of Local-policy output occur, so their check means something.
+        let (mut seen_no_local, mut seen_hc) = (false, false);
         for seed in 1..=8 {
             let mut rng = Rng(seed);
             let mut store = Store::default();
@@ -439,9 +438,17 @@ mod tests {
                     cache.backends(),
                     expected.values().map(|f| f.backends.len()).sum::<usize>()
                 );
+                // The Local-policy accounting over the cache's Local services
+                // and parsed slices equals the one over the whole store.
+                let local =
+                    local_policy_of(&store, NODE, cache.local_services(), |k| cache.slices_of(k));
+                assert_eq!(local, local_policy(&store, NODE), "seed {seed} step {step}");
+                seen_no_local |= local.no_local_internal + local.no_local_external > 0;
+                seen_hc |= !local.hc_services.is_empty();
                 before = expected;
             }
         }
+        assert!(seen_no_local && seen_hc, "no_local {seen_no_local}, health checks {seen_hc}");
     }
 
     /// A change of this node's zone (topology) recomputes everything.
