@@ -29,7 +29,10 @@ use crate::{
         sockterm::SocketTerminator,
     },
     k8s, manifest,
-    model::cache::{Changes, Dirty, ModelCache},
+    model::{
+        Inputs,
+        cache::{Changes, Dirty, ModelCache},
+    },
     observe::{self, HcServers, HealthState, Metrics, MetricsConfig, SyncReport},
     routing,
 };
@@ -160,7 +163,11 @@ enum Source {
 
 impl Source {
     /// Starts following the source; `changed` gets `()` on every change.
-    async fn start(cfg: &SourceConfig, changed: &mpsc::Sender<()>) -> anyhow::Result<Self> {
+    async fn start(
+        cfg: &SourceConfig,
+        node_name: &str,
+        changed: &mpsc::Sender<()>,
+    ) -> anyhow::Result<Self> {
         Ok(match cfg {
             SourceConfig::Manifests(dir) => {
                 let watcher = manifest::watch_dir(dir, changed.clone())
@@ -169,7 +176,7 @@ impl Source {
             }
             SourceConfig::Api(api) => {
                 let client = api.client().await?;
-                Self::Api(k8s::KubeSource::start(&client, changed))
+                Self::Api(k8s::KubeSource::start(&client, node_name, changed))
             }
         })
     }
@@ -181,8 +188,9 @@ impl Source {
             Self::Manifests { dir, .. } => {
                 let loaded = manifest::load_dir(dir).map_err(|e| NotNow::Failed(e.to_string()))?;
                 let bad = loaded.errors.iter().map(ToString::to_string);
+                let inputs = Inputs::from_store(&loaded.store, node);
                 // A re-read directory may differ anywhere.
-                Ok(snapshot(&loaded.store, node, Dirty::All, model, bad, loaded.errors.len()))
+                Ok(snapshot(&inputs, node, Dirty::All, model, bad, loaded.errors.len()))
             }
             Self::Api(source) => source.with_store(|ks| {
                 if !ks.is_ready() {
@@ -191,14 +199,14 @@ impl Source {
                 let complaints = ks.complaints();
                 let n = complaints.len();
                 let dirty = ks.take_dirty();
-                Ok(snapshot(ks.store(), node, dirty, model, complaints.into_iter(), n))
+                Ok(snapshot(ks.inputs(), node, dirty, model, complaints.into_iter(), n))
             }),
         }
     }
 }
 
-fn objects(store: &manifest::Store) -> usize {
-    store.services.len() + store.endpoint_slices.len() + store.nodes.len()
+fn objects(inputs: &Inputs) -> usize {
+    inputs.service_count() + inputs.slice_count() + inputs.nodes.len()
 }
 
 /// What a source says this node must program (besides the model's
@@ -230,7 +238,7 @@ struct Snapshot {
 
 /// Everything a snapshot takes from a store, while the store is at hand.
 fn snapshot(
-    store: &manifest::Store,
+    inputs: &Inputs,
     node: &str,
     dirty: Dirty,
     model: &mut ModelCache,
@@ -241,28 +249,26 @@ fn snapshot(
         Dirty::Keys { slices, .. } => Some(slices.clone()),
         Dirty::All => None,
     };
-    let changes = model.update(store, node, dirty);
+    let changes = model.update(inputs, dirty);
     let triggers = match (&changes, changed_slices) {
-        (Changes::Keys(_), Some(slices)) => observe::trigger_times_of(store, &slices),
-        _ => observe::trigger_times(store),
+        (Changes::Keys(_), Some(slices)) => observe::trigger_times_of(inputs, &slices),
+        _ => observe::trigger_times(inputs),
     };
-    let warnings = model.warnings();
+    let warnings = model.warnings(inputs);
     Snapshot {
         complaints: bad
             .chain(warnings.iter().map(|w| format!("{}: {}", w.object, w.message)))
             .collect(),
         model_warnings: warnings.len(),
         changes,
-        objects: objects(store),
+        objects: objects(inputs),
         bad_objects,
-        local: observe::hcnode::local_policy_of(store, node, model.local_services(), |k| {
-            model.slices_of(k)
-        }),
+        local: observe::hcnode::local_policy_of(inputs, model.local_services()),
         triggers,
-        node_eligible: store.nodes.get(node).map(observe::health::node_eligible),
-        pod_cidrs: store.nodes.get(node).map(cniconf::pod_cidrs),
-        internal_ip: store.nodes.get(node).and_then(routing::internal_ip),
-        network: routing::node_network(node, &store.nodes),
+        node_eligible: inputs.nodes.get(node).map(observe::health::node_eligible),
+        pod_cidrs: inputs.nodes.get(node).map(cniconf::pod_cidrs),
+        internal_ip: inputs.nodes.get(node).and_then(routing::internal_ip),
+        network: routing::node_network(node, &inputs.nodes),
     }
 }
 
@@ -332,7 +338,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         "adopted pinned state"
     );
     let (tx, mut rx) = mpsc::channel(64);
-    let source = Source::start(&cfg.source, &tx).await?;
+    let source = Source::start(&cfg.source, &cfg.node_name, &tx).await?;
     let mut agent = Agent {
         network: routing::Network::new(cfg.network.clone()),
         cfg,
