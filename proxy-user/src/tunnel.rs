@@ -452,6 +452,10 @@ fn neighbour_parts(m: &NeighbourMessage) -> (Option<Vec<u8>>, Option<Ipv4Addr>) 
         match a {
             NeighbourAttribute::LinkLayerAddress(l) => lladdr = Some(l.clone()),
             NeighbourAttribute::Destination(NeighbourAddress::Inet(d)) => dst = Some(*d),
+            // Bridge-family (FDB) messages carry the destination unparsed.
+            NeighbourAttribute::Destination(NeighbourAddress::Other(b)) => {
+                dst = <[u8; 4]>::try_from(b.as_slice()).ok().map(Ipv4Addr::from);
+            }
             _ => {}
         }
     }
