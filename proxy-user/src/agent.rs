@@ -583,14 +583,15 @@ impl Agent {
         };
         let mut present = BTreeSet::new();
         let mut names = BTreeSet::new();
-        let tunnel = self.network.tunnel_ifindex();
+        let tunnel = self.network.tunnel_configured();
         for iface in ifaces {
             let name = iface.name().to_string_lossy();
             let index = iface.index();
             // The overlay device gets the external program too: replies of
             // flows translated here whose backend is on another node come
-            // back through it. Its address serves no NodePort.
-            let is_tunnel = tunnel == Some(index) && name == tunnel::DEVICE;
+            // back through it. Its address serves no NodePort. (A device an
+            // earlier run left keeps its program while this agent starts.)
+            let is_tunnel = tunnel && name == tunnel::DEVICE;
             if is_tunnel {
                 present.insert(index);
                 if !self.datapath.ext_attached().contains(&index)

@@ -139,16 +139,15 @@ fn vtep(i: usize) -> String {
 /// routes, neighbour entries and FDB entries.
 type Overlay = (Vec<(String, String, String)>, Vec<(String, String)>, Vec<(String, String)>);
 
-fn expected_overlay(nodes: &[Node], peers: &[usize]) -> Overlay {
+fn expected_overlay(nodes: &[Node], ips: &[Ipv4Addr], peers: &[usize]) -> Overlay {
     let mut routes = Vec::new();
     let mut neigh = Vec::new();
     let mut fdb = Vec::new();
     for &p in peers {
-        let n = &nodes[p];
-        let mac = fmt_mac(&vtep_mac(n.address()));
-        routes.push((n.pod_cidr(), vtep(p), DEVICE.to_owned()));
+        let mac = fmt_mac(&vtep_mac(ips[p]));
+        routes.push((nodes[p].pod_cidr(), vtep(p), DEVICE.to_owned()));
         neigh.push((vtep(p), mac.clone()));
-        fdb.push((mac, n.address().to_string()));
+        fdb.push((mac, ips[p].to_string()));
     }
     routes.sort();
     neigh.sort();
@@ -161,6 +160,8 @@ fn expected_overlay(nodes: &[Node], peers: &[usize]) -> Overlay {
 /// order: agents first, the test directory last.
 struct Cluster {
     agents: Vec<Option<Agent>>,
+    /// Each node's InternalIP as its Node object says.
+    ips: Vec<Ipv4Addr>,
     _servers: Vec<EchoServer>,
     pods: Vec<Pod>,
     client: Netns,
@@ -199,6 +200,7 @@ impl Cluster {
         }
         Cluster {
             agents: Vec::new(),
+            ips: nodes.iter().map(Node::address).collect(),
             _servers: servers,
             pods,
             client,
@@ -259,7 +261,7 @@ impl Cluster {
 
     /// Waits until node `i` holds exactly the overlay entries for `peers`.
     fn wait_overlay(&mut self, i: usize, peers: &[usize]) {
-        let want = expected_overlay(&self.nodes, peers);
+        let want = expected_overlay(&self.nodes, &self.ips, peers);
         let node = &self.nodes[i];
         wait_for(WAIT, &format!("{}'s overlay = {want:?}", node.name()), || {
             let got = (sluice_routes(node)?, neighbours(node)?, fdb(node)?);
@@ -596,6 +598,21 @@ fn vxlan_overlay_carries_pods_services_and_nodeports() {
         assert_eq!(tcp_request(&c.client, node1, IO_TIMEOUT).unwrap(), "pod-3");
     }
 
+    // Egress to a host outside the cluster leaves with the node's address
+    // (the masquerade works as without a tunnel).
+    let ext = EchoServer::start_replying(&c.client, "ext", TCP, UDP, Reply::PeerAddress).unwrap();
+    let ext_addr = sluice::testbed::EXTERNAL_ADDR;
+    for (i, pod) in c.pods.iter().enumerate() {
+        let node_ip = c.nodes[i].address().to_string();
+        let tcp = SocketAddrV4::new(ext_addr, TCP);
+        let udp = SocketAddrV4::new(ext_addr, UDP);
+        wait_for(WAIT, "masquerade installed", || {
+            Ok(tcp_request(pod, tcp, IO_TIMEOUT).is_ok_and(|a| a == node_ip))
+        });
+        assert_eq!(udp_request(pod, udp, IO_TIMEOUT).unwrap(), node_ip, "UDP pod-{}", i + 1);
+    }
+    drop(ext);
+
     // Large transfers between pods that sluice-cni wired from the agents'
     // conflists: their MTU leaves room for the encapsulation.
     if let Some(bin) = cni_bin() {
@@ -670,6 +687,24 @@ fn vxlan_follows_nodes_and_flags() {
     c.wait_overlay(1, &[0, 2]);
     c.check_pairs(&[0, 1, 2]);
 
+    // node-2's InternalIP changes, and with it its MAC: its device is
+    // created anew with the new local address and MAC; the others rewrite
+    // their neighbour and FDB entries for it.
+    let new_ip = Ipv4Addr::new(198, 18, 0, 103);
+    c.nodes[1].netns().ip(&["addr", "add", &format!("{new_ip}/24"), "dev", "eth0"]).unwrap();
+    c.manifests.write_node_object("node-2", &c.nodes[1].pod_cidr(), new_ip).unwrap();
+    c.ips[1] = new_ip;
+    c.wait_overlay(0, &[1, 2]);
+    c.wait_overlay(2, &[0, 1]);
+    let n2 = &c.nodes[1];
+    wait_for(WAIT, "node 2's device sends from its new address", || {
+        Ok(vxlan_link(n2)?.is_some_and(|l| {
+            l["linkinfo"]["info_data"]["local"] == new_ip.to_string()
+                && l["address"] == fmt_mac(&vtep_mac(new_ip))
+        }))
+    });
+    c.check_pairs(&[0, 1, 2]);
+
     // SIGTERM leaves the overlay in place: traffic goes on, and the next
     // agent adopts the device as it is.
     let mut a1 = c.agents[0].take().unwrap();
@@ -697,7 +732,7 @@ fn vxlan_follows_nodes_and_flags() {
     });
     let n1 = &c.nodes[0];
     wait_for(WAIT, "node 1's vxlan_sluice removed", || Ok(vxlan_link(n1)?.is_none()));
-    let gw = |i: usize| c.nodes[i].address().to_string();
+    let gw = |i: usize| c.ips[i].to_string();
     let want: Vec<(String, String, String)> = vec![
         (c.nodes[1].pod_cidr(), gw(1), "eth0".into()),
         (c.nodes[2].pod_cidr(), gw(2), "eth0".into()),
