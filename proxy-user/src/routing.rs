@@ -104,6 +104,8 @@ pub enum Error {
     NoUnderlay(Ipv4Addr),
     #[error("{} was created but cannot be found", tunnel::DEVICE)]
     DeviceVanished,
+    #[error("removing what an earlier VXLAN run left: {0}")]
+    Leftover(String),
     #[error(
         "an interface named {device} exists and is not a VXLAN device ({kind}); sluice leaves it alone",
         device = tunnel::DEVICE
@@ -178,6 +180,9 @@ pub struct PodRoute {
     /// subnet (the VXLAN device; the route is then `onlink`); `None` lets the
     /// kernel find the interface from the gateway.
     pub dev: Option<u32>,
+    /// The source address the node's own packets get (`src`); `None`: the
+    /// kernel's choice.
+    pub src: Option<Ipv4Addr>,
 }
 
 impl std::fmt::Display for PodRoute {
@@ -185,6 +190,9 @@ impl std::fmt::Display for PodRoute {
         write!(f, "{} via {}", self.dst, self.via)?;
         if let Some(dev) = self.dev {
             write!(f, " dev #{dev} onlink")?;
+        }
+        if let Some(src) = self.src {
+            write!(f, " src {src}")?;
         }
         Ok(())
     }
@@ -300,7 +308,7 @@ pub fn node_network(this: &str, nodes: &BTreeMap<String, Node>) -> NodeNetwork {
                 continue;
             }
             claimed.push((dst, name));
-            out.routes.push(PodRoute { dst, via, dev: None });
+            out.routes.push(PodRoute { dst, via, dev: None, src: None });
             routed.push(dst);
         }
         if !routed.is_empty() {
@@ -396,6 +404,7 @@ struct Existing {
     dst: Ipv4Network,
     gateway: Option<Ipv4Addr>,
     oif: Option<u32>,
+    src: Option<Ipv4Addr>,
     metric: u32,
     ours: bool,
     message: RouteMessage,
@@ -435,7 +444,7 @@ where
 /// the calling thread's network namespace.
 pub fn apply_routes(desired: &[PodRoute]) -> Result<RouteChanges> {
     let desired = desired.to_vec();
-    on_netlink_thread(move |h| async move { reconcile_routes(&h, &desired).await })
+    on_netlink_thread(move |h| async move { reconcile_routes(&h, MAIN, &desired).await })
 }
 
 /// What [`apply_network`] did to the overlay device.
@@ -458,19 +467,46 @@ pub fn apply_network(
     on_netlink_thread(move |h| async move {
         let (outcome, routes) = match tunnel {
             Some((plan, cfg)) => {
-                let applied = tunnel::reconcile(&h, &plan, cfg).await?;
+                let mut applied = tunnel::reconcile(&h, &plan, cfg).await?;
                 let dev = Some(applied.ifindex);
-                let routes: Vec<PodRoute> =
-                    desired.iter().map(|r| PodRoute { dev, ..*r }).collect();
-                (TunnelOutcome::Up(applied), routes)
+                let on_dev = |r: &[PodRoute]| -> Vec<PodRoute> {
+                    r.iter().map(|r| PodRoute { dev, ..*r }).collect()
+                };
+                // Pods to other nodes' InternalIPs: through the tunnel too.
+                let c = reconcile_routes(&h, tunnel::TABLE, &on_dev(&plan.node_routes)).await?;
+                if c.changed() {
+                    applied.changes.push(format!(
+                        "table {}: added {}, replaced {}, removed {}",
+                        tunnel::TABLE,
+                        list(&c.added),
+                        list(&c.replaced),
+                        list(&c.removed)
+                    ));
+                }
+                applied.errors.extend(c.errors);
+                tunnel::reconcile_rules(&h, &plan.pod_cidrs, &mut applied).await?;
+                (TunnelOutcome::Up(applied), on_dev(&desired))
             }
-            None => (TunnelOutcome::Removed(tunnel::remove(&h).await?), desired),
+            None => {
+                let removed = tunnel::remove(&h).await?;
+                let mut leftovers = tunnel::Applied::empty();
+                tunnel::reconcile_rules(&h, &[], &mut leftovers).await?;
+                let c = reconcile_routes(&h, tunnel::TABLE, &[]).await?;
+                if let Some(e) = leftovers.errors.into_iter().chain(c.errors).next() {
+                    return Err(Error::Leftover(e));
+                }
+                (TunnelOutcome::Removed(removed || !leftovers.changes.is_empty()), desired)
+            }
         };
-        Ok((outcome, reconcile_routes(&h, &routes).await?))
+        Ok((outcome, reconcile_routes(&h, MAIN, &routes).await?))
     })
 }
 
-async fn main_table_routes(h: &Handle) -> Result<Vec<Existing>> {
+/// The main routing table.
+const MAIN: u32 = RouteHeader::RT_TABLE_MAIN as u32;
+
+/// The IPv4 routes of routing table `table`.
+async fn table_routes(h: &Handle, table_id: u32) -> Result<Vec<Existing>> {
     let mut dump = h.route().get(RouteMessageBuilder::<Ipv4Addr>::new().build()).execute();
     let mut out = Vec::new();
     while let Some(m) = dump.try_next().await.map_err(netlink_error("listing routes"))? {
@@ -482,18 +518,20 @@ async fn main_table_routes(h: &Handle) -> Result<Vec<Existing>> {
                 _ => None,
             })
             .unwrap_or_else(|| u32::from(m.header.table));
-        if table != u32::from(RouteHeader::RT_TABLE_MAIN) {
+        if table != table_id {
             continue;
         }
         let mut dst_addr = Ipv4Addr::UNSPECIFIED;
         let mut gateway = None;
         let mut oif = None;
+        let mut src = None;
         let mut metric = 0;
         for a in &m.attributes {
             match a {
                 RouteAttribute::Destination(RouteAddress::Inet(d)) => dst_addr = *d,
                 RouteAttribute::Gateway(RouteAddress::Inet(g)) => gateway = Some(*g),
                 RouteAttribute::Oif(i) => oif = Some(*i),
+                RouteAttribute::PrefSource(RouteAddress::Inet(a)) => src = Some(*a),
                 RouteAttribute::Priority(p) => metric = *p,
                 _ => {}
             }
@@ -505,6 +543,7 @@ async fn main_table_routes(h: &Handle) -> Result<Vec<Existing>> {
             dst,
             gateway,
             oif,
+            src,
             metric,
             ours: u8::from(m.header.protocol) == RTPROT_SLUICE,
             message: m,
@@ -513,8 +552,9 @@ async fn main_table_routes(h: &Handle) -> Result<Vec<Existing>> {
     Ok(out)
 }
 
-async fn reconcile_routes(h: &Handle, desired: &[PodRoute]) -> Result<RouteChanges> {
-    let existing = main_table_routes(h).await?;
+/// Makes the [`RTPROT_SLUICE`] routes of table `table` equal to `desired`.
+async fn reconcile_routes(h: &Handle, table: u32, desired: &[PodRoute]) -> Result<RouteChanges> {
+    let existing = table_routes(h, table).await?;
     let mut changes = RouteChanges::default();
     let foreign: BTreeSet<Ipv4Network> =
         existing.iter().filter(|e| !e.ours).map(|e| e.dst).collect();
@@ -533,16 +573,22 @@ async fn reconcile_routes(h: &Handle, desired: &[PodRoute]) -> Result<RouteChang
         // Ours are written with metric 0; that is the one a replace hits.
         let current = ours.get(&route.dst).and_then(|v| v.iter().find(|e| e.metric == 0));
         if current.is_some_and(|c| {
-            c.gateway == Some(route.via) && route.dev.is_none_or(|d| c.oif == Some(d))
+            c.gateway == Some(route.via)
+                && route.dev.is_none_or(|d| c.oif == Some(d))
+                && c.src == route.src
         }) {
             continue;
         }
         let mut msg = RouteMessageBuilder::<Ipv4Addr>::new()
             .destination_prefix(route.dst.network(), route.dst.prefix())
             .gateway(route.via)
-            .protocol(RouteProtocol::Other(RTPROT_SLUICE));
+            .protocol(RouteProtocol::Other(RTPROT_SLUICE))
+            .table_id(table);
         if let Some(dev) = route.dev {
             msg = msg.output_interface(dev).onlink();
+        }
+        if let Some(src) = route.src {
+            msg = msg.pref_source(src);
         }
         let msg = msg.build();
         // Replace: a route of ours to this destination with another gateway
@@ -887,7 +933,7 @@ mod tests {
     }
 
     fn route(dst: &str, via: &str) -> PodRoute {
-        PodRoute { dst: net(dst), via: ip(via), dev: None }
+        PodRoute { dst: net(dst), via: ip(via), dev: None, src: None }
     }
 
     #[test]

@@ -15,16 +15,22 @@
 //!   ([`vtep_mac`]: `0e:73:` + the four address bytes, locally administered
 //!   unicast), so a peer can compute it; its address is the network address
 //!   of the node's first IPv4 pod CIDR as a /32 ([`vtep_addr`], e.g.
-//!   `10.244.2.0/32`; the IPAM never hands out the network address). Traffic
-//!   the node itself sends to remote pods leaves from that address, so the
-//!   answers come back through the tunnel as well.
+//!   `10.244.2.0/32`; the IPAM never hands out the network address).
 //! - Per other node: a route `<podCIDR> via <its vtep address> dev
-//!   vxlan_sluice onlink proto 115` for each of its pod CIDRs, a permanent
-//!   neighbour entry `<its vtep address> lladdr <its MAC>`, and a permanent
-//!   FDB entry `<its MAC> dst <its InternalIP>` (`bridge fdb` with `self`).
-//!   A packet to a remote pod thus gets the peer's MAC from the neighbour
-//!   entry and the peer's underlay address from the FDB, with no ARP and no
-//!   flooding.
+//!   vxlan_sluice onlink src <this node's InternalIP> proto 115` for each of
+//!   its pod CIDRs, a permanent neighbour entry `<its vtep address> lladdr
+//!   <its MAC>`, and a permanent FDB entry `<its MAC> dst <its InternalIP>`
+//!   (`bridge fdb` with `self`). A packet to a remote pod thus gets the
+//!   peer's MAC from the neighbour entry and the peer's underlay address from
+//!   the FDB, with no ARP and no flooding.
+//! - Pods reach the other nodes' own addresses through the tunnel too: a
+//!   rule `from <this node's pod CIDR> lookup 115 pref 115` ([`TABLE`],
+//!   [`RULE_PRIORITY`]) and in table 115 `<its InternalIP>/32 via <its vtep
+//!   address> dev vxlan_sluice onlink proto 115` per other node (the table
+//!   has nothing else, so other destinations fall through to `main`). With
+//!   the `src` above, a node's own packets to remote pods carry its
+//!   InternalIP, and the pods' answers to it take the same way back: the
+//!   underlay never carries a pod address.
 //!
 //! Everything on the device belongs to sluice: neighbour and FDB entries
 //! that no Node asks for are removed, and so are addresses other than the
@@ -33,7 +39,8 @@
 //! change the VNI or the port of an existing device); MTU and MAC are
 //! changed in place. With `--tunnel disabled` the agent deletes the device
 //! when it exists, and with it every route, neighbour and FDB entry through
-//! it. All of it goes through rtnetlink.
+//! it, and removes the rules and routes of table 115. All of it goes through
+//! rtnetlink.
 //!
 //! External flows (NodePort, externalIPs, LoadBalancer) that the external
 //! program sends to a backend on another node are SNATed to the vtep
@@ -42,11 +49,11 @@
 //! tunnel too, where the external program also runs and reverses the
 //! translation, and the underlay never carries a pod address.
 //!
-//! The device gets `rp_filter` 0: a NodePort request that the external
-//! program SNATs to the node's address reaches the backend's node through
-//! the tunnel with that address as its source, whose route there is the
-//! underlay, not the tunnel. (The kernel uses the higher of `conf.all` and
-//! the device's value: `net.ipv4.conf.all.rp_filter` must be 0 or 2.)
+//! The device gets `rp_filter` 0: a node's own packets reach the other
+//! nodes through the tunnel with its InternalIP as their source, whose route
+//! there is the underlay, not the tunnel. (The kernel uses the higher of
+//! `conf.all` and the device's value: `net.ipv4.conf.all.rp_filter` must be
+//! 0 or 2.)
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -64,6 +71,8 @@ use rtnetlink::{
         neighbour::{
             NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
         },
+        route::RouteProtocol,
+        rule::{RuleAction, RuleAttribute},
     },
 };
 
@@ -81,6 +90,14 @@ pub const DEFAULT_PORT: u16 = 8472;
 /// Bytes VXLAN adds to each packet on an IPv4 underlay: outer Ethernet (14),
 /// IPv4 (20), UDP (8) and VXLAN (8) headers.
 pub const OVERHEAD: u32 = 50;
+/// The routing table of the routes from pods to other nodes' InternalIPs
+/// through the tunnel (115, as the route protocol).
+pub const TABLE: u32 = 115;
+/// The priority of the rules `from <this node's pod CIDR> lookup 115`:
+/// before the main table's (32766); the table holds only /32 routes, so
+/// anything else falls through to the next rule.
+pub const RULE_PRIORITY: u32 = 115;
+
 /// First two bytes of every VTEP MAC: `0e` is a locally administered
 /// unicast prefix, `73` is ASCII `s` (as in the route protocol 115).
 pub const MAC_PREFIX: [u8; 2] = [0x0e, 0x73];
@@ -132,6 +149,11 @@ pub struct Plan {
     /// Routes to the peers' pod CIDRs via their vtep addresses (`dev` is
     /// filled in with the device's index when they are applied).
     pub routes: Vec<PodRoute>,
+    /// Routes of table [`TABLE`]: each peer's InternalIP/32 via its vtep
+    /// address (pods reach other nodes through the tunnel).
+    pub node_routes: Vec<PodRoute>,
+    /// This node's pod CIDRs: `from <cidr> lookup TABLE` rules.
+    pub pod_cidrs: Vec<Ipv4Network>,
     /// Peers left out, one line each.
     pub warnings: Vec<String>,
 }
@@ -154,6 +176,8 @@ pub fn plan(net: &NodeNetwork) -> std::result::Result<Plan, String> {
         neighbours: BTreeMap::new(),
         fdb: BTreeMap::new(),
         routes: Vec::new(),
+        node_routes: Vec::new(),
+        pod_cidrs: net.this_cidrs.clone(),
         warnings: Vec::new(),
     };
     for peer in &net.peers {
@@ -175,9 +199,18 @@ pub fn plan(net: &NodeNetwork) -> std::result::Result<Plan, String> {
         let mac = vtep_mac(peer.ip);
         p.neighbours.insert(vtep, mac);
         p.fdb.insert(mac, peer.ip);
-        p.routes.extend(peer.cidrs.iter().map(|dst| PodRoute { dst: *dst, via: vtep, dev: None }));
+        p.routes.extend(peer.cidrs.iter().map(|dst| PodRoute {
+            dst: *dst,
+            via: vtep,
+            dev: None,
+            src: Some(local),
+        }));
+        let host = Ipv4Network::new(peer.ip, 32).expect("/32 is a valid prefix");
+        p.node_routes.push(PodRoute { dst: host, via: vtep, dev: None, src: None });
     }
     p.routes.sort();
+    p.node_routes.sort();
+    p.node_routes.dedup_by_key(|r| r.dst);
     Ok(p)
 }
 
@@ -203,6 +236,20 @@ pub struct Applied {
     pub changes: Vec<String>,
     /// Entries that could not be written; retried on the next reconcile.
     pub errors: Vec<String>,
+}
+
+impl Applied {
+    /// Nothing done yet (for collecting what a clean-up does).
+    #[must_use]
+    pub fn empty() -> Self {
+        Applied {
+            ifindex: 0,
+            vtep: Ipv4Addr::UNSPECIFIED,
+            mtu: 0,
+            changes: Vec::new(),
+            errors: Vec::new(),
+        }
+    }
 }
 
 /// One link, as far as the overlay needs it.
@@ -340,8 +387,7 @@ fn incompatible(l: &Link, plan: &Plan, cfg: TunnelConfig) -> Option<String> {
 pub async fn reconcile(h: &Handle, plan: &Plan, cfg: TunnelConfig) -> Result<Applied> {
     let underlay = underlay_link(h, plan.local).await?;
     let mtu = overlay_mtu(underlay.mtu);
-    let mut out =
-        Applied { ifindex: 0, vtep: plan.vtep, mtu, changes: Vec::new(), errors: Vec::new() };
+    let mut out = Applied { vtep: plan.vtep, mtu, ..Applied::empty() };
 
     let mut dev = link_by_name(h, DEVICE).await?;
     if let Some(l) = &dev
@@ -576,6 +622,68 @@ async fn reconcile_fdb(
     Ok(())
 }
 
+/// Rules `from <cidr> lookup TABLE pref RULE_PRIORITY` for each of `cidrs`,
+/// and no other rule that looks up [`TABLE`] (the table number is how
+/// sluice's rules are recognised).
+pub async fn reconcile_rules(h: &Handle, cidrs: &[Ipv4Network], out: &mut Applied) -> Result<()> {
+    let mut dump = h.rule().get(rtnetlink::IpVersion::V4).execute();
+    let mut have = Vec::new();
+    let mut messages = Vec::new();
+    while let Some(m) = dump.try_next().await.map_err(nl("listing rules"))? {
+        let table = m
+            .attributes
+            .iter()
+            .find_map(|a| match a {
+                RuleAttribute::Table(t) => Some(*t),
+                _ => None,
+            })
+            .unwrap_or_else(|| u32::from(m.header.table));
+        if table != TABLE {
+            continue;
+        }
+        let src = m.attributes.iter().find_map(|a| match a {
+            RuleAttribute::Source(IpAddr::V4(s)) => Some(*s),
+            _ => None,
+        });
+        let priority = m.attributes.iter().find_map(|a| match a {
+            RuleAttribute::Priority(p) => Some(*p),
+            _ => None,
+        });
+        let key = src
+            .and_then(|s| Ipv4Network::new(s, m.header.src_len).ok())
+            .filter(|_| priority == Some(RULE_PRIORITY));
+        have.push((key.unwrap_or(Ipv4Network::from(Ipv4Addr::UNSPECIFIED)), ()));
+        messages.push(m);
+    }
+    let want: BTreeMap<Ipv4Network, ()> = cidrs.iter().map(|c| (*c, ())).collect();
+    let (delete, add) = entry_changes(&have, &want);
+    for i in delete {
+        match h.rule().del(messages[i].clone()).execute().await {
+            Ok(()) => out.changes.push(format!("removed rule from {} lookup {TABLE}", have[i].0)),
+            Err(e) if errno(&e) == Some(libc::ENOENT) => {}
+            Err(e) => out.errors.push(format!("removing a rule of table {TABLE}: {e}")),
+        }
+    }
+    for (cidr, ()) in add {
+        let mut req = h
+            .rule()
+            .add()
+            .v4()
+            .source_prefix(cidr.network(), cidr.prefix())
+            .table_id(TABLE)
+            .action(RuleAction::ToTable)
+            .priority(RULE_PRIORITY);
+        req.message_mut()
+            .attributes
+            .push(RuleAttribute::Protocol(RouteProtocol::Other(crate::routing::RTPROT_SLUICE)));
+        match req.execute().await {
+            Ok(()) => out.changes.push(format!("rule from {cidr} lookup {TABLE}")),
+            Err(e) => out.errors.push(format!("adding rule from {cidr} lookup {TABLE}: {e}")),
+        }
+    }
+    Ok(())
+}
+
 /// Deletes the overlay device if there is one (and with it every route,
 /// neighbour and FDB entry through it); `true` when it was there. Must run
 /// in the node's network namespace.
@@ -687,7 +795,12 @@ mod tests {
                 (vtep_mac(ip("198.18.0.4")), ip("198.18.0.4")),
             ])
         );
-        let route = |d: &str, v: &str| PodRoute { dst: net(d), via: ip(v), dev: None };
+        let route = |d: &str, v: &str| PodRoute {
+            dst: net(d),
+            via: ip(v),
+            dev: None,
+            src: Some(ip("198.18.0.2")),
+        };
         assert_eq!(
             p.routes,
             vec![
@@ -696,6 +809,14 @@ mod tests {
                 route("10.245.2.0/24", "10.244.2.0"),
             ]
         );
+        assert_eq!(
+            p.node_routes,
+            vec![
+                PodRoute { dst: net("198.18.0.3/32"), via: ip("10.244.2.0"), dev: None, src: None },
+                PodRoute { dst: net("198.18.0.4/32"), via: ip("10.244.3.0"), dev: None, src: None },
+            ]
+        );
+        assert_eq!(p.pod_cidrs, vec![net("10.244.1.0/24")]);
         assert!(p.warnings.is_empty(), "{:?}", p.warnings);
     }
 

@@ -546,12 +546,40 @@ fn vxlan_overlay_carries_pods_services_and_nodeports() {
     assert_eq!(dropped, dropped_native, "no pod packet crossed the underlay unencapsulated");
     assert!(vxlan >= 24, "every exchange crossed the underlay as VXLAN ({vxlan} packets)");
 
-    // A node's own traffic to remote pods leaves from its vtep address.
-    let seen = EchoServer::start_replying(&c.pods[2], "peer", 7070, 0, Reply::PeerAddress).unwrap();
-    let from_node =
-        tcp_request(&c.nodes[0], SocketAddrV4::new(c.pods[2].ip(), 7070), IO_TIMEOUT).unwrap();
-    assert_eq!(from_node, vtep(0));
+    // Pods reach other nodes' own addresses through the tunnel as well (a
+    // rule for this node's pod CIDR, table 115), keeping their address.
+    for (i, n) in c.nodes.iter().enumerate() {
+        let rules = n.netns().ip(&["-4", "rule", "show"]).unwrap();
+        let want = format!("from {} lookup 115", n.pod_cidr());
+        assert!(rules.contains(&want), "{}: {rules}", n.name());
+        let table = n.netns().ip(&["-4", "route", "show", "table", "115"]).unwrap();
+        for p in (0..3).filter(|p| *p != i) {
+            let want =
+                format!("{} via {} dev {DEVICE} proto 115 onlink", c.nodes[p].address(), vtep(p));
+            assert!(table.contains(&want), "{}: {want:?} in {table}", n.name());
+        }
+    }
+    let host3 =
+        EchoServer::start_replying(&c.nodes[2], "node-3", 7071, 7071, Reply::PeerAddress).unwrap();
+    let pod1 = c.pods[0].ip().to_string();
+    let node3 = c.nodes[2].address();
+    assert_eq!(tcp_request(&c.pods[0], SocketAddrV4::new(node3, 7071), IO_TIMEOUT).unwrap(), pod1);
+    assert_eq!(udp_request(&c.pods[0], SocketAddrV4::new(node3, 7071), IO_TIMEOUT).unwrap(), pod1);
+    drop(host3);
+    let (dropped, _) = c.underlay_counters();
+    assert_eq!(dropped, dropped_native, "pod to node crossed the underlay encapsulated");
+
+    // A node's own traffic to remote pods leaves from its InternalIP, through
+    // the tunnel both ways (TCP and UDP).
+    let seen =
+        EchoServer::start_replying(&c.pods[2], "peer", 7070, 7070, Reply::PeerAddress).unwrap();
+    let pod3 = SocketAddrV4::new(c.pods[2].ip(), 7070);
+    let node1 = c.nodes[0].address().to_string();
+    assert_eq!(tcp_request(&c.nodes[0], pod3, IO_TIMEOUT).unwrap(), node1);
+    assert_eq!(udp_request(&c.nodes[0], pod3, IO_TIMEOUT).unwrap(), node1);
     drop(seen);
+    let (dropped, _) = c.underlay_counters();
+    assert_eq!(dropped, dropped_native, "node to pod crossed the underlay encapsulated");
 
     // ClusterIP whose only backend is on node 3, from a pod on node 1 (the
     // answer comes back through the tunnel and is translated there).
@@ -740,6 +768,10 @@ fn vxlan_follows_nodes_and_flags() {
     wait_for(WAIT, "node 1 routes natively", || Ok(sluice_routes(n1)? == want));
     let log = c.agents[0].as_ref().unwrap().log();
     assert!(log.contains("VXLAN device (and its routes) removed"), "{log}");
+    let rules = n1.netns().ip(&["-4", "rule", "show"]).unwrap();
+    assert!(!rules.contains("lookup 115"), "the overlay's rule is gone: {rules}");
+    let table = n1.netns().ip(&["-4", "route", "show", "table", "115"]).unwrap();
+    assert!(table.trim().is_empty(), "table 115 is empty: {table}");
 
     // `--tunnel vxlan` again: the native routes are replaced by overlay ones.
     let mut a1 = c.agents[0].take().unwrap();
