@@ -622,9 +622,9 @@ async fn reconcile_fdb(
     Ok(())
 }
 
-/// Rules `from <cidr> lookup TABLE pref RULE_PRIORITY` for each of `cidrs`,
-/// and no other rule that looks up [`TABLE`] (the table number is how
-/// sluice's rules are recognised).
+/// Rules `from <cidr> lookup TABLE pref RULE_PRIORITY proto 115` for each
+/// of `cidrs`, and no other rule of protocol 115 that looks up [`TABLE`]
+/// (that pair is how sluice's rules are recognised; others are left alone).
 pub async fn reconcile_rules(h: &Handle, cidrs: &[Ipv4Network], out: &mut Applied) -> Result<()> {
     let mut dump = h.rule().get(rtnetlink::IpVersion::V4).execute();
     let mut have = Vec::new();
@@ -638,7 +638,10 @@ pub async fn reconcile_rules(h: &Handle, cidrs: &[Ipv4Network], out: &mut Applie
                 _ => None,
             })
             .unwrap_or_else(|| u32::from(m.header.table));
-        if table != TABLE {
+        let ours = m.attributes.iter().any(|a| {
+            matches!(a, RuleAttribute::Protocol(p) if u8::from(*p) == crate::routing::RTPROT_SLUICE)
+        });
+        if table != TABLE || !ours {
             continue;
         }
         let src = m.attributes.iter().find_map(|a| match a {

@@ -753,7 +753,9 @@ fn vxlan_follows_nodes_and_flags() {
     assert!(a1.stop().unwrap().success(), "agent 1: {}", a1.log());
     drop(a1);
 
-    // `--tunnel disabled`: the device goes (with its routes), native routes come.
+    // `--tunnel disabled`: the device goes (with its routes), native routes
+    // come; a rule sluice did not make, into the same table, stays.
+    c.nodes[0].netns().ip(&["rule", "add", "from", "10.99.0.0/24", "lookup", "115"]).unwrap();
     c.agents[0] = Some(c.start_agent(0, &[]));
     wait_for(WAIT, "agent 1 has synced once", || {
         Ok(c.agents[0].as_ref().unwrap().log().contains("agent running"))
@@ -769,7 +771,11 @@ fn vxlan_follows_nodes_and_flags() {
     let log = c.agents[0].as_ref().unwrap().log();
     assert!(log.contains("VXLAN device (and its routes) removed"), "{log}");
     let rules = n1.netns().ip(&["-4", "rule", "show"]).unwrap();
-    assert!(!rules.contains("lookup 115"), "the overlay's rule is gone: {rules}");
+    assert!(
+        !rules.contains("from 10.244.1.0/24 lookup 115"),
+        "the overlay's rule is gone: {rules}"
+    );
+    assert!(rules.contains("from 10.99.0.0/24 lookup 115"), "a foreign rule stays: {rules}");
     let table = n1.netns().ip(&["-4", "route", "show", "table", "115"]).unwrap();
     assert!(table.trim().is_empty(), "table 115 is empty: {table}");
 
