@@ -629,7 +629,15 @@ pub async fn reconcile_rules(h: &Handle, cidrs: &[Ipv4Network], out: &mut Applie
     let mut dump = h.rule().get(rtnetlink::IpVersion::V4).execute();
     let mut have = Vec::new();
     let mut messages = Vec::new();
-    while let Some(m) = dump.try_next().await.map_err(nl("listing rules"))? {
+    loop {
+        let m = match dump.try_next().await {
+            Ok(Some(m)) => m,
+            Ok(None) => break,
+            // A kernel without policy routing has no rules to clean up
+            // (adding one below then fails, and says so).
+            Err(e) if matches!(errno(&e), Some(libc::EOPNOTSUPP | libc::EAFNOSUPPORT)) => break,
+            Err(e) => return Err(nl("listing rules")(e)),
+        };
         let table = m
             .attributes
             .iter()
