@@ -34,7 +34,7 @@ use crate::{
         cache::{Changes, Dirty, ModelCache},
     },
     observe::{self, HcServers, HealthState, Metrics, MetricsConfig, SyncReport},
-    routing,
+    routing, tunnel,
 };
 
 /// How often pod interfaces are rescanned (and failed syncs retried).
@@ -482,13 +482,15 @@ impl Agent {
         if let Some(eligible) = node_eligible {
             self.health.set_node_eligible(eligible);
         }
-        self.write_cni_conf(pod_cidrs.as_deref());
-        if internal_ip != self.internal_ip {
-            self.internal_ip = internal_ip;
-            self.scan_devices();
-        }
+        let tunnel_before = (self.network.tunnel_ifindex(), self.network.tunnel_vtep());
         if !self.network.sync(&network) {
             self.needs_retry = true;
+        }
+        self.write_cni_conf(pod_cidrs.as_deref());
+        let tunnel_after = (self.network.tunnel_ifindex(), self.network.tunnel_vtep());
+        if internal_ip != self.internal_ip || tunnel_after != tunnel_before {
+            self.internal_ip = internal_ip;
+            self.scan_devices();
         }
         if outcome.errors.is_empty() {
             self.health.synced();
@@ -513,15 +515,21 @@ impl Agent {
     }
 
     /// Writes this node's CNI conflist when its pod CIDRs are known (and
-    /// changed); a node without pod CIDRs keeps whatever is there.
+    /// changed); a node without pod CIDRs keeps whatever is there. With a
+    /// tunnel the conflist waits for the overlay device (it carries the
+    /// pods' MTU).
     fn write_cni_conf(&mut self, pod_cidrs: Option<&[String]>) {
         let Some(cidrs) = pod_cidrs.filter(|c| !c.is_empty()) else {
             return;
         };
-        let text = cniconf::conflist(cidrs, &self.cfg.paths.root).to_string();
+        let mtu = self.network.pod_mtu();
+        if mtu.is_none() && self.network.tunnel_configured() {
+            return;
+        }
+        let text = cniconf::conflist(cidrs, &self.cfg.paths.root, mtu).to_string();
         match cniconf::write(&self.cfg.cni_conf_dir, &text) {
             Ok(true) => {
-                info!(dir = %self.cfg.cni_conf_dir.display(), ?cidrs, "CNI conflist written");
+                info!(dir = %self.cfg.cni_conf_dir.display(), ?cidrs, ?mtu, "CNI conflist written");
             }
             Ok(false) => {}
             Err(e) => {
@@ -543,7 +551,7 @@ impl Agent {
         let mut present = BTreeSet::new();
         for iface in &ifaces {
             let name = iface.name().to_string_lossy();
-            if !device_matches(&self.cfg.pod_devices, &name) {
+            if !device_matches(&self.cfg.pod_devices, &name) || name == tunnel::DEVICE {
                 continue;
             }
             let index = iface.index();
@@ -575,12 +583,28 @@ impl Agent {
         };
         let mut present = BTreeSet::new();
         let mut names = BTreeSet::new();
+        let tunnel = self.network.tunnel_configured();
         for iface in ifaces {
             let name = iface.name().to_string_lossy();
+            let index = iface.index();
+            // The overlay device gets the external program too: replies of
+            // flows translated here whose backend is on another node come
+            // back through it. Its address serves no NodePort. (A device an
+            // earlier run left keeps its program while this agent starts.)
+            let is_tunnel = tunnel && name == tunnel::DEVICE;
+            if is_tunnel {
+                present.insert(index);
+                if !self.datapath.ext_attached().contains(&index)
+                    && let Err(e) = self.datapath.attach_ext_device(&name, index)
+                {
+                    warn!(ifname = %name, error = %e, "cannot attach the external program; will retry");
+                    present.remove(&index);
+                }
+                continue;
+            }
             if !device_matches(patterns, &name) || device_matches(&self.cfg.pod_devices, &name) {
                 continue;
             }
-            let index = iface.index();
             names.insert(name.to_string());
             present.insert(index);
             if self.datapath.ext_attached().contains(&index) {
@@ -601,7 +625,12 @@ impl Agent {
                 return;
             }
         };
-        let want = node::node_addrs(&addrs, &self.cfg.nodeport_ranges, self.internal_ip);
+        let mut want = node::node_addrs(&addrs, &self.cfg.nodeport_ranges, self.internal_ip);
+        // Through the overlay, flows to other nodes' backends leave from
+        // the vtep address, so that their answers come back through it.
+        if let Some(vtep) = self.network.tunnel_vtep() {
+            want.snat = Some(vtep);
+        }
         match self.node_maps.sync(&want) {
             Ok(true) => info!(nodeport = ?want.nodeport, snat = ?want.snat, "node addresses"),
             Ok(false) => {}
