@@ -611,7 +611,7 @@ fn program(bed: &Bed, pn: &PeerNode, inputs: &Inputs) -> anyhow::Result<(Program
             let mut agent = Agent::start(&pn.node, cfg)?;
             let reachable = join_poller(poller);
             if let Some(status) = agent.try_wait()? {
-                bail!("agent exited ({status}); log:\n{}", agent.log());
+                bail!("agent exited ({status}); log:\n{}", log_tail(&agent.log()));
             }
             record.program_reachable_ms = Some(ms(reachable?));
             if pn.peer == Peer::SluiceSocklb {
@@ -626,13 +626,43 @@ fn program(bed: &Bed, pn: &PeerNode, inputs: &Inputs) -> anyhow::Result<(Program
                     "no connect4 hook on {}: {} missing; agent log:\n{}",
                     cgroup.path().display(),
                     pin.display(),
-                    agent.log()
+                    log_tail(&agent.log())
                 );
             }
             Live::Agent { agent, bpffs, cgroup }
         }
     };
     Ok((record, live))
+}
+
+/// The last lines of an agent log, without colour codes (the log of an
+/// agent that kept failing can be very long).
+fn log_tail(log: &str) -> String {
+    const LINES: usize = 20;
+    let lines: Vec<&str> = log.lines().collect();
+    let skipped = lines.len().saturating_sub(LINES);
+    let tail = strip_ansi(&lines[skipped..].join("\n"));
+    if skipped > 0 { format!("({skipped} earlier lines left out)\n{tail}") } else { tail }
+}
+
+/// `s` without ANSI escape sequences (`ESC [ ... letter`).
+fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            if chars.next() == Some('[') {
+                for c in chars.by_ref() {
+                    if c.is_ascii_alphabetic() {
+                        break;
+                    }
+                }
+            }
+            continue;
+        }
+        out.push(c);
+    }
+    out
 }
 
 /// Peak RSS (`VmHWM`) of process `pid`, MiB.
@@ -654,19 +684,18 @@ fn parse_vm_hwm_mib(status: &str) -> Option<f64> {
     Some(kb / 1024.0)
 }
 
-/// Undoes a peer's programming and checks that nothing stays; returns the
-/// agent's peak RSS for sluice.
-fn teardown(pn: &PeerNode, live: Live) -> anyhow::Result<Option<f64>> {
+/// Undoes a peer's programming and checks that nothing stays.
+fn teardown(pn: &PeerNode, live: Live) -> anyhow::Result<()> {
     let node_ns = pn.node.netns();
-    let mut rss = None;
     match live {
         Live::Rules => nft_flush(node_ns)?,
         Live::Agent { mut agent, bpffs, cgroup } => {
-            if let Some(pid) = agent.pid() {
-                rss = peak_rss_mib(pid).ok();
-            }
             let status = agent.stop()?;
-            ensure!(status.success(), "agent exited with {status}; log:\n{}", agent.log());
+            ensure!(
+                status.success(),
+                "agent exited with {status}; log:\n{}",
+                log_tail(&agent.log())
+            );
             // Unpin everything (links detach with their last reference);
             // the pod program's tc filter goes with its qdisc.
             let _ = fs::remove_dir_all(bpffs.path().join("sluice"));
@@ -675,8 +704,7 @@ fn teardown(pn: &PeerNode, live: Live) -> anyhow::Result<Option<f64>> {
             drop(cgroup);
         }
     }
-    check_clean(pn)?;
-    Ok(rss)
+    check_clean(pn)
 }
 
 /// No netfilter rule and no BPF program is left in the peer's node.
@@ -709,7 +737,7 @@ fn measure(
     let r = run_client(bed, &pn.client, addr, cgroup.as_deref());
     if let Some(Live::Agent { agent, .. }) = live {
         if let Some(status) = agent.try_wait()? {
-            bail!("agent exited ({status}) during the trial; log:\n{}", agent.log());
+            bail!("agent exited ({status}) during the trial; log:\n{}", log_tail(&agent.log()));
         }
     }
     r
@@ -972,12 +1000,26 @@ fn run_set(
     }
     for (i, pn) in bed.nodes.iter().enumerate() {
         let Some(l) = live[i].take() else { continue };
-        match teardown(pn, l) {
-            Ok(rss) => {
-                if let (Some(r), Some(k)) = (rss, records[i]) {
-                    c.programming[k].agent_peak_rss_mib = Some(r);
-                }
+        if let Live::Agent { agent, .. } = &l {
+            if let (Some(pid), Some(k)) = (agent.pid(), records[i]) {
+                c.programming[k].agent_peak_rss_mib = peak_rss_mib(pid).ok();
             }
+            // Measured services answering does not mean all N were programmed.
+            let log = agent.log();
+            let errors: Vec<&str> = log.lines().filter(|l| l.contains("ERROR")).collect();
+            if let Some(first) = errors.first() {
+                let e = format!(
+                    "{} at N = {n}: the agent logged {} error line(s), the first: {}",
+                    pn.peer.name(),
+                    errors.len(),
+                    strip_ansi(first)
+                );
+                println!("  ERRORS: {e}");
+                c.failures.push(e);
+            }
+        }
+        match teardown(pn, l) {
+            Ok(()) => {}
             Err(e) => {
                 let e = format!("{} tearing down N = {n}: {e:#}", pn.peer.name());
                 println!("  FAILED: {e}");
@@ -1015,6 +1057,18 @@ fn clean_after_failure(pn: &PeerNode) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    // Expect: colour codes go, text stays; a long log keeps its last 20
+    // lines and says how many it left out.
+    #[test]
+    fn agent_log_tail() {
+        assert_eq!(strip_ansi("\u{1b}[2mtime\u{1b}[0m \u{1b}[31mERROR\u{1b}[0m x"), "time ERROR x");
+        let log: String = (0..30).map(|i| format!("line {i}\n")).collect();
+        let tail = log_tail(&log);
+        assert!(tail.starts_with("(10 earlier lines left out)\nline 10\n"), "{tail}");
+        assert!(tail.ends_with("line 29"), "{tail}");
+        assert_eq!(log_tail("a\nb"), "a\nb");
+    }
 
     // Expect: VmHWM in kB becomes MiB; a missing or malformed line is None.
     #[test]

@@ -472,7 +472,7 @@ pub fn markdown(input: &Input<'_>) -> String {
     if !failures.is_empty() {
         let _ = writeln!(
             md,
-            "\n{} trial(s) or programming step(s) failed and are not in the figures:\n",
+            "\n{} problem(s); failed trials and programming steps are not in the figures:\n",
             failures.len()
         );
         for f in failures {
