@@ -257,13 +257,38 @@ mod tests {
 
     #[test]
     fn bench_takes_quick_and_a_target() {
-        let Task::Bench { quick, target } =
+        let Task::Bench { quick, target, bench_args } =
             Cli::try_parse_from(["xtask", "bench", "--quick", "lb"]).unwrap().task
         else {
             panic!("not the bench task");
         };
         assert!(quick);
         assert_eq!(target.as_deref(), Some("lb"));
+        assert!(bench_args.is_empty());
+    }
+
+    // Expect: everything after `--` goes to the benchmark, options included.
+    #[test]
+    fn bench_passes_arguments_after_the_separator() {
+        let Task::Bench { quick, target, bench_args } = Cli::try_parse_from([
+            "xtask",
+            "bench",
+            "peers",
+            "--",
+            "--services",
+            "1,100000",
+            "--quick",
+        ])
+        .unwrap()
+        .task
+        else {
+            panic!("not the bench task");
+        };
+        assert!(!quick);
+        assert_eq!(target.as_deref(), Some("peers"));
+        assert_eq!(bench_args, ["--services", "1,100000", "--quick"]);
+        let err = bench(false, None, &["--x".to_owned()]).unwrap_err();
+        assert!(err.to_string().contains("one benchmark named"), "{err}");
     }
 
     #[test]
