@@ -511,7 +511,14 @@ struct Bed {
 /// A peer's programming while its trials run.
 enum Live {
     Rules,
-    Agent { agent: Agent, bpffs: BpffsMount, cgroup: TestCgroup },
+    Agent(Box<Running>),
+}
+
+/// A running agent with its bpffs and cgroup (dropped in this order).
+struct Running {
+    agent: Agent,
+    bpffs: BpffsMount,
+    cgroup: TestCgroup,
 }
 
 /// The rule files of one service set.
@@ -629,7 +636,7 @@ fn program(bed: &Bed, pn: &PeerNode, inputs: &Inputs) -> anyhow::Result<(Program
                     log_tail(&agent.log())
                 );
             }
-            Live::Agent { agent, bpffs, cgroup }
+            Live::Agent(Box::new(Running { agent, bpffs, cgroup }))
         }
     };
     Ok((record, live))
@@ -689,7 +696,8 @@ fn teardown(pn: &PeerNode, live: Live) -> anyhow::Result<()> {
     let node_ns = pn.node.netns();
     match live {
         Live::Rules => nft_flush(node_ns)?,
-        Live::Agent { mut agent, bpffs, cgroup } => {
+        Live::Agent(running) => {
+            let Running { mut agent, bpffs, cgroup } = *running;
             let status = agent.stop()?;
             ensure!(
                 status.success(),
@@ -721,26 +729,24 @@ fn check_clean(pn: &PeerNode) -> anyhow::Result<()> {
 fn measure(
     bed: &Bed,
     pn: &PeerNode,
-    live: Option<&mut Live>,
+    live: &mut Option<Live>,
     target: Option<&Target>,
 ) -> anyhow::Result<ClientResult> {
     let addr = match target {
         Some(t) => SocketAddrV4::new(vip(t.index), SERVICE_PORT),
         None => SocketAddrV4::new(pn.backends[0].ip(), TARGET_PORT),
     };
-    let cgroup = match &live {
-        Some(Live::Agent { cgroup, .. }) if pn.peer == Peer::SluiceSocklb => {
-            Some(cgroup.path().to_owned())
-        }
+    let cgroup = match live.as_ref() {
+        Some(Live::Agent(r)) if pn.peer == Peer::SluiceSocklb => Some(r.cgroup.path().to_owned()),
         _ => None,
     };
-    let r = run_client(bed, &pn.client, addr, cgroup.as_deref());
-    if let Some(Live::Agent { agent, .. }) = live {
-        if let Some(status) = agent.try_wait()? {
-            bail!("agent exited ({status}) during the trial; log:\n{}", log_tail(&agent.log()));
-        }
+    let result = run_client(bed, &pn.client, addr, cgroup.as_deref());
+    if let Some(Live::Agent(r)) = live.as_mut()
+        && let Some(status) = r.agent.try_wait()?
+    {
+        bail!("agent exited ({status}) during the trial; log:\n{}", log_tail(&r.agent.log()));
     }
-    r
+    result
 }
 
 /// What the run collected.
@@ -896,7 +902,7 @@ fn run_set(
     c: &mut Collected,
 ) -> anyhow::Result<()> {
     let n = set.n;
-    let runs = |p: Peer| !(p.is_rules() && !rules_ok);
+    let runs = |p: Peer| !p.is_rules() || rules_ok;
     let inputs =
         prepare(bed, set, set_no, bed.nodes.iter().any(|pn| pn.peer.is_rules() && runs(pn.peer)))?;
     let what = set
@@ -964,7 +970,7 @@ fn run_set(
                 set.targets.iter().map(Some).collect()
             };
             for target in targets {
-                match measure(bed, pn, live[i].as_mut(), target) {
+                match measure(bed, pn, &mut live[i], target) {
                     Ok(client) => {
                         print_trial(n, rep, pn.peer, target, &client);
                         c.trials.push(Trial {
@@ -986,8 +992,8 @@ fn run_set(
                         println!("  FAILED: {e}");
                         c.failures.push(e);
                         // The agent may be gone: no further trials of this peer here.
-                        if let Some(Live::Agent { agent, .. }) = live[i].as_mut()
-                            && agent.try_wait()?.is_some()
+                        if let Some(Live::Agent(r)) = live[i].as_mut()
+                            && r.agent.try_wait()?.is_some()
                         {
                             ready[i] = false;
                             break;
@@ -1000,7 +1006,8 @@ fn run_set(
     }
     for (i, pn) in bed.nodes.iter().enumerate() {
         let Some(l) = live[i].take() else { continue };
-        if let Live::Agent { agent, .. } = &l {
+        if let Live::Agent(r) = &l {
+            let agent = &r.agent;
             if let (Some(pid), Some(k)) = (agent.pid(), records[i]) {
                 c.programming[k].agent_peak_rss_mib = peak_rss_mib(pid).ok();
             }
