@@ -532,8 +532,19 @@ struct Inputs {
 }
 
 fn prepare(bed: &Bed, set: &SetPlan, set_no: usize, rules: bool) -> anyhow::Result<Inputs> {
+    // One service set for every node: their backend pods have the same
+    // addresses (each node is node 0 of its own world, pods added in the
+    // same order), which is checked here.
     let backends =
         bed.nodes.iter().map(PeerNode::backend_ips).max_by_key(Vec::len).unwrap_or_default();
+    for pn in &bed.nodes {
+        let ips = pn.backend_ips();
+        ensure!(
+            backends.starts_with(&ips),
+            "{}'s backends {ips:?} differ from {backends:?}",
+            pn.peer.name()
+        );
+    }
     let services = service_set(set, &backends)?;
     let label = format!("{}-{set_no}", set.n);
     let cfg = ClusterConfig {
