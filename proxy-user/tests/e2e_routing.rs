@@ -10,14 +10,13 @@
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::Path;
-use std::thread;
 use std::time::{Duration, Instant};
 
 use sluice::routing::RTPROT_SLUICE;
 use sluice::testbed::{
     Agent, AgentConfig, BpffsMount, EXTERNAL_ADDR, EchoServer, ManifestDir, Netns, Node, Pod,
     Reply, RouteEntry, TestDir, Underlay, require_root, run_checked, sluice_has_agent, sweep_stale,
-    tcp_request, udp_request,
+    tcp_request, udp_request, wait_for,
 };
 
 const TCP: u16 = 8080;
@@ -41,22 +40,6 @@ fn ready() -> bool {
     }
     sweep_stale();
     true
-}
-
-/// Polls `f` every 100 ms until it returns `Ok(true)`; panics with `what`
-/// and the last state after `timeout`.
-fn wait_for(timeout: Duration, what: &str, mut f: impl FnMut() -> anyhow::Result<bool>) {
-    let deadline = Instant::now() + timeout;
-    let mut last = String::new();
-    loop {
-        match f() {
-            Ok(true) => return,
-            Ok(false) => {}
-            Err(e) => last = format!("{e:#}"),
-        }
-        assert!(Instant::now() < deadline, "{what}: not within {timeout:?} (last error: {last})");
-        thread::sleep(Duration::from_millis(100));
-    }
 }
 
 /// The routes of protocol [`RTPROT_SLUICE`] on `node`: (destination, gateway).

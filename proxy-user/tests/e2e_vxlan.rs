@@ -20,7 +20,7 @@ use sluice::routing::RTPROT_SLUICE;
 use sluice::testbed::{
     Agent, AgentConfig, Backend, BpffsMount, ClusterIpService, EchoServer, ManifestDir, Netns,
     Node, Pod, Protocol, Reply, ServicePort, TestDir, Underlay, require_root, run_checked,
-    sluice_has_agent, sweep_stale, tcp_request, udp_request,
+    sluice_has_agent, sweep_stale, tcp_request, udp_request, wait_for,
 };
 use sluice::tunnel::{DEFAULT_PORT, DEVICE, fmt_mac, vtep_mac};
 
@@ -48,22 +48,6 @@ fn ready() -> bool {
     }
     sweep_stale();
     true
-}
-
-/// Polls `f` every 100 ms until it returns `Ok(true)`; panics with `what`
-/// and the last state after `timeout`.
-fn wait_for(timeout: Duration, what: &str, mut f: impl FnMut() -> anyhow::Result<bool>) {
-    let deadline = Instant::now() + timeout;
-    let mut last = String::new();
-    loop {
-        match f() {
-            Ok(true) => return,
-            Ok(false) => {}
-            Err(e) => last = format!("{e:#}"),
-        }
-        assert!(Instant::now() < deadline, "{what}: not within {timeout:?} (last: {last})");
-        thread::sleep(Duration::from_millis(100));
-    }
 }
 
 /// `node`'s routes of protocol [`RTPROT_SLUICE`]: (destination, gateway, device).

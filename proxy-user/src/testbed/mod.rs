@@ -68,6 +68,22 @@ pub fn unique_name(label: &str) -> String {
     format!("{PREFIX}{}-{n}-{label}", std::process::id())
 }
 
+/// Polls `f` every 100 ms until it returns `Ok(true)`; panics naming `what`
+/// and the last error after `timeout`.
+pub fn wait_for(timeout: Duration, what: &str, mut f: impl FnMut() -> anyhow::Result<bool>) {
+    let deadline = Instant::now() + timeout;
+    let mut last = String::new();
+    loop {
+        match f() {
+            Ok(true) => return,
+            Ok(false) => {}
+            Err(e) => last = format!("{e:#}"),
+        }
+        assert!(Instant::now() < deadline, "{what}: not within {timeout:?} (last error: {last})");
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// `true` when running as root (euid 0). Otherwise prints
 /// `skipping <test>: needs root` and returns `false`, so that a plain
 /// `cargo test` without privileges skips privileged tests instead of failing.
