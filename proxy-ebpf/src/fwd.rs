@@ -14,7 +14,10 @@
 //!   off on the pod's interface, a packet larger than the route's MTU) leaves
 //!   the packet to the stack, which answers as it would without the fast
 //!   path. Destinations outside the pod space always go through the stack:
-//!   its nftables table masquerades them.
+//!   its nftables table masquerades them;
+//! - arriving on an external device (`deliver_local`, from the external
+//!   program) for a pod of this node without service translation (another
+//!   node's pod talking to it): peer redirect as above.
 //!
 //! Both decrement the TTL as the stack's forwarding does (a packet whose TTL
 //! would expire goes to the stack, which sends the ICMP error), fixing the
@@ -37,7 +40,8 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use proxy_common::{
-    CFG_FAST_PATH_FIB, CFG_FAST_PATH_PEER, DropReason, FWD_FIB, FWD_NEIGH, FWD_PEER, FWD_STACK,
+    CFG_FAST_PATH_FIB, CFG_FAST_PATH_PEER, DropReason, EndpointInfo, FWD_FIB, FWD_NEIGH, FWD_PEER,
+    FWD_STACK,
 };
 
 use crate::{
@@ -63,22 +67,44 @@ pub fn forward(ctx: &TcContext, ip: &Ipv4, saddr: u32, daddr: u32) -> Result<Act
     if flags & CFG_FAST_PATH_PEER != 0 {
         // SAFETY: plain data, copied out at once.
         if let Some(ep) = unsafe { SL_ENDPOINTS.get(daddr) }.copied() {
-            if ep.ifindex == 0 || !decrement_ttl(ctx, ip)? {
-                return stack();
-            }
-            let mut macs = [0u8; 12];
-            macs[0..6].copy_from_slice(&ep.mac);
-            macs[6..12].copy_from_slice(&ep.node_mac);
-            ctx.store(0, &macs, 0).map_err(|_| DropReason::NatFailed)?;
-            // SAFETY: a plain helper call.
-            let verdict = unsafe { bpf_redirect_peer(ep.ifindex, 0) };
-            return redirected(verdict, FWD_PEER);
+            return peer(ctx, ip, &ep);
         }
     }
     if flags & CFG_FAST_PATH_FIB == 0 || !in_pod_cidrs(daddr) {
         return Ok(Action::Pass);
     }
     fib_forward(ctx, ip, saddr, daddr)
+}
+
+/// For a packet that arrived on an external device (from another node, or
+/// from outside): to a pod of this node it is delivered by peer redirect,
+/// as the stack would route it; anything else is the stack's.
+#[inline(always)]
+pub fn deliver_local(ctx: &TcContext, ip: &Ipv4) -> Result<Action, DropReason> {
+    let flags = SL_CONFIG.get(0).map_or(0, |c| c.flags);
+    if flags & CFG_FAST_PATH_PEER == 0 {
+        return Ok(Action::Pass);
+    }
+    // SAFETY: plain data, copied out at once.
+    match unsafe { SL_ENDPOINTS.get(ip.daddr) }.copied() {
+        Some(ep) => peer(ctx, ip, &ep),
+        None => Ok(Action::Pass),
+    }
+}
+
+/// Hands the packet to the pod of `ep` (its `eth0` ingress).
+#[inline(always)]
+fn peer(ctx: &TcContext, ip: &Ipv4, ep: &EndpointInfo) -> Result<Action, DropReason> {
+    if ep.ifindex == 0 || !decrement_ttl(ctx, ip)? {
+        return stack();
+    }
+    let mut macs = [0u8; 12];
+    macs[0..6].copy_from_slice(&ep.mac);
+    macs[6..12].copy_from_slice(&ep.node_mac);
+    ctx.store(0, &macs, 0).map_err(|_| DropReason::NatFailed)?;
+    // SAFETY: a plain helper call.
+    let verdict = unsafe { bpf_redirect_peer(ep.ifindex, 0) };
+    redirected(verdict, FWD_PEER)
 }
 
 /// FIB lookup and redirect out of the interface it names.

@@ -7,7 +7,8 @@
 //!
 //! - `fast`: `sluice agent` per node (native routing) with `--fast-path=true`:
 //!   same node by `bpf_redirect_peer`, cross node by FIB lookup and
-//!   `bpf_redirect`/`bpf_redirect_neigh`;
+//!   `bpf_redirect`/`bpf_redirect_neigh` and, on the receiving node, from
+//!   the underlay device (`--devices eth0`) by `bpf_redirect_peer`;
 //! - `plain`: the same agents with `--fast-path=false` (the node's stack
 //!   routes every packet);
 //! - `bridge`: the reference `bridge` CNI plugin's layout without any agent:
@@ -116,7 +117,9 @@ impl Layout {
 
     /// The agent flags of a sluice layout; `None` for the bridge.
     fn agent_args(self) -> Option<Vec<String>> {
-        let mut a = vec!["--socket-lb=false".to_owned()];
+        // The underlay interface is the external device: traffic from the
+        // other node reaches local pods by the external program.
+        let mut a = vec!["--socket-lb=false".to_owned(), "--devices=eth0".to_owned()];
         match self {
             Layout::Fast => a.push("--fast-path=true".into()),
             Layout::Plain => a.push("--fast-path=false".into()),
@@ -512,12 +515,15 @@ fn trial(
         } else {
             sluice.start(layout, bin)?;
             let paths = PinPaths::new(sluice.root(0));
+            let server_paths = PinPaths::new(sluice.root(1));
             let before = FastPathStats::read(&paths)?;
+            let server_before = FastPathStats::read(&server_paths)?;
             let (c, s) = (&sluice.pods[0], &sluice.pods[peer]);
             let ip = s.ip();
             let r = rr(c, s, SocketAddrV4::new(ip, RR_PORT), seconds)?;
             let g = stream(c, s, SocketAddrV4::new(ip, STREAM_PORT), seconds)?;
             let after = FastPathStats::read(&paths)?;
+            let server_peer = FastPathStats::read(&server_paths)?.peer - server_before.peer;
             let d = FastPathStats {
                 peer: after.peer - before.peer,
                 fib: after.fib - before.fib,
@@ -525,7 +531,11 @@ fn trial(
                 stack: after.stack - before.stack,
             };
             // The trial took the path it is named after.
-            let redirected = if path == PathKind::SameNode { d.peer } else { d.fib + d.neigh };
+            let redirected = if path == PathKind::SameNode {
+                d.peer
+            } else {
+                (d.fib + d.neigh).min(server_peer)
+            };
             if layout.fast() {
                 ensure!(
                     redirected > 0,

@@ -5,13 +5,14 @@
 //! pod's MACs, its TTL one lower, valid checksums and the verdict
 //! TC_ACT_REDIRECT (`bpf_redirect_peer`; the test run does not deliver it),
 //! counted in `SL_FWD_STATS`. With them off, or when the TTL would expire,
-//! it continues to the stack unchanged apart from the NAT. Needs root.
+//! it continues to the stack unchanged apart from the NAT. The counters are
+//! also `sluice_fast_path_packets_total{path}`. Needs root.
 
 use std::net::Ipv4Addr;
 
 use aya::maps::{HashMap, MapData};
 use aya::programs::SchedClassifier;
-use proxy_common::{EndpointInfo, MAP_ENDPOINTS, PROG_POD_INGRESS};
+use proxy_common::{EndpointInfo, MAP_ENDPOINTS, PROG_EXT_INGRESS, PROG_POD_INGRESS};
 use sluice::{
     datapath::{
         MapSizes, PinPaths,
@@ -158,6 +159,16 @@ fn local_pod_traffic_is_peer_redirected() {
     assert_peer(v, &out, POD_A);
     let s = h.stats();
     assert_eq!((s.peer, s.fib, s.neigh, s.stack), (2, 0, 0, 0));
+    // The same counters as metrics, read from the pins at scrape time.
+    let metrics = sluice::observe::Metrics::new(sluice::observe::MetricsConfig {
+        pins: Some(h.paths.clone()),
+        ..Default::default()
+    });
+    let text = metrics.encode().unwrap();
+    for (path, n) in [("peer", 2), ("fib", 0), ("neigh", 0), ("stack", 0)] {
+        let series = format!(r#"sluice_fast_path_packets_total{{path="{path}"}} {n}"#);
+        assert!(text.lines().any(|l| l == series), "no {series} in\n{text}");
+    }
 }
 
 // Expect: with the fast paths off the same packets continue to the stack
@@ -239,4 +250,28 @@ fn expiring_ttl_and_unusable_fib_answers_go_to_the_stack() {
     assert_eq!(h.run(&outside), (TC_ACT_UNSPEC, outside.clone()));
     assert_eq!(h.stats(), FastPathStats { stack: 2, ..FastPathStats::default() });
     drop(h.node);
+}
+
+// Expect: on an external device (the external program), a packet from a pod
+// on another node to local pod B is peer-redirected to B with B's MACs and
+// TTL 63 when the fast paths are on, and continues unchanged when off.
+#[test]
+fn from_another_node_to_a_local_pod_is_peer_redirected() {
+    if !nix::unistd::geteuid().is_root() {
+        return;
+    }
+    for on in [true, false] {
+        let h = Harness::new(on);
+        let ext = SchedClassifier::from_pin(h.paths.prog(PROG_EXT_INGRESS)).expect("program");
+        let f = tcp(REMOTE, 40000, POD_B, 8080, 0x02);
+        let (v, out) = prog_test_run(&ext, &f).unwrap();
+        if on {
+            let p = assert_peer(v, &out, POD_B);
+            assert_eq!((p.src, p.ports), (REMOTE, Some((40000, 8080))));
+            assert_eq!(h.stats().peer, 1);
+        } else {
+            assert_eq!((v, out), (TC_ACT_UNSPEC, f));
+            assert_eq!(h.stats(), FastPathStats::default());
+        }
+    }
 }
