@@ -128,14 +128,14 @@ impl NodeMaps {
             addrs: open_pinned(paths, MAP_NODE_ADDRS)?,
             config: open_pinned(paths, MAP_CONFIG)?,
             pod_cidrs: open_pinned(paths, MAP_POD_CIDRS)?,
-            flags: fast_path_flags(true),
+            flags: 0,
             applied: None,
             applied_cidrs: None,
         })
     }
 
     /// The `SL_CONFIG` flags (`CFG_FAST_PATH_*`) the next sync writes;
-    /// both fast paths by default.
+    /// none unless given (the agent passes its `--fast-path`).
     #[must_use]
     pub fn with_flags(mut self, flags: u32) -> Self {
         self.flags = flags;
