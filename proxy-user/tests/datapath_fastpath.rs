@@ -249,7 +249,6 @@ fn expiring_ttl_and_unusable_fib_answers_go_to_the_stack() {
     let outside = udp(POD_A, 40000, OUTSIDE, 53);
     assert_eq!(h.run(&outside), (TC_ACT_UNSPEC, outside.clone()));
     assert_eq!(h.stats(), FastPathStats { stack: 2, ..FastPathStats::default() });
-    drop(h.node);
 }
 
 // Expect: on an external device (the external program), a packet from a pod
@@ -274,4 +273,28 @@ fn from_another_node_to_a_local_pod_is_peer_redirected() {
             assert_eq!(h.stats(), FastPathStats::default());
         }
     }
+}
+
+// Expect: the pod address space follows the agent's list: after it changes
+// to 10.245.0.0/16 alone, the old range is gone (a packet to it is no longer
+// looked up in the FIB, so not counted) and the new one is there.
+#[test]
+fn pod_cidrs_follow_the_list() {
+    if !nix::unistd::geteuid().is_root() {
+        return;
+    }
+    let mut h = Harness::new(true);
+    let remote = udp(POD_A, 40000, REMOTE, 53);
+    assert_eq!(h.run(&remote).0, TC_ACT_UNSPEC);
+    assert_eq!(h.stats().stack, 1, "looked up: in the pod space");
+    assert!(h.node.sync_pod_cidrs(&["10.245.0.0/16".parse().unwrap()]).unwrap());
+    assert!(!h.node.sync_pod_cidrs(&["10.245.0.0/16".parse().unwrap()]).unwrap(), "no change");
+    assert_eq!(h.run(&remote), (TC_ACT_UNSPEC, remote.clone()));
+    assert_eq!(h.stats().stack, 1, "not looked up any more");
+    let other = udp(POD_A, 40000, Ipv4Addr::new(10, 245, 3, 3), 53);
+    assert_eq!(h.run(&other).0, TC_ACT_UNSPEC);
+    assert_eq!(h.stats().stack, 2, "the new range is");
+    let cidrs: aya::maps::LpmTrie<MapData, u32, u32> =
+        open_pinned(&h.paths, proxy_common::MAP_POD_CIDRS).unwrap();
+    assert_eq!(cidrs.keys().count(), 1);
 }
