@@ -1,10 +1,13 @@
-//! Per-service and per-backend traffic counters, in per-CPU hashes. Entries
-//! are created and removed by the control plane together with their
-//! frontend or backend; here they are only looked up (this CPU's copy) and
-//! added to, so counting never allocates nor contends on the packet path.
-//! A missing entry is skipped.
+//! Per-service and per-backend traffic counters, in per-CPU hashes. An
+//! entry is created here by the first packet (or socket-level flow) of its
+//! frontend or backend, so the control plane's programming of a service
+//! does not pay the kernel's per-CPU insert (a fifth of a cold start at 100k
+//! services); the control plane removes entries with their frontend or
+//! backend. After that, counting is a lookup of this CPU's copy and an add:
+//! no allocation, no contention. When the map is full a packet goes
+//! uncounted.
 
-use aya_ebpf::maps::PerCpuHashMap;
+use aya_ebpf::{bindings::BPF_NOEXIST, maps::PerCpuHashMap};
 use proxy_common::TrafficStats;
 
 use crate::maps::{SL_BE_STATS, SL_SVC_STATS};
@@ -26,7 +29,7 @@ pub fn account(rev_nat_index: u32, backend_id: u32, dir: Direction, len: u32, ne
 
 #[inline(always)]
 fn add(map: &PerCpuHashMap<u32, TrafficStats>, key: u32, dir: Direction, len: u32, new_flow: bool) {
-    let Some(s) = map.get_ptr_mut(key) else {
+    let Some(s) = entry(map, key) else {
         return;
     };
     // SAFETY: `s` is this CPU's copy of a live entry; only this CPU writes
@@ -52,9 +55,22 @@ fn add(map: &PerCpuHashMap<u32, TrafficStats>, key: u32, dir: Direction, len: u3
 #[inline(always)]
 pub fn socket_flow(rev_nat_index: u32, backend_id: u32) {
     for (map, key) in [(&SL_SVC_STATS, rev_nat_index), (&SL_BE_STATS, backend_id)] {
-        if let Some(s) = map.get_ptr_mut(key) {
+        if let Some(s) = entry(map, key) {
             // SAFETY: this CPU's copy of a live entry.
             unsafe { (*s).new_flows += 1 };
         }
     }
+}
+
+/// This CPU's copy of `key`'s counters, created (zeroed on every CPU) when
+/// missing; `None` when the map is full.
+#[inline(always)]
+fn entry(map: &PerCpuHashMap<u32, TrafficStats>, key: u32) -> Option<*mut TrafficStats> {
+    if let Some(s) = map.get_ptr_mut(key) {
+        return Some(s);
+    }
+    // NOEXIST: another CPU may have created it meanwhile; either way the
+    // lookup below finds the one entry.
+    let _ = map.insert(&key, &TrafficStats::default(), u64::from(BPF_NOEXIST));
+    map.get_ptr_mut(key)
 }

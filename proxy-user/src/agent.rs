@@ -29,9 +29,12 @@ use crate::{
         sockterm::SocketTerminator,
     },
     k8s, manifest,
-    model::cache::{Changes, Dirty, ModelCache},
+    model::{
+        Inputs,
+        cache::{Changes, Dirty, ModelCache},
+    },
     observe::{self, HcServers, HealthState, Metrics, MetricsConfig, SyncReport},
-    routing,
+    routing, tunnel,
 };
 
 /// How often pod interfaces are rescanned (and failed syncs retried).
@@ -163,7 +166,11 @@ enum Source {
 
 impl Source {
     /// Starts following the source; `changed` gets `()` on every change.
-    async fn start(cfg: &SourceConfig, changed: &mpsc::Sender<()>) -> anyhow::Result<Self> {
+    async fn start(
+        cfg: &SourceConfig,
+        node_name: &str,
+        changed: &mpsc::Sender<()>,
+    ) -> anyhow::Result<Self> {
         Ok(match cfg {
             SourceConfig::Manifests(dir) => {
                 let watcher = manifest::watch_dir(dir, changed.clone())
@@ -172,7 +179,7 @@ impl Source {
             }
             SourceConfig::Api(api) => {
                 let client = api.client().await?;
-                Self::Api(k8s::KubeSource::start(&client, changed))
+                Self::Api(k8s::KubeSource::start(&client, node_name, changed))
             }
         })
     }
@@ -184,8 +191,9 @@ impl Source {
             Self::Manifests { dir, .. } => {
                 let loaded = manifest::load_dir(dir).map_err(|e| NotNow::Failed(e.to_string()))?;
                 let bad = loaded.errors.iter().map(ToString::to_string);
+                let inputs = Inputs::from_store(&loaded.store, node);
                 // A re-read directory may differ anywhere.
-                Ok(snapshot(&loaded.store, node, Dirty::All, model, bad, loaded.errors.len()))
+                Ok(snapshot(&inputs, node, Dirty::All, model, bad, loaded.errors.len()))
             }
             Self::Api(source) => source.with_store(|ks| {
                 if !ks.is_ready() {
@@ -194,14 +202,14 @@ impl Source {
                 let complaints = ks.complaints();
                 let n = complaints.len();
                 let dirty = ks.take_dirty();
-                Ok(snapshot(ks.store(), node, dirty, model, complaints.into_iter(), n))
+                Ok(snapshot(ks.inputs(), node, dirty, model, complaints.into_iter(), n))
             }),
         }
     }
 }
 
-fn objects(store: &manifest::Store) -> usize {
-    store.services.len() + store.endpoint_slices.len() + store.nodes.len()
+fn objects(inputs: &Inputs) -> usize {
+    inputs.service_count() + inputs.slice_count() + inputs.nodes.len()
 }
 
 /// What a source says this node must program (besides the model's
@@ -233,7 +241,7 @@ struct Snapshot {
 
 /// Everything a snapshot takes from a store, while the store is at hand.
 fn snapshot(
-    store: &manifest::Store,
+    inputs: &Inputs,
     node: &str,
     dirty: Dirty,
     model: &mut ModelCache,
@@ -244,28 +252,26 @@ fn snapshot(
         Dirty::Keys { slices, .. } => Some(slices.clone()),
         Dirty::All => None,
     };
-    let changes = model.update(store, node, dirty);
+    let changes = model.update(inputs, dirty);
     let triggers = match (&changes, changed_slices) {
-        (Changes::Keys(_), Some(slices)) => observe::trigger_times_of(store, &slices),
-        _ => observe::trigger_times(store),
+        (Changes::Keys(_), Some(slices)) => observe::trigger_times_of(inputs, &slices),
+        _ => observe::trigger_times(inputs),
     };
-    let warnings = model.warnings();
+    let warnings = model.warnings(inputs);
     Snapshot {
         complaints: bad
             .chain(warnings.iter().map(|w| format!("{}: {}", w.object, w.message)))
             .collect(),
         model_warnings: warnings.len(),
         changes,
-        objects: objects(store),
+        objects: objects(inputs),
         bad_objects,
-        local: observe::hcnode::local_policy_of(store, node, model.local_services(), |k| {
-            model.slices_of(k)
-        }),
+        local: observe::hcnode::local_policy_of(inputs, model.local_services()),
         triggers,
-        node_eligible: store.nodes.get(node).map(observe::health::node_eligible),
-        pod_cidrs: store.nodes.get(node).map(cniconf::pod_cidrs),
-        internal_ip: store.nodes.get(node).and_then(routing::internal_ip),
-        network: routing::node_network(node, &store.nodes),
+        node_eligible: inputs.nodes.get(node).map(observe::health::node_eligible),
+        pod_cidrs: inputs.nodes.get(node).map(cniconf::pod_cidrs),
+        internal_ip: inputs.nodes.get(node).and_then(routing::internal_ip),
+        network: routing::node_network(node, &inputs.nodes),
     }
 }
 
@@ -335,7 +341,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         "adopted pinned state"
     );
     let (tx, mut rx) = mpsc::channel(64);
-    let source = Source::start(&cfg.source, &tx).await?;
+    let source = Source::start(&cfg.source, &cfg.node_name, &tx).await?;
     let mut agent = Agent {
         network: routing::Network::new(cfg.network.clone()),
         cfg,
@@ -479,13 +485,15 @@ impl Agent {
         if let Some(eligible) = node_eligible {
             self.health.set_node_eligible(eligible);
         }
-        self.write_cni_conf(pod_cidrs.as_deref());
-        if internal_ip != self.internal_ip {
-            self.internal_ip = internal_ip;
-            self.scan_devices();
-        }
+        let tunnel_before = (self.network.tunnel_ifindex(), self.network.tunnel_vtep());
         if !self.network.sync(&network) {
             self.needs_retry = true;
+        }
+        self.write_cni_conf(pod_cidrs.as_deref());
+        let tunnel_after = (self.network.tunnel_ifindex(), self.network.tunnel_vtep());
+        if internal_ip != self.internal_ip || tunnel_after != tunnel_before {
+            self.internal_ip = internal_ip;
+            self.scan_devices();
         }
         let cluster = self.cfg.network.cluster_cidr.as_deref().unwrap_or(&network.pod_cidrs);
         match self.node_maps.sync_pod_cidrs(cluster) {
@@ -519,15 +527,21 @@ impl Agent {
     }
 
     /// Writes this node's CNI conflist when its pod CIDRs are known (and
-    /// changed); a node without pod CIDRs keeps whatever is there.
+    /// changed); a node without pod CIDRs keeps whatever is there. With a
+    /// tunnel the conflist waits for the overlay device (it carries the
+    /// pods' MTU).
     fn write_cni_conf(&mut self, pod_cidrs: Option<&[String]>) {
         let Some(cidrs) = pod_cidrs.filter(|c| !c.is_empty()) else {
             return;
         };
-        let text = cniconf::conflist(cidrs, &self.cfg.paths.root).to_string();
+        let mtu = self.network.pod_mtu();
+        if mtu.is_none() && self.network.tunnel_configured() {
+            return;
+        }
+        let text = cniconf::conflist(cidrs, &self.cfg.paths.root, mtu).to_string();
         match cniconf::write(&self.cfg.cni_conf_dir, &text) {
             Ok(true) => {
-                info!(dir = %self.cfg.cni_conf_dir.display(), ?cidrs, "CNI conflist written");
+                info!(dir = %self.cfg.cni_conf_dir.display(), ?cidrs, ?mtu, "CNI conflist written");
             }
             Ok(false) => {}
             Err(e) => {
@@ -549,7 +563,7 @@ impl Agent {
         let mut present = BTreeSet::new();
         for iface in &ifaces {
             let name = iface.name().to_string_lossy();
-            if !device_matches(&self.cfg.pod_devices, &name) {
+            if !device_matches(&self.cfg.pod_devices, &name) || name == tunnel::DEVICE {
                 continue;
             }
             let index = iface.index();
@@ -581,12 +595,28 @@ impl Agent {
         };
         let mut present = BTreeSet::new();
         let mut names = BTreeSet::new();
+        let tunnel = self.network.tunnel_configured();
         for iface in ifaces {
             let name = iface.name().to_string_lossy();
+            let index = iface.index();
+            // The overlay device gets the external program too: replies of
+            // flows translated here whose backend is on another node come
+            // back through it. Its address serves no NodePort. (A device an
+            // earlier run left keeps its program while this agent starts.)
+            let is_tunnel = tunnel && name == tunnel::DEVICE;
+            if is_tunnel {
+                present.insert(index);
+                if !self.datapath.ext_attached().contains(&index)
+                    && let Err(e) = self.datapath.attach_ext_device(&name, index)
+                {
+                    warn!(ifname = %name, error = %e, "cannot attach the external program; will retry");
+                    present.remove(&index);
+                }
+                continue;
+            }
             if !device_matches(patterns, &name) || device_matches(&self.cfg.pod_devices, &name) {
                 continue;
             }
-            let index = iface.index();
             names.insert(name.to_string());
             present.insert(index);
             if self.datapath.ext_attached().contains(&index) {
@@ -607,7 +637,12 @@ impl Agent {
                 return;
             }
         };
-        let want = node::node_addrs(&addrs, &self.cfg.nodeport_ranges, self.internal_ip);
+        let mut want = node::node_addrs(&addrs, &self.cfg.nodeport_ranges, self.internal_ip);
+        // Through the overlay, flows to other nodes' backends leave from
+        // the vtep address, so that their answers come back through it.
+        if let Some(vtep) = self.network.tunnel_vtep() {
+            want.snat = Some(vtep);
+        }
         match self.node_maps.sync(&want) {
             Ok(true) => info!(nodeport = ?want.nodeport, snat = ?want.snat, "node addresses"),
             Ok(false) => {}

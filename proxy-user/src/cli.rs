@@ -57,6 +57,17 @@ pub enum RoutingMode {
     None,
 }
 
+/// `--tunnel`: whether pods on other nodes are reached through an overlay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
+pub enum TunnelMode {
+    /// No overlay: `--routing` decides.
+    #[default]
+    Disabled,
+    /// One VXLAN device per node with a static FDB entry per other node
+    /// (see the `tunnel` module).
+    Vxlan,
+}
+
 #[derive(Debug, clap::Args)]
 pub struct AgentArgs {
     /// Talk to the API server of this kubeconfig (its current context). Without
@@ -105,6 +116,19 @@ pub struct AgentArgs {
     /// routes an earlier run left).
     #[arg(long, value_enum, default_value_t = RoutingMode::Native)]
     pub routing: RoutingMode,
+    /// `vxlan`: reach pods on other nodes through the VXLAN device
+    /// `vxlan_sluice` (routes `proto 115` via it; no route via InternalIPs,
+    /// whatever --routing says; pod MTU lowered by 50). `disabled` removes
+    /// that device (and with it its routes) when an earlier run left it.
+    #[arg(long, value_enum, default_value_t = TunnelMode::Disabled)]
+    pub tunnel: TunnelMode,
+    /// VXLAN network identifier of the overlay (the same on every node).
+    #[arg(long, default_value_t = crate::tunnel::DEFAULT_VNI, value_parser = vni)]
+    pub vxlan_vni: u32,
+    /// UDP destination port of the overlay (the same on every node; 8472 is
+    /// the Linux default and flannel's, 4789 the IANA one).
+    #[arg(long, default_value_t = crate::tunnel::DEFAULT_PORT, value_parser = clap::value_parser!(u16).range(1..))]
+    pub vxlan_port: u16,
     /// Masquerade traffic from pods to destinations outside the cluster CIDR
     /// (nftables table `ip sluice`; `false` removes that table).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
@@ -154,6 +178,15 @@ fn map_size(s: &str) -> Result<u32, String> {
     Ok(n)
 }
 
+/// A VXLAN network identifier: 1 ..= 2^24 - 1.
+fn vni(s: &str) -> Result<u32, String> {
+    let n: u32 = s.parse().map_err(|e| format!("{s:?} is not a number: {e}"))?;
+    if n == 0 || n > 0x00ff_ffff {
+        return Err(format!("{n} is outside 1..=16777215 (24 bits)"));
+    }
+    Ok(n)
+}
+
 /// Whether interface `name` matches one of `patterns` (`eth+` matches every
 /// name starting with `eth`; anything else matches exactly).
 #[must_use]
@@ -194,6 +227,32 @@ mod tests {
         assert_eq!(a.pod_devices, vec!["sl+".to_string()]);
         assert!(a.socket_lb);
         assert_eq!(a.bpffs_root, PathBuf::from("/b"));
+    }
+
+    #[test]
+    fn tunnel_flags_are_checked() {
+        let parse = |extra: &[&str]| {
+            let mut argv = vec!["sluice", "agent", "--manifests", "/m"];
+            argv.extend_from_slice(extra);
+            Cli::try_parse_from(argv)
+        };
+        let Command::Agent(a) = parse(&[]).unwrap().command else { panic!("not agent") };
+        assert_eq!((a.tunnel, a.vxlan_vni, a.vxlan_port), (TunnelMode::Disabled, 1, 8472));
+        let Command::Agent(a) = parse(&["--tunnel", "vxlan"]).unwrap().command else {
+            panic!("not agent")
+        };
+        assert_eq!(a.tunnel, TunnelMode::Vxlan);
+        for bad in [
+            &["--tunnel", "geneve"][..],
+            &["--vxlan-vni", "0"],
+            &["--vxlan-vni", "16777216"],
+            &["--vxlan-vni", "x"],
+            &["--vxlan-port", "0"],
+            &["--vxlan-port", "65536"],
+        ] {
+            let e = parse(bad).expect_err(&format!("{bad:?} must be rejected"));
+            assert!(e.to_string().contains(bad[0]), "{bad:?}: {e}");
+        }
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //! (`spec.podCIDRs`) into `--cni-conf-dir`, atomically (a temporary file
 //! renamed over the old one, so a runtime never reads half a file), and
 //! rewritten when the pod CIDRs change. The plugin is `sluice-cni`, pointed
-//! at this agent's pins.
+//! at this agent's pins. With `--tunnel vxlan` the plugin also gets `mtu`:
+//! the overlay device's MTU, so pods send packets that fit once encapsulated.
 
 use std::{
     io::{self, Write as _},
@@ -27,10 +28,11 @@ pub fn pod_cidrs(node: &Node) -> Vec<String> {
     cidrs.into_iter().filter(|c| c.parse::<ipnetwork::Ipv4Network>().is_ok()).collect()
 }
 
-/// The conflist for `pod_cidrs`, with the agent's pin directory.
+/// The conflist for `pod_cidrs`, with the agent's pin directory and, when
+/// given, the pods' MTU.
 #[must_use]
-pub fn conflist(pod_cidrs: &[String], bpffs_root: &Path) -> Value {
-    json!({
+pub fn conflist(pod_cidrs: &[String], bpffs_root: &Path, mtu: Option<u32>) -> Value {
+    let mut v = json!({
         "cniVersion": "1.1.0",
         "cniVersions": ["0.4.0", "1.0.0", "1.1.0"],
         "name": "sluice",
@@ -40,7 +42,11 @@ pub fn conflist(pod_cidrs: &[String], bpffs_root: &Path) -> Value {
             "bpffsRoot": bpffs_root.display().to_string(),
             "dataDir": "/var/lib/cni/sluice",
         }],
-    })
+    });
+    if let Some(mtu) = mtu {
+        v["plugins"][0]["mtu"] = json!(mtu);
+    }
+    v
 }
 
 /// Writes `contents` as `dir/FILE_NAME` atomically; `Ok(false)` when the file
@@ -89,13 +95,16 @@ mod tests {
     fn written_atomically_and_only_when_changed() {
         let dir = std::env::temp_dir().join(format!("sluice-cniconf-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        let text = conflist(&["10.244.1.0/24".into()], Path::new("/b")).to_string();
+        let text = conflist(&["10.244.1.0/24".into()], Path::new("/b"), None).to_string();
         assert!(write(&dir, &text).unwrap());
         assert!(!write(&dir, &text).unwrap(), "unchanged: not rewritten");
         let read: Value =
             serde_json::from_str(&std::fs::read_to_string(dir.join(FILE_NAME)).unwrap()).unwrap();
         assert_eq!(read["plugins"][0]["podCIDRs"][0], "10.244.1.0/24");
         assert_eq!(read["plugins"][0]["bpffsRoot"], "/b");
+        assert!(read["plugins"][0].get("mtu").is_none(), "no mtu without a tunnel");
+        let with_mtu = conflist(&["10.244.1.0/24".into()], Path::new("/b"), Some(1450));
+        assert_eq!(with_mtu["plugins"][0]["mtu"], 1450);
         let names: Vec<_> =
             std::fs::read_dir(&dir).unwrap().flatten().map(|e| e.file_name()).collect();
         assert_eq!(names.len(), 1, "no temporary left: {names:?}");

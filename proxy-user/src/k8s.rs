@@ -2,8 +2,11 @@
 //! in-cluster service account.
 //!
 //! Three kube-rs watchers (Services, `discovery.k8s.io/v1` EndpointSlices,
-//! Nodes) keep a [`KubeStore`]: the same [`Store`] the manifest reader fills,
-//! so the model and the reconciler do not know where objects came from.
+//! Nodes) keep a [`KubeStore`]: the model's [`Inputs`], which the manifest
+//! reader's objects also become, so the model and the reconciler do not know
+//! where objects came from. Each object is parsed into what the model reads
+//! of it when it arrives and the API object dropped (most of the agent's
+//! memory at 10k+ Services otherwise).
 //!
 //! - Services and EndpointSlices are listed with kube-proxy's label selector
 //!   ([`PROXY_LABEL_SELECTOR`]: not another proxy's, not headless); all Nodes
@@ -34,8 +37,9 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
-use crate::manifest::{self, FieldError, ObjectKey, Store};
+use crate::manifest::{self, FieldError, ObjectKey};
 use crate::model::cache::Dirty;
+use crate::model::{Inputs, ServiceIn, SliceIn};
 
 /// kube-proxy's label selector for Services and EndpointSlices
 /// (cmd/kube-proxy/app/server.go): skip objects of another proxy
@@ -131,10 +135,13 @@ pub trait Watched:
 {
     /// The kind's name in messages (`Service`).
     const NAME: &'static str;
-    /// The key in [`Store`].
+    /// The key in the store.
     type Key: Ord + Clone + fmt::Display + Send;
     /// The label selector of the watch, if any.
     const LABEL_SELECTOR: Option<&'static str>;
+
+    /// What the store keeps of an object: what the model reads of it.
+    type Stored: fmt::Debug + Send;
 
     fn store_key(&self) -> Self::Key;
     /// Checks and strips the object as the manifest reader does.
@@ -142,20 +149,25 @@ pub trait Watched:
     /// # Errors
     /// The fields the model cannot use.
     fn prepare(&mut self) -> Result<(), Vec<FieldError>>;
-    /// This kind's tracker and objects.
-    fn parts(
-        store: &mut KubeStore,
-    ) -> (&mut Tracker<Self>, &mut BTreeMap<Self::Key, Self>, &mut Dirty);
-    /// How many objects of this kind `store` holds.
-    fn count(store: &Store) -> usize;
-    /// Notes in `dirty` that the object `key` changed (the model's inputs).
-    fn touched(_dirty: &mut Dirty, _key: &Self::Key) {}
+    /// What the store keeps of the object (parsed for the node `node_name`).
+    fn convert(self, key: &Self::Key, node_name: &str) -> Self::Stored;
+    /// This kind's tracker, and the inputs.
+    fn parts(store: &mut KubeStore) -> (&mut Tracker<Self>, &mut Inputs);
+    /// Adds or replaces one object.
+    fn put(inputs: &mut Inputs, key: Self::Key, object: Self::Stored);
+    /// Removes one object.
+    fn remove(inputs: &mut Inputs, key: &Self::Key);
+    /// Replaces every object of this kind (a completed list).
+    fn replace(inputs: &mut Inputs, objects: BTreeMap<Self::Key, Self::Stored>);
+    /// How many objects of this kind `inputs` holds.
+    fn count(inputs: &Inputs) -> usize;
 }
 
 impl Watched for Service {
     const NAME: &'static str = "Service";
     type Key = ObjectKey;
     const LABEL_SELECTOR: Option<&'static str> = Some(PROXY_LABEL_SELECTOR);
+    type Stored = ServiceIn;
 
     fn store_key(&self) -> ObjectKey {
         ObjectKey::of(&self.metadata)
@@ -163,16 +175,23 @@ impl Watched for Service {
     fn prepare(&mut self) -> Result<(), Vec<FieldError>> {
         manifest::prepare_service(self)
     }
-    fn parts(
-        s: &mut KubeStore,
-    ) -> (&mut Tracker<Self>, &mut BTreeMap<ObjectKey, Self>, &mut Dirty) {
-        (&mut s.service_tracker, &mut s.store.services, &mut s.dirty)
+    fn convert(self, key: &ObjectKey, _node_name: &str) -> ServiceIn {
+        ServiceIn::parse(key, &self)
     }
-    fn count(store: &Store) -> usize {
-        store.services.len()
+    fn parts(s: &mut KubeStore) -> (&mut Tracker<Self>, &mut Inputs) {
+        (&mut s.service_tracker, &mut s.inputs)
     }
-    fn touched(dirty: &mut Dirty, key: &ObjectKey) {
-        dirty.service(key.clone());
+    fn put(inputs: &mut Inputs, key: ObjectKey, object: ServiceIn) {
+        inputs.put_service(key, object);
+    }
+    fn remove(inputs: &mut Inputs, key: &ObjectKey) {
+        inputs.remove_service(key);
+    }
+    fn replace(inputs: &mut Inputs, objects: BTreeMap<ObjectKey, ServiceIn>) {
+        inputs.replace_services(objects);
+    }
+    fn count(inputs: &Inputs) -> usize {
+        inputs.service_count()
     }
 }
 
@@ -180,6 +199,7 @@ impl Watched for EndpointSlice {
     const NAME: &'static str = "EndpointSlice";
     type Key = ObjectKey;
     const LABEL_SELECTOR: Option<&'static str> = Some(PROXY_LABEL_SELECTOR);
+    type Stored = SliceIn;
 
     fn store_key(&self) -> ObjectKey {
         ObjectKey::of(&self.metadata)
@@ -187,16 +207,23 @@ impl Watched for EndpointSlice {
     fn prepare(&mut self) -> Result<(), Vec<FieldError>> {
         manifest::prepare_endpoint_slice(self)
     }
-    fn parts(
-        s: &mut KubeStore,
-    ) -> (&mut Tracker<Self>, &mut BTreeMap<ObjectKey, Self>, &mut Dirty) {
-        (&mut s.slice_tracker, &mut s.store.endpoint_slices, &mut s.dirty)
+    fn convert(self, key: &ObjectKey, node_name: &str) -> SliceIn {
+        SliceIn::parse(key, &self, node_name)
     }
-    fn count(store: &Store) -> usize {
-        store.endpoint_slices.len()
+    fn parts(s: &mut KubeStore) -> (&mut Tracker<Self>, &mut Inputs) {
+        (&mut s.slice_tracker, &mut s.inputs)
     }
-    fn touched(dirty: &mut Dirty, key: &ObjectKey) {
-        dirty.slice(key.clone());
+    fn put(inputs: &mut Inputs, key: ObjectKey, object: SliceIn) {
+        inputs.put_slice(key, object);
+    }
+    fn remove(inputs: &mut Inputs, key: &ObjectKey) {
+        inputs.remove_slice(key);
+    }
+    fn replace(inputs: &mut Inputs, objects: BTreeMap<ObjectKey, SliceIn>) {
+        inputs.replace_slices(objects);
+    }
+    fn count(inputs: &Inputs) -> usize {
+        inputs.slice_count()
     }
 }
 
@@ -204,6 +231,7 @@ impl Watched for Node {
     const NAME: &'static str = "Node";
     type Key = String;
     const LABEL_SELECTOR: Option<&'static str> = None;
+    type Stored = Node;
 
     fn store_key(&self) -> String {
         self.metadata.name.clone().unwrap_or_default()
@@ -211,16 +239,29 @@ impl Watched for Node {
     fn prepare(&mut self) -> Result<(), Vec<FieldError>> {
         manifest::prepare_node(self)
     }
-    fn parts(s: &mut KubeStore) -> (&mut Tracker<Self>, &mut BTreeMap<String, Self>, &mut Dirty) {
-        (&mut s.node_tracker, &mut s.store.nodes, &mut s.dirty)
+    fn convert(self, _key: &String, _node_name: &str) -> Node {
+        self
     }
-    fn count(store: &Store) -> usize {
-        store.nodes.len()
+    fn parts(s: &mut KubeStore) -> (&mut Tracker<Self>, &mut Inputs) {
+        (&mut s.node_tracker, &mut s.inputs)
+    }
+    fn put(inputs: &mut Inputs, key: String, object: Node) {
+        inputs.nodes.insert(key, object);
+    }
+    fn remove(inputs: &mut Inputs, key: &String) {
+        inputs.nodes.remove(key);
+    }
+    fn replace(inputs: &mut Inputs, objects: BTreeMap<String, Node>) {
+        inputs.nodes = objects;
+    }
+    fn count(inputs: &Inputs) -> usize {
+        inputs.nodes.len()
     }
 }
 
 /// Objects and complaints of a list in progress.
-type Buffer<K> = (BTreeMap<<K as Watched>::Key, K>, BTreeMap<<K as Watched>::Key, String>);
+type Buffer<K> =
+    (BTreeMap<<K as Watched>::Key, <K as Watched>::Stored>, BTreeMap<<K as Watched>::Key, String>);
 
 /// The list/watch state of one kind.
 #[derive(Debug)]
@@ -239,27 +280,36 @@ impl<K: Watched> Default for Tracker<K> {
     }
 }
 
-/// The objects the watchers have seen, as a [`Store`] for the model.
-#[derive(Debug, Default)]
+/// What the watchers have seen, as the model's [`Inputs`]: each object is
+/// parsed when it arrives and only what the model reads of it is kept.
+#[derive(Debug)]
 pub struct KubeStore {
-    store: Store,
+    inputs: Inputs,
     service_tracker: Tracker<Service>,
     slice_tracker: Tracker<EndpointSlice>,
     node_tracker: Tracker<Node>,
-    /// What changed since [`Self::take_dirty`] was last called.
-    dirty: Dirty,
 }
 
 impl KubeStore {
+    /// An empty store for the node `node_name` (whose endpoints are local).
+    pub fn new(node_name: &str) -> Self {
+        Self {
+            inputs: Inputs::new(node_name),
+            service_tracker: Tracker::default(),
+            slice_tracker: Tracker::default(),
+            node_tracker: Tracker::default(),
+        }
+    }
+
     /// The Services and EndpointSlices changed since the last call (all
     /// of them after a re-list), for the incremental model.
     pub fn take_dirty(&mut self) -> Dirty {
-        std::mem::take(&mut self.dirty)
+        self.inputs.take_dirty()
     }
 
     /// The objects; complete only once [`Self::is_ready`].
-    pub fn store(&self) -> &Store {
-        &self.store
+    pub fn inputs(&self) -> &Inputs {
+        &self.inputs
     }
 
     /// Every kind has completed its first list.
@@ -298,7 +348,7 @@ impl KubeStore {
     /// model sees): `Init` and `InitApply` only fill a buffer, which `InitDone`
     /// swaps in.
     pub fn apply<K: Watched>(&mut self, event: Event<K>) -> bool {
-        let (tracker, objects, dirty) = K::parts(self);
+        let (tracker, inputs) = K::parts(self);
         match event {
             Event::Init => {
                 tracker.relist = Some((BTreeMap::new(), BTreeMap::new()));
@@ -309,7 +359,8 @@ impl KubeStore {
                 match checked(object) {
                     Ok((key, object)) => {
                         complaints.remove(&key);
-                        buffer.insert(key, object);
+                        let stored = object.convert(&key, inputs.node_name());
+                        buffer.insert(key, stored);
                     }
                     Err((key, message)) => {
                         buffer.remove(&key);
@@ -320,36 +371,33 @@ impl KubeStore {
             }
             Event::InitDone => {
                 let (buffer, complaints) = tracker.relist.take().unwrap_or_default();
-                // A re-list may have changed anything of this kind: the
-                // model starts over (harmless for kinds it does not read).
-                *dirty = Dirty::All;
-                *objects = buffer;
                 tracker.complaints = complaints;
                 tracker.listed = true;
+                // A re-list may have changed anything of this kind: the
+                // model starts over (harmless for kinds it does not read).
+                K::replace(inputs, buffer);
                 true
             }
             Event::Apply(object) => {
                 match checked(object) {
                     Ok((key, object)) => {
-                        K::touched(dirty, &key);
                         tracker.complaints.remove(&key);
-                        objects.insert(key, object);
+                        let stored = object.convert(&key, inputs.node_name());
+                        K::put(inputs, key, stored);
                     }
                     Err((key, message)) => {
                         // The object as it is now is unusable: what an older
                         // version said no longer holds either.
-                        K::touched(dirty, &key);
-                        objects.remove(&key);
-                        tracker.complaints.insert(key, message);
+                        tracker.complaints.insert(key.clone(), message);
+                        K::remove(inputs, &key);
                     }
                 }
                 true
             }
             Event::Delete(object) => {
                 let key = object.store_key();
-                K::touched(dirty, &key);
                 tracker.complaints.remove(&key);
-                objects.remove(&key);
+                K::remove(inputs, &key);
                 true
             }
         }
@@ -357,7 +405,7 @@ impl KubeStore {
 
     /// How many objects of kind `K` are stored.
     pub fn count<K: Watched>(&self) -> usize {
-        K::count(&self.store)
+        K::count(&self.inputs)
     }
 }
 
@@ -390,8 +438,8 @@ pub struct KubeSource {
 impl KubeSource {
     /// Starts the three watchers on the current tokio runtime. `changed` gets
     /// `()` (never blocking) whenever the store changed.
-    pub fn start(client: &Client, changed: &mpsc::Sender<()>) -> Self {
-        let shared = Arc::new(Mutex::new(KubeStore::default()));
+    pub fn start(client: &Client, node_name: &str, changed: &mpsc::Sender<()>) -> Self {
+        let shared = Arc::new(Mutex::new(KubeStore::new(node_name)));
         let tasks = vec![
             tokio::spawn(follow(
                 Api::<Service>::all(client.clone()),
@@ -548,13 +596,13 @@ mod tests {
     }
 
     fn backends(store: &KubeStore) -> Vec<String> {
-        let (desired, _) = crate::model::desired_state(store.store(), "node-a");
+        let (desired, _) = crate::model::desired_state_of(store.inputs());
         desired.values().flat_map(|f| f.backends.iter().map(|b| b.addr.to_string())).collect()
     }
 
     #[test]
     fn not_ready_until_every_kind_listed() {
-        let mut store = KubeStore::default();
+        let mut store = KubeStore::new("node-a");
         assert!(!store.is_ready());
         assert!(list(&mut store, vec![service("web", "10.96.0.10", 80)]));
         assert!(list(&mut store, vec![slice("web-1", "web", &["10.244.0.11"])]));
@@ -568,48 +616,54 @@ mod tests {
 
     #[test]
     fn buffered_list_is_swapped_in_at_init_done() {
-        let mut store = KubeStore::default();
+        let mut store = KubeStore::new("node-a");
         list(&mut store, vec![service("a", "10.96.0.1", 80), service("b", "10.96.0.2", 80)]);
         // A re-list in progress does not change what the model sees.
         assert!(!store.apply::<Service>(Event::Init));
         assert!(!store.apply(Event::InitApply(service("b", "10.96.0.2", 80))));
-        assert_eq!(store.store().services.len(), 2);
+        assert_eq!(store.inputs().service_count(), 2);
         // `a` was deleted while the watch was down: gone once the list is done.
         assert!(store.apply::<Service>(Event::InitDone));
-        let names: Vec<_> = store.store().services.keys().map(|k| k.name.clone()).collect();
+        let names: Vec<_> = store.inputs().services().map(|(k, _)| k.name.clone()).collect();
         assert_eq!(names, ["b"]);
     }
 
     #[test]
-    fn apply_and_delete_follow_and_strip() {
-        let mut store = KubeStore::default();
+    fn apply_and_delete_follow_and_keep_what_the_model_reads() {
+        let mut store = KubeStore::new("node-a");
         list::<Service>(&mut store, vec![]);
         list::<EndpointSlice>(&mut store, vec![]);
         list(&mut store, vec![node("node-a")]);
         assert!(store.apply(Event::Apply(service("web", "10.96.0.10", 80))));
         assert!(store.apply(Event::Apply(slice("web-1", "web", &["10.244.0.11", "10.244.0.12"]))));
         assert_eq!(backends(&store), ["10.244.0.11", "10.244.0.12"]);
-        let svc = &store.store().services[&ObjectKey::new("default", "web")];
-        assert!(svc.metadata.managed_fields.is_none());
-        assert!(svc.metadata.annotations.is_none());
-        let n = &store.store().nodes["node-a"];
+        let svc = store.inputs().service(&ObjectKey::new("default", "web")).expect("kept");
+        assert_eq!(svc.ports.len(), 1);
+        assert_eq!(svc.ports[0].cluster_ip, std::net::Ipv4Addr::new(10, 96, 0, 10));
+        let web = ObjectKey::new("default", "web");
+        assert_eq!(store.inputs().slices_of(&web).len(), 1);
+        let n = &store.inputs().nodes["node-a"];
         assert!(n.status.as_ref().expect("status").images.is_none());
 
         assert!(store.apply(Event::Apply(slice("web-1", "web", &["10.244.0.13"]))));
         assert_eq!(backends(&store), ["10.244.0.13"]);
         assert!(store.apply(Event::Delete(service("web", "10.96.0.10", 80))));
         assert!(backends(&store).is_empty());
-        assert!(store.store().services.is_empty());
+        assert_eq!(store.inputs().service_count(), 0);
+        // The slice stays (it may outlive its Service), indexed under it.
+        assert_eq!(store.inputs().slices_of(&web).len(), 1);
+        assert!(store.apply(Event::Delete(slice("web-1", "web", &[]))));
+        assert!(store.inputs().slices_of(&web).is_empty());
     }
 
     #[test]
     fn unusable_object_is_skipped_and_named() {
-        let mut store = KubeStore::default();
+        let mut store = KubeStore::new("node-a");
         list(
             &mut store,
             vec![service("good", "10.96.0.1", 80), service("bad", "10.96.0.2", 70000)],
         );
-        assert_eq!(store.store().services.len(), 1);
+        assert_eq!(store.inputs().service_count(), 1);
         let complaints = store.complaints();
         assert_eq!(complaints.len(), 1, "{complaints:?}");
         assert!(complaints[0].starts_with("Service default/bad: field spec.ports[0].port"));
@@ -617,9 +671,9 @@ mod tests {
         // the object and complains again.
         store.apply(Event::Apply(service("bad", "10.96.0.2", 81)));
         assert!(store.complaints().is_empty());
-        assert_eq!(store.store().services.len(), 2);
+        assert_eq!(store.inputs().service_count(), 2);
         store.apply(Event::Apply(service("good", "not-an-ip", 80)));
-        assert_eq!(store.store().services.len(), 1);
+        assert_eq!(store.inputs().service_count(), 1);
         assert!(store.complaints()[0].contains("default/good: field spec.clusterIP"));
         store.apply(Event::Delete(service("good", "not-an-ip", 80)));
         assert!(store.complaints().is_empty());

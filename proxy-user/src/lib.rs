@@ -17,3 +17,4 @@ pub mod observe;
 pub mod pktgen;
 pub mod routing;
 pub mod testbed;
+pub mod tunnel;

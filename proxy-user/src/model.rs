@@ -6,7 +6,7 @@
 //!    (servicechangetracker: `ShouldSkipService`, the informers' label
 //!    selector on `service.kubernetes.io/service-proxy-name` and
 //!    `service.kubernetes.io/headless`, the cluster IP of our family).
-//! 2. [`slice_endpoints`] + [`endpoints_for_port`]: the endpoints of a service
+//! 2. [`usable_slice`] + [`endpoints_for_port`]: the endpoints of a service
 //!    port, merged over its EndpointSlices and deduplicated (endpointslicecache).
 //! 3. [`categorize_endpoints`]: which of them each traffic policy uses
 //!    (topology.go `CategorizeEndpoints`: ready first, else
@@ -37,6 +37,9 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use crate::manifest::{ObjectKey, Store};
 
 pub mod cache;
+pub mod input;
+
+pub use input::{Inputs, ServiceIn, SliceIn};
 
 /// Services (and their EndpointSlices) with this label belong to another proxy.
 pub const LABEL_SERVICE_PROXY_NAME: &str = "service.kubernetes.io/service-proxy-name";
@@ -201,15 +204,20 @@ fn warn(warnings: &mut Vec<ModelWarning>, object: String, message: String) {
 /// `node_name` selects this node's Node object (for its zone) and decides
 /// which endpoints are local.
 pub fn desired_state(store: &Store, node_name: &str) -> (Desired, Vec<ModelWarning>) {
-    let mut warnings = Vec::new();
-    let zone = node_zone(store, node_name);
-    let slices = slice_endpoints(store, node_name, &mut warnings);
+    desired_state_of(&Inputs::from_store(store, node_name))
+}
+
+/// [`desired_state`] of parsed inputs (for the node they were parsed for).
+pub fn desired_state_of(inputs: &Inputs) -> (Desired, Vec<ModelWarning>) {
+    let node_name = inputs.node_name();
+    let zone = inputs.zone();
+    let mut warnings: Vec<ModelWarning> =
+        inputs.slices().flat_map(|(_, s)| s.warnings.iter().cloned()).collect();
     let mut desired = Desired::new();
 
-    for (key, service) in &store.services {
-        let service_slices = slices.get(key).map_or(&[][..], Vec::as_slice);
-        let frontends =
-            service_frontends(key, service, service_slices, node_name, zone, &mut warnings);
+    for (key, service) in inputs.services() {
+        let service_slices = inputs.slices_of(key);
+        let frontends = service_frontends(service, &service_slices, node_name, zone, &mut warnings);
         for (fk, frontend) in frontends {
             if let Some(existing) = desired.get(&fk) {
                 warnings.push(conflict_warning(&fk, &frontend, &existing.service));
@@ -243,9 +251,8 @@ pub(crate) fn conflict_warning(
 /// is kept once, with a warning). Conflicts with other services are not
 /// resolved here.
 pub fn service_frontends(
-    key: &ObjectKey,
-    service: &Service,
-    service_slices: &[SliceEndpoints],
+    service: &ServiceIn,
+    service_slices: &[&SliceEndpoints],
     node_name: &str,
     zone: &str,
     warnings: &mut Vec<ModelWarning>,
@@ -258,22 +265,23 @@ pub fn service_frontends(
             out.push((fk, frontend));
         }
     };
-    for port in service_ports(key, service, warnings) {
-        let endpoints = endpoints_for_port(&port, service_slices);
-        let categorized = categorize_endpoints(&endpoints, &port, node_name, zone);
+    warnings.extend(service.warnings.iter().cloned());
+    for port in &service.ports {
+        let endpoints = endpoints_for_port(port, service_slices);
+        let categorized = categorize_endpoints(&endpoints, port, node_name, zone);
 
         // kube-proxy: a service with no endpoint at all rejects; one
         // whose policy leaves this node none drops.
         let has_endpoints = !categorized.all_reachable.is_empty();
         let frontend = FrontendKey { addr: port.cluster_ip, port: port.port, proto: port.protocol };
-        let chosen = categorized.for_cluster_ip(&port);
+        let chosen = categorized.for_cluster_ip(port);
         let policy = FrontendPolicy { drop_when_empty: has_endpoints, ..FrontendPolicy::default() };
         let internal = backends(chosen, &endpoints);
-        push(frontend, make_frontend(&port, internal, policy, Vec::new()), warnings);
+        push(frontend, make_frontend(port, internal, policy, Vec::new()), warnings);
         if !port.externally_accessible {
             continue;
         }
-        let chosen = categorized.for_external(&port);
+        let chosen = categorized.for_external(port);
         let policy = FrontendPolicy {
             external: true,
             local: port.external_policy_local,
@@ -291,7 +299,7 @@ pub fn service_frontends(
             .chain(port.load_balancer_ips.iter().map(|ip| (*ip, port.port, ranges)));
         for (addr, number, source_ranges) in addrs {
             let key = FrontendKey { addr, port: number, proto: port.protocol };
-            let fe = make_frontend(&port, external.clone(), policy, source_ranges.clone());
+            let fe = make_frontend(port, external.clone(), policy, source_ranges.clone());
             push(key, fe, warnings);
         }
     }
@@ -340,10 +348,12 @@ fn backends(chosen: &[&EndpointInfo], all: &[EndpointInfo]) -> Vec<BackendSpec> 
 }
 
 pub fn node_zone<'a>(store: &'a Store, node_name: &str) -> &'a str {
-    store
-        .nodes
-        .get(node_name)
-        .and_then(|node| node.metadata.labels.as_ref())
+    zone_of(store.nodes.get(node_name))
+}
+
+/// The zone label of a node ("" when unknown).
+pub fn zone_of(node: Option<&k8s_openapi::api::core::v1::Node>) -> &str {
+    node.and_then(|node| node.metadata.labels.as_ref())
         .and_then(|labels| labels.get(LABEL_TOPOLOGY_ZONE))
         .map_or("", String::as_str)
 }
@@ -717,22 +727,6 @@ pub struct SliceEndpoints {
     pub endpoints: Vec<EndpointInfo>,
 }
 
-/// The usable IPv4 EndpointSlices, by the service they belong to, in slice
-/// name order.
-pub fn slice_endpoints(
-    store: &Store,
-    node_name: &str,
-    warnings: &mut Vec<ModelWarning>,
-) -> BTreeMap<ObjectKey, Vec<SliceEndpoints>> {
-    let mut by_service: BTreeMap<ObjectKey, Vec<SliceEndpoints>> = BTreeMap::new();
-    for (key, slice) in &store.endpoint_slices {
-        if let Some((service, parsed)) = usable_slice(key, slice, node_name, warnings) {
-            by_service.entry(service).or_default().push(parsed);
-        }
-    }
-    by_service
-}
-
 /// One EndpointSlice as the model uses it, with the key of its service;
 /// `None` when the model ignores the slice (another proxy's, no service
 /// label, not IPv4).
@@ -837,7 +831,7 @@ fn parse_slice(
 /// (addr, port): when slices disagree, a non-terminating one wins (the pod
 /// that reuses the IP of a terminating one), else the first in slice order.
 /// Sorted by (addr, port).
-pub fn endpoints_for_port(port: &ServicePortInfo, slices: &[SliceEndpoints]) -> Vec<EndpointInfo> {
+pub fn endpoints_for_port(port: &ServicePortInfo, slices: &[&SliceEndpoints]) -> Vec<EndpointInfo> {
     let mut merged: BTreeMap<(Ipv4Addr, u16), EndpointInfo> = BTreeMap::new();
     for slice in slices {
         for (name, protocol, number) in &slice.ports {

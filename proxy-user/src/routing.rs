@@ -1,4 +1,5 @@
-//! Pod routing between nodes (native routing) and egress masquerade.
+//! Pod routing between nodes (native routing or a VXLAN overlay) and egress
+//! masquerade.
 //!
 //! **Native routing** (`--routing native`, the default): for every *other*
 //! Node, each IPv4 `spec.podCIDRs` entry (else `spec.podCIDR`) is routed via
@@ -12,6 +13,13 @@
 //! replacing it. `--routing none` leaves routing to someone else and
 //! withdraws only routes of [`RTPROT_SLUICE`] (left by an earlier `native`
 //! run).
+//!
+//! **VXLAN overlay** (`--tunnel vxlan`; `--routing` is then not used): the
+//! same routes, reconciled the same way, but each via the other node's vtep
+//! address through the VXLAN device, `onlink`; the device, its neighbour
+//! and FDB entries come first (see [`crate::tunnel`]). `--tunnel disabled`
+//! (the default) deletes that device if an earlier run left it, which
+//! takes its routes with it, and then routes per `--routing`.
 //!
 //! **Egress masquerade** (`--masquerade true`, the default; nftables as a
 //! stepping stone before an eBPF SNAT): the table `ip sluice` holds a
@@ -48,8 +56,9 @@ use rtnetlink::{
 use tracing::{debug, info, warn};
 
 use crate::{
-    cli::{AgentArgs, RoutingMode},
+    cli::{AgentArgs, RoutingMode, TunnelMode},
     cniconf,
+    tunnel::{self, TunnelConfig},
 };
 
 /// The route protocol (`rtm_protocol`, `ip route ... proto 115`) that marks
@@ -89,6 +98,19 @@ pub enum Error {
     Nft { status: String, stderr: String },
     #[error("`nft -f -` did not finish within {0:?}")]
     NftTimeout(Duration),
+    #[error(
+        "no interface other than loopback has this node's InternalIP {0}; the VXLAN device sends from it"
+    )]
+    NoUnderlay(Ipv4Addr),
+    #[error("{} was created but cannot be found", tunnel::DEVICE)]
+    DeviceVanished,
+    #[error("removing what an earlier VXLAN run left: {0}")]
+    Leftover(String),
+    #[error(
+        "an interface named {device} exists and is not a VXLAN device ({kind}); sluice leaves it alone",
+        device = tunnel::DEVICE
+    )]
+    ForeignDevice { kind: String },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -110,7 +132,10 @@ fn netlink_error(what: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> Er
 /// The flags of this module, validated.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NetConfig {
+    /// Used when `tunnel` is `None`.
     pub routing: RoutingMode,
+    /// `--tunnel vxlan`: the overlay's VNI and port.
+    pub tunnel: Option<TunnelConfig>,
     pub masquerade: bool,
     /// `--cluster-cidr`, when given (IPv6 entries are ignored: masquerade is
     /// IPv4 only for now).
@@ -131,6 +156,8 @@ impl NetConfig {
         }
         Ok(Self {
             routing: args.routing,
+            tunnel: (args.tunnel == TunnelMode::Vxlan)
+                .then_some(TunnelConfig { vni: args.vxlan_vni, port: args.vxlan_port }),
             masquerade: args.masquerade,
             cluster_cidr: (!args.cluster_cidr.is_empty()).then(|| minimal_cidrs(&cidrs)),
         })
@@ -146,14 +173,42 @@ impl NetConfig {
 pub struct PodRoute {
     /// The other node's pod CIDR (network address, no host bits).
     pub dst: Ipv4Network,
-    /// The other node's InternalIP.
+    /// The gateway: the other node's InternalIP (native routing) or its
+    /// vtep address (VXLAN).
     pub via: Ipv4Addr,
+    /// The output interface's index when the gateway is not on a local
+    /// subnet (the VXLAN device; the route is then `onlink`); `None` lets the
+    /// kernel find the interface from the gateway.
+    pub dev: Option<u32>,
+    /// The source address the node's own packets get (`src`); `None`: the
+    /// kernel's choice.
+    pub src: Option<Ipv4Addr>,
 }
 
 impl std::fmt::Display for PodRoute {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} via {}", self.dst, self.via)
+        write!(f, "{} via {}", self.dst, self.via)?;
+        if let Some(dev) = self.dev {
+            write!(f, " dev #{dev} onlink")?;
+        }
+        if let Some(src) = self.src {
+            write!(f, " src {src}")?;
+        }
+        Ok(())
     }
+}
+
+/// Another node that pod routes lead to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peer {
+    /// Its Node name.
+    pub name: String,
+    /// Its IPv4 InternalIP.
+    pub ip: Ipv4Addr,
+    /// Its first IPv4 pod CIDR (routed or not): its vtep address is in it.
+    pub first_cidr: Ipv4Network,
+    /// Its pod CIDRs that are routed to it, in its order.
+    pub cidrs: Vec<Ipv4Network>,
 }
 
 /// `a, b, c` (for logs).
@@ -171,6 +226,12 @@ pub struct NodeNetwork {
     pub pod_cidrs: Vec<Ipv4Network>,
     /// Every Node's IPv4 InternalIP, sorted, without duplicates.
     pub node_ips: Vec<Ipv4Addr>,
+    /// This node's IPv4 InternalIP, when its Node object has one.
+    pub this_ip: Option<Ipv4Addr>,
+    /// This node's IPv4 pod CIDRs, in its order.
+    pub this_cidrs: Vec<Ipv4Network>,
+    /// The other nodes that got routes, by name.
+    pub peers: Vec<Peer>,
     /// Nodes (or pod CIDRs) left out, one line each.
     pub warnings: Vec<String>,
 }
@@ -238,7 +299,8 @@ pub fn node_network(this: &str, nodes: &BTreeMap<String, Node>) -> NodeNetwork {
             ));
             continue;
         };
-        for dst in cidrs {
+        let mut routed = Vec::new();
+        for &dst in &cidrs {
             if let Some((_, owner)) = claimed.iter().find(|(c, _)| overlaps(*c, dst)) {
                 out.warnings.push(format!(
                     "Node {name}: pod CIDR {dst} overlaps one of Node {owner}; not routed"
@@ -246,9 +308,20 @@ pub fn node_network(this: &str, nodes: &BTreeMap<String, Node>) -> NodeNetwork {
                 continue;
             }
             claimed.push((dst, name));
-            out.routes.push(PodRoute { dst, via });
+            out.routes.push(PodRoute { dst, via, dev: None, src: None });
+            routed.push(dst);
+        }
+        if !routed.is_empty() {
+            out.peers.push(Peer {
+                name: name.clone(),
+                ip: via,
+                first_cidr: cidrs[0],
+                cidrs: routed,
+            });
         }
     }
+    out.this_ip = nodes.get(this).and_then(internal_ip);
+    out.this_cidrs = own;
     out.routes.sort();
     out.pod_cidrs = minimal_cidrs(&all_cidrs);
     out.node_ips = ips.into_iter().collect();
@@ -330,17 +403,22 @@ impl RouteChanges {
 struct Existing {
     dst: Ipv4Network,
     gateway: Option<Ipv4Addr>,
+    oif: Option<u32>,
+    src: Option<Ipv4Addr>,
     metric: u32,
     ours: bool,
     message: RouteMessage,
 }
 
-/// Makes the main table's [`RTPROT_SLUICE`] routes equal to `desired`, in
-/// the calling thread's network namespace. Runs on a thread of its own with
-/// a current-thread runtime (callable from sync code inside or outside a
-/// tokio runtime).
-pub fn apply_routes(desired: &[PodRoute]) -> Result<RouteChanges> {
-    let desired = desired.to_vec();
+/// Runs `f` with a netlink handle on a thread of its own with a
+/// current-thread runtime (callable from sync code inside or outside a tokio
+/// runtime), in the calling thread's network namespace.
+fn on_netlink_thread<T, F, Fut>(f: F) -> Result<T>
+where
+    T: Send + 'static,
+    F: FnOnce(Handle) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Result<T>>,
+{
     std::thread::Builder::new()
         .name("sluice-routes".into())
         .spawn(move || {
@@ -352,7 +430,7 @@ pub fn apply_routes(desired: &[PodRoute]) -> Result<RouteChanges> {
                 let (conn, handle, _) =
                     rtnetlink::new_connection().map_err(io_error("opening a netlink socket"))?;
                 let conn = tokio::spawn(conn);
-                let result = reconcile_routes(&handle, &desired).await;
+                let result = f(handle).await;
                 conn.abort();
                 result
             })
@@ -362,7 +440,73 @@ pub fn apply_routes(desired: &[PodRoute]) -> Result<RouteChanges> {
         .map_err(|_| Error::ThreadPanicked)?
 }
 
-async fn main_table_routes(h: &Handle) -> Result<Vec<Existing>> {
+/// Makes the main table's [`RTPROT_SLUICE`] routes equal to `desired`, in
+/// the calling thread's network namespace.
+pub fn apply_routes(desired: &[PodRoute]) -> Result<RouteChanges> {
+    let desired = desired.to_vec();
+    on_netlink_thread(move |h| async move { reconcile_routes(&h, MAIN, &desired).await })
+}
+
+/// What [`apply_network`] did to the overlay device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TunnelOutcome {
+    /// `--tunnel vxlan`: the device as reconciled.
+    Up(tunnel::Applied),
+    /// No tunnel: whether a device an earlier run left was deleted.
+    Removed(bool),
+}
+
+/// The overlay device (set up per `tunnel`, or deleted when `None`) and
+/// then the main table's [`RTPROT_SLUICE`] routes: `desired`, with the
+/// device as their output interface when there is a tunnel.
+pub fn apply_network(
+    tunnel: Option<(tunnel::Plan, TunnelConfig)>,
+    desired: &[PodRoute],
+) -> Result<(TunnelOutcome, RouteChanges)> {
+    let desired = desired.to_vec();
+    on_netlink_thread(move |h| async move {
+        let (outcome, routes) = match tunnel {
+            Some((plan, cfg)) => {
+                let mut applied = tunnel::reconcile(&h, &plan, cfg).await?;
+                let dev = Some(applied.ifindex);
+                let on_dev = |r: &[PodRoute]| -> Vec<PodRoute> {
+                    r.iter().map(|r| PodRoute { dev, ..*r }).collect()
+                };
+                // Pods to other nodes' InternalIPs: through the tunnel too.
+                let c = reconcile_routes(&h, tunnel::TABLE, &on_dev(&plan.node_routes)).await?;
+                if c.changed() {
+                    applied.changes.push(format!(
+                        "table {}: added {}, replaced {}, removed {}",
+                        tunnel::TABLE,
+                        list(&c.added),
+                        list(&c.replaced),
+                        list(&c.removed)
+                    ));
+                }
+                applied.errors.extend(c.errors);
+                tunnel::reconcile_rules(&h, &plan.pod_cidrs, &mut applied).await?;
+                (TunnelOutcome::Up(applied), on_dev(&desired))
+            }
+            None => {
+                let removed = tunnel::remove(&h).await?;
+                let mut leftovers = tunnel::Applied::empty();
+                tunnel::reconcile_rules(&h, &[], &mut leftovers).await?;
+                let c = reconcile_routes(&h, tunnel::TABLE, &[]).await?;
+                if let Some(e) = leftovers.errors.into_iter().chain(c.errors).next() {
+                    return Err(Error::Leftover(e));
+                }
+                (TunnelOutcome::Removed(removed || !leftovers.changes.is_empty()), desired)
+            }
+        };
+        Ok((outcome, reconcile_routes(&h, MAIN, &routes).await?))
+    })
+}
+
+/// The main routing table.
+const MAIN: u32 = RouteHeader::RT_TABLE_MAIN as u32;
+
+/// The IPv4 routes of routing table `table`.
+async fn table_routes(h: &Handle, table_id: u32) -> Result<Vec<Existing>> {
     let mut dump = h.route().get(RouteMessageBuilder::<Ipv4Addr>::new().build()).execute();
     let mut out = Vec::new();
     while let Some(m) = dump.try_next().await.map_err(netlink_error("listing routes"))? {
@@ -374,16 +518,20 @@ async fn main_table_routes(h: &Handle) -> Result<Vec<Existing>> {
                 _ => None,
             })
             .unwrap_or_else(|| u32::from(m.header.table));
-        if table != u32::from(RouteHeader::RT_TABLE_MAIN) {
+        if table != table_id {
             continue;
         }
         let mut dst_addr = Ipv4Addr::UNSPECIFIED;
         let mut gateway = None;
+        let mut oif = None;
+        let mut src = None;
         let mut metric = 0;
         for a in &m.attributes {
             match a {
                 RouteAttribute::Destination(RouteAddress::Inet(d)) => dst_addr = *d,
                 RouteAttribute::Gateway(RouteAddress::Inet(g)) => gateway = Some(*g),
+                RouteAttribute::Oif(i) => oif = Some(*i),
+                RouteAttribute::PrefSource(RouteAddress::Inet(a)) => src = Some(*a),
                 RouteAttribute::Priority(p) => metric = *p,
                 _ => {}
             }
@@ -394,6 +542,8 @@ async fn main_table_routes(h: &Handle) -> Result<Vec<Existing>> {
         out.push(Existing {
             dst,
             gateway,
+            oif,
+            src,
             metric,
             ours: u8::from(m.header.protocol) == RTPROT_SLUICE,
             message: m,
@@ -402,8 +552,9 @@ async fn main_table_routes(h: &Handle) -> Result<Vec<Existing>> {
     Ok(out)
 }
 
-async fn reconcile_routes(h: &Handle, desired: &[PodRoute]) -> Result<RouteChanges> {
-    let existing = main_table_routes(h).await?;
+/// Makes the [`RTPROT_SLUICE`] routes of table `table` equal to `desired`.
+async fn reconcile_routes(h: &Handle, table: u32, desired: &[PodRoute]) -> Result<RouteChanges> {
+    let existing = table_routes(h, table).await?;
     let mut changes = RouteChanges::default();
     let foreign: BTreeSet<Ipv4Network> =
         existing.iter().filter(|e| !e.ours).map(|e| e.dst).collect();
@@ -421,14 +572,25 @@ async fn reconcile_routes(h: &Handle, desired: &[PodRoute]) -> Result<RouteChang
         written.insert(route.dst);
         // Ours are written with metric 0; that is the one a replace hits.
         let current = ours.get(&route.dst).and_then(|v| v.iter().find(|e| e.metric == 0));
-        if current.is_some_and(|c| c.gateway == Some(route.via)) {
+        if current.is_some_and(|c| {
+            c.gateway == Some(route.via)
+                && route.dev.is_none_or(|d| c.oif == Some(d))
+                && c.src == route.src
+        }) {
             continue;
         }
-        let msg = RouteMessageBuilder::<Ipv4Addr>::new()
+        let mut msg = RouteMessageBuilder::<Ipv4Addr>::new()
             .destination_prefix(route.dst.network(), route.dst.prefix())
             .gateway(route.via)
             .protocol(RouteProtocol::Other(RTPROT_SLUICE))
-            .build();
+            .table_id(table);
+        if let Some(dev) = route.dev {
+            msg = msg.output_interface(dev).onlink();
+        }
+        if let Some(src) = route.src {
+            msg = msg.pref_source(src);
+        }
+        let msg = msg.build();
         // Replace: a route of ours to this destination with another gateway
         // (the node's InternalIP changed) is swapped in one step. No foreign
         // route has this destination (checked above), so only ours can match.
@@ -436,7 +598,7 @@ async fn reconcile_routes(h: &Handle, desired: &[PodRoute]) -> Result<RouteChang
             Ok(()) if current.is_none() => changes.added.push(*route),
             Ok(()) => changes.replaced.push(*route),
             Err(e) => {
-                changes.errors.push(format!("adding route {} via {}: {e}", route.dst, route.via));
+                changes.errors.push(format!("adding route {route}: {e}"));
             }
         }
     }
@@ -506,8 +668,11 @@ pub fn run_nft(script: &str) -> Result<()> {
 #[derive(Debug)]
 pub struct Network {
     cfg: NetConfig,
-    /// The routes last written without error, and when.
-    routes_applied: Option<(Vec<PodRoute>, Instant)>,
+    /// The overlay plan (`None` without a tunnel) and routes last written
+    /// without error, and when.
+    routes_applied: Option<(Option<tunnel::Plan>, Vec<PodRoute>, Instant)>,
+    /// The overlay device as last reconciled (`--tunnel vxlan`).
+    tunnel: Option<tunnel::Applied>,
     /// The nftables script last applied without error, and when.
     nft_applied: Option<(String, Instant)>,
     /// Messages already logged, so each is logged once, not every sync.
@@ -525,11 +690,99 @@ impl Network {
         Self {
             cfg,
             routes_applied: None,
+            tunnel: None,
             nft_applied: None,
             last_warnings: BTreeSet::new(),
             last_errors: BTreeSet::new(),
             last_foreign: BTreeSet::new(),
             failures: 0,
+        }
+    }
+
+    /// The pods' MTU when the overlay sets it (`--tunnel vxlan`, once the
+    /// device is up): the device's MTU.
+    #[must_use]
+    pub fn pod_mtu(&self) -> Option<u32> {
+        self.tunnel.as_ref().map(|t| t.mtu)
+    }
+
+    /// Whether pods must wait for [`Network::pod_mtu`] (there is a tunnel).
+    #[must_use]
+    pub fn tunnel_configured(&self) -> bool {
+        self.cfg.tunnel.is_some()
+    }
+
+    /// The overlay device's address, once it is up.
+    #[must_use]
+    pub fn tunnel_vtep(&self) -> Option<Ipv4Addr> {
+        self.tunnel.as_ref().map(|t| t.vtep)
+    }
+
+    /// The overlay device's index, once it is up.
+    #[must_use]
+    pub fn tunnel_ifindex(&self) -> Option<u32> {
+        self.tunnel.as_ref().map(|t| t.ifindex)
+    }
+
+    /// Applies the overlay (or removes it) and the routes; records what
+    /// succeeded and collects what failed into `errors`.
+    fn apply_routes(
+        &mut self,
+        plan: Option<tunnel::Plan>,
+        routes: Vec<PodRoute>,
+        now: Instant,
+        errors: &mut BTreeSet<String>,
+    ) {
+        let tunnel = plan.clone().zip(self.cfg.tunnel);
+        match apply_network(tunnel, &routes) {
+            Ok((outcome, c)) => {
+                let mut ok = c.errors.is_empty();
+                match outcome {
+                    TunnelOutcome::Up(applied) => {
+                        if !applied.changes.is_empty() {
+                            info!(
+                                device = tunnel::DEVICE,
+                                changes = %applied.changes.join("; "),
+                                "VXLAN overlay updated"
+                            );
+                        }
+                        ok &= applied.errors.is_empty();
+                        errors.extend(applied.errors.iter().map(|e| format!("VXLAN overlay: {e}")));
+                        self.tunnel = Some(applied);
+                    }
+                    TunnelOutcome::Removed(removed) => {
+                        if removed {
+                            info!(
+                                device = tunnel::DEVICE,
+                                "no tunnel configured: VXLAN device (and its routes) removed"
+                            );
+                        }
+                        self.tunnel = None;
+                    }
+                }
+                if c.changed() {
+                    info!(
+                        added = %list(&c.added),
+                        replaced = %list(&c.replaced),
+                        removed = %list(&c.removed),
+                        routes = routes.len(),
+                        "pod routes to other nodes updated"
+                    );
+                }
+                let foreign: BTreeSet<Ipv4Network> = c.foreign.iter().copied().collect();
+                for dst in foreign.difference(&self.last_foreign) {
+                    warn!(
+                        "pod routing: a route to {dst} exists that sluice did not create; leaving it in place"
+                    );
+                }
+                self.last_foreign = foreign;
+                errors.extend(c.errors.into_iter().map(|e| format!("pod routes: {e}")));
+                self.routes_applied = ok.then_some((plan, routes, now));
+            }
+            Err(e) => {
+                self.routes_applied = None;
+                errors.insert(format!("pod routes: {e}"));
+            }
         }
     }
 
@@ -542,48 +795,44 @@ impl Network {
         let mut errors = BTreeSet::new();
         let native = self.cfg.routing == RoutingMode::Native;
 
-        let warnings: BTreeSet<String> =
-            if native { nodes.warnings.iter().cloned().collect() } else { BTreeSet::new() };
+        // What to apply: the overlay and routes via its device, native
+        // routes, or none (withdrawing ours). Without this node's InternalIP
+        // or pod CIDR the overlay cannot be built yet: nothing is touched.
+        let mut warnings: BTreeSet<String> = BTreeSet::new();
+        let wanted: Option<(Option<tunnel::Plan>, Vec<PodRoute>)> = match self.cfg.tunnel {
+            Some(_) => {
+                warnings.extend(nodes.warnings.iter().cloned());
+                match tunnel::plan(nodes) {
+                    Ok(plan) => {
+                        warnings.extend(plan.warnings.iter().cloned());
+                        let routes = plan.routes.clone();
+                        Some((Some(plan), routes))
+                    }
+                    Err(why) => {
+                        warnings.insert(format!(
+                            "the VXLAN overlay waits: {why}; no route or device changed"
+                        ));
+                        None
+                    }
+                }
+            }
+            None if native => {
+                warnings.extend(nodes.warnings.iter().cloned());
+                Some((None, nodes.routes.clone()))
+            }
+            None => Some((None, Vec::new())),
+        };
         for w in warnings.difference(&self.last_warnings) {
             warn!("pod routing: {w}");
         }
         self.last_warnings = warnings;
 
-        let routes: &[PodRoute] = if native { &nodes.routes } else { &[] };
-        let due = self
-            .routes_applied
-            .as_ref()
-            .is_none_or(|(r, at)| r != routes || now.duration_since(*at) >= REFRESH);
-        if due {
-            match apply_routes(routes) {
-                Ok(c) => {
-                    if c.changed() {
-                        info!(
-                            added = %list(&c.added),
-                            replaced = %list(&c.replaced),
-                            removed = %list(&c.removed),
-                            routes = routes.len(),
-                            "pod routes to other nodes updated"
-                        );
-                    }
-                    let foreign: BTreeSet<Ipv4Network> = c.foreign.iter().copied().collect();
-                    for dst in foreign.difference(&self.last_foreign) {
-                        warn!(
-                            "pod routing: a route to {dst} exists that sluice did not create; leaving it in place"
-                        );
-                    }
-                    self.last_foreign = foreign;
-                    if c.errors.is_empty() {
-                        self.routes_applied = Some((routes.to_vec(), now));
-                    } else {
-                        self.routes_applied = None;
-                        errors.extend(c.errors.into_iter().map(|e| format!("pod routes: {e}")));
-                    }
-                }
-                Err(e) => {
-                    self.routes_applied = None;
-                    errors.insert(format!("pod routes: {e}"));
-                }
+        if let Some((plan, routes)) = wanted {
+            let due = self.routes_applied.as_ref().is_none_or(|(p, r, at)| {
+                *p != plan || *r != routes || now.duration_since(*at) >= REFRESH
+            });
+            if due {
+                self.apply_routes(plan, routes, now, &mut errors);
             }
         }
 
@@ -684,7 +933,7 @@ mod tests {
     }
 
     fn route(dst: &str, via: &str) -> PodRoute {
-        PodRoute { dst: net(dst), via: ip(via) }
+        PodRoute { dst: net(dst), via: ip(via), dev: None, src: None }
     }
 
     #[test]
@@ -869,6 +1118,12 @@ mod tests {
         };
         let d = parse(&[]).unwrap();
         assert_eq!(d.routing, RoutingMode::Native);
+        assert_eq!(d.tunnel, None);
+        let t = parse(&["--tunnel", "vxlan"]).unwrap();
+        assert_eq!(t.tunnel, Some(TunnelConfig { vni: 1, port: 8472 }));
+        let t = parse(&["--tunnel", "vxlan", "--vxlan-vni", "42", "--vxlan-port", "4789"]).unwrap();
+        assert_eq!(t.tunnel, Some(TunnelConfig { vni: 42, port: 4789 }));
+        assert_eq!(parse(&["--tunnel", "disabled"]).unwrap().tunnel, None);
         assert!(d.masquerade);
         assert_eq!(d.cluster_cidr, None);
         let c = parse(&[

@@ -230,16 +230,16 @@ fn source_follows_changes_outages_and_relists() {
     let rt = runtime();
     let client = client(&rt, &server, &dir);
     let (tx, mut rx) = tokio::sync::mpsc::channel(64);
-    let source = rt.block_on(async { KubeSource::start(&client, &tx) });
+    let source = rt.block_on(async { KubeSource::start(&client, "node-a", &tx) });
 
     let snapshot = |source: &KubeSource| {
         source.with_store(|ks| {
-            let store = ks.store();
-            let mut names: Vec<String> = store.services.keys().map(|k| k.name.clone()).collect();
-            names.extend(store.endpoint_slices.values().flat_map(|s| {
-                s.endpoints.iter().flat_map(|e| e.addresses.clone()).collect::<Vec<_>>()
+            let inputs = ks.inputs();
+            let mut names: Vec<String> = inputs.services().map(|(k, _)| k.name.clone()).collect();
+            names.extend(inputs.slices().flat_map(|(_, s)| {
+                s.usable.iter().flat_map(|(_, e)| e.endpoints.iter().map(|e| e.addr.to_string()))
             }));
-            names.extend(store.nodes.keys().cloned());
+            names.extend(inputs.nodes.keys().cloned());
             (ks.is_ready(), names)
         })
     };

@@ -49,6 +49,10 @@ enum Task {
         quick: bool,
         /// Which benchmark to run (default: all).
         target: Option<String>,
+        /// Arguments after `--` passed on to the benchmark, e.g.
+        /// `cargo xtask bench peers -- --services 1,100000 --placement last`.
+        #[arg(last = true)]
+        bench_args: Vec<String>,
     },
     /// `cargo fmt --all --check`.
     FmtCheck,
@@ -86,9 +90,9 @@ fn run(task: Task) -> Result<()> {
             build()?;
             demo(&demo_args)
         }
-        Task::Bench { quick, target } => {
+        Task::Bench { quick, target, bench_args } => {
             setup::setup()?;
-            bench(quick, target.as_deref())
+            bench(quick, target.as_deref(), &bench_args)
         }
         Task::FmtCheck => {
             say("cargo fmt --all --check");
@@ -152,20 +156,25 @@ fn demo(demo_args: &[String]) -> Result<()> {
 /// (sluice against the direct path and kube-proxy's iptables and nftables
 /// data planes, emulated in network namespaces), `routing` (pod to pod on
 /// one node and across nodes: eBPF fast paths vs plain routing vs a Linux
-/// bridge).
-fn bench(quick: bool, target: Option<&str>) -> Result<()> {
+/// bridge). `args` go to the benchmark (only with one target named).
+fn bench(quick: bool, target: Option<&str>, args: &[String]) -> Result<()> {
     const TARGETS: [&str; 5] = ["datapath", "control", "cni", "peers", "routing"];
     let targets: Vec<&str> = match target {
         None => TARGETS.to_vec(),
         Some(t) if TARGETS.contains(&t) => vec![t],
         Some(t) => anyhow::bail!("no benchmark `{t}`; there are: {}", TARGETS.join(", ")),
     };
+    anyhow::ensure!(
+        args.is_empty() || targets.len() == 1,
+        "arguments after `--` need one benchmark named (e.g. `cargo xtask bench peers -- ...`)"
+    );
     for t in targets {
         let mut run = cmd::cargo();
         if t == "cni" {
             // sluice-cni vs bridge+host-local and ptp+host-local, interleaved.
             run.args(["run", "--release", "-p", "sluice-cni", "--example", "bench", "--"]);
             run.args(["--pods", if quick { "50" } else { "500" }]);
+            run.args(args);
         } else if t == "peers" || t == "routing" {
             // Runs the `sluice` binary (the agent), which `cargo run --example` does not build.
             build()?;
@@ -187,11 +196,14 @@ fn bench(quick: bool, target: Option<&str>) -> Result<()> {
             if quick {
                 run.arg("--quick");
             }
+            run.args(args);
         } else {
             run.args(["run", "--release", "-p", "sluice", "--example", &format!("bench_{t}")]);
+            run.arg("--");
             if quick {
-                run.args(["--", "--quick"]);
+                run.arg("--quick");
             }
+            run.args(args);
         }
         let mut command = in_private_mount_ns(run);
         say(format!("bench {t}: {}", cmd::display(&command)));
@@ -201,7 +213,8 @@ fn bench(quick: bool, target: Option<&str>) -> Result<()> {
     Ok(())
 }
 
-/// Where `bench peers` writes report.md and results.json, under the workspace root.
+/// Where `bench peers` writes report.md, results.json and per-connection.svg,
+/// under the workspace root.
 const PEERS_RESULTS: &str = "target/bench-results/peers";
 /// Where `bench routing` writes report.md and results.json, under the workspace root.
 const ROUTING_RESULTS: &str = "target/bench-results/routing";
@@ -259,13 +272,38 @@ mod tests {
 
     #[test]
     fn bench_takes_quick_and_a_target() {
-        let Task::Bench { quick, target } =
+        let Task::Bench { quick, target, bench_args } =
             Cli::try_parse_from(["xtask", "bench", "--quick", "lb"]).unwrap().task
         else {
             panic!("not the bench task");
         };
         assert!(quick);
         assert_eq!(target.as_deref(), Some("lb"));
+        assert!(bench_args.is_empty());
+    }
+
+    // Expect: everything after `--` goes to the benchmark, options included.
+    #[test]
+    fn bench_passes_arguments_after_the_separator() {
+        let Task::Bench { quick, target, bench_args } = Cli::try_parse_from([
+            "xtask",
+            "bench",
+            "peers",
+            "--",
+            "--services",
+            "1,100000",
+            "--quick",
+        ])
+        .unwrap()
+        .task
+        else {
+            panic!("not the bench task");
+        };
+        assert!(!quick);
+        assert_eq!(target.as_deref(), Some("peers"));
+        assert_eq!(bench_args, ["--services", "1,100000", "--quick"]);
+        let err = bench(false, None, &["--x".to_owned()]).unwrap_err();
+        assert!(err.to_string().contains("one benchmark named"), "{err}");
     }
 
     #[test]

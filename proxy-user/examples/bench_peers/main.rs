@@ -2,24 +2,30 @@
 //! data planes, emulated at the kernel level with kube-proxy's own rule
 //! layouts: `cargo xtask bench peers [--quick]` (as root).
 //!
-//! One node network namespace, a client pod and a backend pod (veth pairs,
-//! /32 routes, built by `sluice::testbed`), a single-threaded echo server in
-//! the backend pod pinned to one core and a single-threaded load generator
-//! in the client pod pinned to the other. The same topology serves every
-//! peer; only the service implementation in the node changes:
+//! Every peer has a node network namespace of its own with a client pod
+//! and backend pods (veth pairs, /32 routes, built by `sluice::testbed`): a
+//! single-threaded echo server in each backend pod pinned to one core and a
+//! single-threaded load generator in the client pod pinned to the other.
+//! The topology is the same for every peer; only the service implementation
+//! in its node differs:
 //!
-//! - `direct`: the client connects to the backend pod's IP (no Service);
+//! - `direct`: the client connects to a backend pod's IP (no Service);
 //! - `iptables`: kube-proxy's iptables-mode rules, `iptables-restore --noflush`;
 //! - `nftables`: kube-proxy's nftables-mode table `ip kube-proxy`, `nft -f`;
 //! - `sluice`: the agent with `--socket-lb=false` (the per-packet path only);
 //! - `sluice-socklb`: the agent's defaults, the client inside its `--cgroup-root`.
 //!
-//! For N services (one endpoint each; the measured one last in every
-//! generated list) peers are run interleaved, A B C D E A B C D E ..., each
-//! repetition starting at the next peer. Measured: connection rate
-//! (connect, 1-byte request/response, close), request/response latency on a
-//! persistent connection (p50/p99) and the time to program the N services
-//! cold. Writes `report.md` and `results.json` to `--out`.
+//! For each N the measured services (placed first, middle or last among the
+//! N, with 1 or 10 endpoints: see `plan`) go into one generated service set
+//! where they fit; every peer is programmed with it once (the time to
+//! program N services, cold) and keeps it while the peers are measured
+//! interleaved, A B C D E A B C D E ..., each repetition starting at the
+//! next peer. Measured per service: connection rate (connect, 1-byte
+//! request/response, close), first-packet latency (`connect()`),
+//! request/response latency on a persistent connection (p50/p99) and the
+//! throughput of one TCP stream with the CPU time per Gbit; per sluice peer
+//! the agent's peak RSS. Writes `report.md`, `results.json` and
+//! `per-connection.svg` to `--out`.
 //!
 //! The same binary is the load generator (`client`) and the echo server
 //! (`serve`), so that each runs as its own process in its own namespace
@@ -27,6 +33,8 @@
 
 mod kube_rules;
 mod loadgen;
+mod plan;
+mod plot;
 mod report;
 
 use std::ffi::CString;
@@ -49,41 +57,61 @@ use sluice::testbed::{
 
 use crate::kube_rules::ClusterConfig;
 use crate::loadgen::ClientResult;
+use crate::plan::{Placement, SetPlan, Target};
 
-/// The backend's port; services listen on `SERVICE_PORT`.
+/// The backends' port; services listen on `SERVICE_PORT`.
 const TARGET_PORT: u16 = 8080;
 const SERVICE_PORT: u16 = 80;
-/// How long programming N services may take before the run fails.
-const PROGRAM_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long programming N services may take before the peer is left out
+/// at that N (`nft -f` of 10,000 services took up to 118 s here).
+const PROGRAM_TIMEOUT: Duration = Duration::from_secs(600);
+/// At most this many endpoints per measured service (backend pods per node).
+const MAX_ENDPOINTS: u32 = 64;
 
 #[derive(Parser)]
 #[command(about = "sluice vs the direct path and kube-proxy's iptables and nftables data planes")]
 struct Cli {
     #[command(subcommand)]
     role: Option<Role>,
-    /// One repetition at N in {1, 1000}, 1 s per measurement (CI smoke).
+    /// One repetition at N in {1, 1000}, every placement, 0.5 s per measurement (CI smoke).
     #[arg(long)]
     quick: bool,
     /// Repetitions per (N, peer) (default 5; 1 with --quick).
     #[arg(long)]
     reps: Option<u32>,
-    /// Numbers of services (default 1,1000,10000; 1,1000 with --quick).
+    /// Numbers of services (default 1,1000,10000; 1,1000 with --quick); 100000 is possible.
     #[arg(long, value_delimiter = ',')]
     services: Vec<u32>,
-    /// Seconds per measurement (connection rate, then latency) (default 3; 1 with --quick).
+    /// Endpoints of the measured services (default 1,10): that many backend pods.
+    #[arg(long, value_delimiter = ',')]
+    endpoints: Vec<u32>,
+    /// Where the measured service sits among the N: first, middle, last
+    /// (default first,last; all three with --quick).
+    #[arg(long, value_delimiter = ',')]
+    placement: Vec<String>,
+    /// Measure every (placement, endpoints) pair; by default every placement
+    /// is measured with the first endpoint count and the other endpoint
+    /// counts only at the last placement given.
+    #[arg(long)]
+    all_pairs: bool,
+    /// iptables and nftables are left out above this many services
+    /// (`iptables-restore` and `nft -f` of 100,000 services take very long).
+    #[arg(long, default_value_t = 10_000)]
+    max_n_rules: u32,
+    /// Seconds per measurement (connection rate, latency, throughput) (default 2; 0.5 with --quick).
     #[arg(long)]
     seconds: Option<f64>,
     /// Peers to run (default all): direct, iptables, nftables, sluice, sluice-socklb.
     #[arg(long, value_delimiter = ',')]
     peers: Vec<String>,
-    /// Where report.md and results.json go.
+    /// Where report.md, results.json and per-connection.svg go.
     #[arg(long, default_value = "target/bench-results/peers")]
     out: PathBuf,
 }
 
 #[derive(Subcommand)]
 enum Role {
-    /// (internal) The echo server, run in the backend pod.
+    /// (internal) The echo server, run in a backend pod.
     Serve {
         #[arg(long)]
         port: u16,
@@ -96,6 +124,9 @@ enum Role {
         target: SocketAddrV4,
         #[arg(long)]
         seconds: f64,
+        /// CPUs whose busy time counts for CPU per Gbit (default: all).
+        #[arg(long, value_delimiter = ',')]
+        cpus: Vec<usize>,
     },
 }
 
@@ -126,20 +157,51 @@ impl Peer {
     fn parse(s: &str) -> anyhow::Result<Peer> {
         Peer::ALL.into_iter().find(|p| p.name() == s).with_context(|| format!("unknown peer `{s}`"))
     }
+
+    /// Programmed with `iptables-restore` / `nft -f` (bounded by `--max-n-rules`).
+    fn is_rules(self) -> bool {
+        matches!(self, Peer::Iptables | Peer::Nftables)
+    }
 }
 
-/// One measurement of one peer.
+/// One measurement of one peer and one measured service.
 #[derive(Debug, Clone, Serialize)]
 struct Trial {
     services: u32,
+    /// The measured service's placement (`last`, or `first=middle=last`
+    /// where they coincide at small N); `None` for the direct path.
+    placement: Option<String>,
+    /// The measured service's endpoints; `None` for the direct path.
+    endpoints: Option<u32>,
+    /// The measured service's index among the N.
+    index: Option<u32>,
     rep: u32,
+    peer: Peer,
+    client: ClientResult,
+}
+
+/// Programming one peer with one service set (once per set).
+#[derive(Debug, Clone, Serialize)]
+struct Programming {
+    services: u32,
+    /// The endpoint counts of the set's measured services.
+    endpoints: Vec<u32>,
     peer: Peer,
     /// iptables-restore / nft -f: the command's wall time.
     program_cmd_ms: Option<f64>,
     /// From the command's (or the agent's) start to the measured service
-    /// answering the client.
+    /// (the set's last) answering the client.
     program_reachable_ms: Option<f64>,
-    client: ClientResult,
+    /// sluice: the agent's peak RSS (VmHWM) before it was stopped, MiB.
+    agent_peak_rss_mib: Option<f64>,
+}
+
+/// A peer left out at some N, and why.
+#[derive(Debug, Clone, Serialize)]
+struct Skip {
+    services: u32,
+    peer: Peer,
+    reason: String,
 }
 
 fn main() -> ExitCode {
@@ -148,7 +210,7 @@ fn main() -> ExitCode {
         Some(Role::Serve { port, max_seconds }) => {
             loadgen::serve(port, max_seconds).map_err(Into::into)
         }
-        Some(Role::Client { target, seconds }) => client_main(target, seconds),
+        Some(Role::Client { target, seconds, ref cpus }) => client_main(target, seconds, cpus),
         None => orchestrate(&cli),
     };
     match result {
@@ -160,8 +222,8 @@ fn main() -> ExitCode {
     }
 }
 
-fn client_main(target: SocketAddrV4, seconds: f64) -> anyhow::Result<()> {
-    let result = loadgen::run_client(target, seconds)?;
+fn client_main(target: SocketAddrV4, seconds: f64, cpus: &[usize]) -> anyhow::Result<()> {
+    let result = loadgen::run_client(target, seconds, cpus)?;
     println!("{}", serde_json::to_string(&result)?);
     Ok(())
 }
@@ -231,15 +293,18 @@ impl Drop for Server {
 
 /// Runs the load generator in `pod` (and in `cgroup`, if given).
 fn run_client(
+    bed: &Bed,
     pod: &Pod,
-    cpu: Option<usize>,
     target: SocketAddrV4,
-    seconds: f64,
     cgroup: Option<&Path>,
 ) -> anyhow::Result<ClientResult> {
     let exe = std::env::current_exe()?;
-    let mut cmd = pinned(pod.netns(), cpu, &exe)?;
-    cmd.args(["client", "--target", &target.to_string(), "--seconds", &seconds.to_string()]);
+    let mut cmd = pinned(pod.netns(), bed.client_cpu, &exe)?;
+    cmd.args(["client", "--target", &target.to_string(), "--seconds", &bed.seconds.to_string()]);
+    if !bed.stat_cpus.is_empty() {
+        let cpus: Vec<String> = bed.stat_cpus.iter().map(ToString::to_string).collect();
+        cmd.arg("--cpus").arg(cpus.join(","));
+    }
     if let Some(cgroup) = cgroup {
         let procs = CString::new(cgroup.join("cgroup.procs").as_os_str().as_bytes())?;
         // SAFETY: open/write/close are async-signal-safe; nothing is allocated.
@@ -255,7 +320,8 @@ fn run_client(
             });
         }
     }
-    let timeout = Duration::from_secs_f64(seconds * 2.0 + 30.0);
+    // Three measurements, warm-up and the bulk transfer's drain.
+    let timeout = Duration::from_secs_f64(bed.seconds * 6.0 + 30.0);
     let out = run_with_timeout(&mut cmd, timeout)?;
     ensure!(out.status.success(), "client failed ({}): {}", out.status, out.stderr.trim());
     serde_json::from_str(out.stdout.trim())
@@ -282,30 +348,45 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
-/// The address of service `i`: 10.96.0.10 + i.
+/// The address of service `i`: 10.96.0.10 + i (inside the 10.96.0.0/12
+/// service CIDR up to a million services).
 fn vip(i: u32) -> Ipv4Addr {
     Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 96, 0, 10)) + i)
 }
 
-/// The (unreached) endpoint of every service but the measured one.
+/// The (unreached) endpoint of every service but the measured ones.
 fn dummy_endpoint(i: u32) -> Ipv4Addr {
     Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 128, 0, 0)) + i)
 }
 
-/// N services with one endpoint each, the measured one (whose endpoint is
-/// the backend pod) last.
-fn service_set(n: u32, backend: Ipv4Addr) -> Vec<kube_rules::ServicePort> {
-    (0..n)
+/// The set's N services: each measured one with its first `endpoints`
+/// backend pods, every other with one unreached endpoint.
+fn service_set(
+    set: &SetPlan,
+    backends: &[Ipv4Addr],
+) -> anyhow::Result<Vec<kube_rules::ServicePort>> {
+    (0..set.n)
         .map(|i| {
-            let ep = if i + 1 == n { backend } else { dummy_endpoint(i) };
-            kube_rules::ServicePort {
+            let endpoints = match set.target_at(i) {
+                Some(t) => {
+                    let want = t.endpoints as usize;
+                    ensure!(
+                        want <= backends.len(),
+                        "{want} endpoints but {} backend pods",
+                        backends.len()
+                    );
+                    backends[..want].iter().map(|&ip| SocketAddrV4::new(ip, TARGET_PORT)).collect()
+                }
+                None => vec![SocketAddrV4::new(dummy_endpoint(i), TARGET_PORT)],
+            };
+            Ok(kube_rules::ServicePort {
                 namespace: "bench".to_owned(),
-                name: format!("svc-{i:05}"),
+                name: format!("svc-{i:06}"),
                 port_name: "http".to_owned(),
                 cluster_ip: vip(i),
                 port: SERVICE_PORT,
-                endpoints: vec![SocketAddrV4::new(ep, TARGET_PORT)],
-            }
+                endpoints,
+            })
         })
         .collect()
 }
@@ -374,55 +455,134 @@ fn nft_flush(ns: &Netns) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A peer's node: its namespace, client pod, backend pods and their echo
+/// servers (declared first: killed before their namespaces go).
+struct PeerNode {
+    peer: Peer,
+    _servers: Vec<Server>,
+    client: Pod,
+    backends: Vec<Pod>,
+    node: Node,
+}
+
+impl PeerNode {
+    fn new(peer: Peer, backends: u32, server_cpu: Option<usize>) -> anyhow::Result<PeerNode> {
+        let node = Node::new(&format!("bench-{}", peer.name()))?;
+        let backends = (0..backends)
+            .map(|k| node.add_pod(&format!("backend{k}")))
+            .collect::<anyhow::Result<Vec<Pod>>>()?;
+        let client = node.add_pod("client")?;
+        let servers = backends
+            .iter()
+            .map(|b| Server::start(b, server_cpu))
+            .collect::<anyhow::Result<Vec<Server>>>()?;
+        nft_flush(node.netns())?;
+        Ok(PeerNode { peer, _servers: servers, client, backends, node })
+    }
+
+    fn backend_ips(&self) -> Vec<Ipv4Addr> {
+        self.backends.iter().map(Pod::ip).collect()
+    }
+
+    /// Every backend answers the client directly.
+    fn check_direct(&self) -> anyhow::Result<()> {
+        for b in &self.backends {
+            let target = SocketAddrV4::new(b.ip(), TARGET_PORT);
+            let h = start_poller(&self.client, target, Instant::now())?;
+            join_poller(h).with_context(|| {
+                format!("{}: backend {} not reachable directly", self.peer.name(), b.ip())
+            })?;
+        }
+        Ok(())
+    }
+}
+
 /// The world every peer shares.
 struct Bed {
     dir: TestDir,
-    node: Node,
-    client: Pod,
-    backend: Pod,
+    nodes: Vec<PeerNode>,
     client_cpu: Option<usize>,
+    /// The CPUs whose busy time counts for CPU per Gbit (empty: all).
+    stat_cpus: Vec<usize>,
+    seconds: f64,
     sluice: PathBuf,
 }
 
-/// Per-N inputs, generated once.
+/// A peer's programming while its trials run.
+enum Live {
+    Rules,
+    Agent(Box<Running>),
+}
+
+/// A running agent with its bpffs and cgroup (dropped in this order).
+struct Running {
+    agent: Agent,
+    bpffs: BpffsMount,
+    cgroup: TestCgroup,
+}
+
+/// The rule files of one service set.
 struct Inputs {
-    n: u32,
+    services: Vec<kube_rules::ServicePort>,
     iptables: PathBuf,
     nft: PathBuf,
-    manifests: ManifestDir,
-    vip: SocketAddrV4,
+    /// The set's last measured service, polled for "programmed".
+    probe: SocketAddrV4,
+    label: String,
 }
 
-fn prepare(bed: &Bed, n: u32) -> anyhow::Result<Inputs> {
-    let services = service_set(n, bed.backend.ip());
+fn prepare(bed: &Bed, set: &SetPlan, set_no: usize, rules: bool) -> anyhow::Result<Inputs> {
+    // One service set for every node: their backend pods have the same
+    // addresses (each node is node 0 of its own world, pods added in the
+    // same order), which is checked here.
+    let backends =
+        bed.nodes.iter().map(PeerNode::backend_ips).max_by_key(Vec::len).unwrap_or_default();
+    for pn in &bed.nodes {
+        let ips = pn.backend_ips();
+        ensure!(
+            backends.starts_with(&ips),
+            "{}'s backends {ips:?} differ from {backends:?}",
+            pn.peer.name()
+        );
+    }
+    let services = service_set(set, &backends)?;
+    let label = format!("{}-{set_no}", set.n);
     let cfg = ClusterConfig {
         cluster_cidr: "10.244.0.0/16".to_owned(),
-        service_cidr: "10.96.0.0/16".to_owned(),
-        node_ip: bed.node.address(),
+        service_cidr: "10.96.0.0/12".to_owned(),
+        node_ip: bed.nodes[0].node.address(),
     };
-    let iptables = bed.dir.join(format!("kube-proxy-iptables-{n}.rules"));
-    fs::write(&iptables, kube_rules::iptables_restore(&services, &cfg))?;
-    let nft = bed.dir.join(format!("kube-proxy-nftables-{n}.nft"));
-    fs::write(&nft, kube_rules::nft_ruleset(&services, &cfg))?;
-    let manifests = ManifestDir::at(bed.dir.join(format!("manifests-{n}")))?;
-    manifests.write_node(&bed.node)?;
-    manifests.write_file("services.yaml", &manifests_yaml(&services, &bed.node))?;
-    let last = services.last().context("no services")?;
-    Ok(Inputs { n, iptables, nft, manifests, vip: SocketAddrV4::new(last.cluster_ip, last.port) })
+    let iptables = bed.dir.join(format!("kube-proxy-iptables-{label}.rules"));
+    let nft = bed.dir.join(format!("kube-proxy-nftables-{label}.nft"));
+    if rules {
+        fs::write(&iptables, kube_rules::iptables_restore(&services, &cfg))?;
+        fs::write(&nft, kube_rules::nft_ruleset(&services, &cfg))?;
+    }
+    let last = set.targets.last().context("a set without a measured service")?;
+    Ok(Inputs {
+        probe: SocketAddrV4::new(vip(last.index), SERVICE_PORT),
+        services,
+        iptables,
+        nft,
+        label,
+    })
 }
 
-/// Runs one peer once: program, check, measure, tear down.
-fn trial(bed: &Bed, inputs: &Inputs, peer: Peer, rep: u32, seconds: f64) -> anyhow::Result<Trial> {
-    let node_ns = bed.node.netns();
-    let mut program_cmd_ms = None;
-    let mut program_reachable_ms = None;
-    let client = match peer {
-        Peer::Direct => {
-            let target = SocketAddrV4::new(bed.backend.ip(), TARGET_PORT);
-            run_client(&bed.client, bed.client_cpu, target, seconds, None)?
-        }
+/// Programs `pn`'s node with the set: the rules, or a started agent.
+fn program(bed: &Bed, pn: &PeerNode, inputs: &Inputs) -> anyhow::Result<(Programming, Live)> {
+    let node_ns = pn.node.netns();
+    let mut record = Programming {
+        services: inputs.services.len() as u32,
+        endpoints: Vec::new(),
+        peer: pn.peer,
+        program_cmd_ms: None,
+        program_reachable_ms: None,
+        agent_peak_rss_mib: None,
+    };
+    let live = match pn.peer {
+        Peer::Direct => bail!("the direct path is not programmed"),
         Peer::Iptables | Peer::Nftables => {
-            let mut cmd = if peer == Peer::Iptables {
+            let mut cmd = if pn.peer == Peer::Iptables {
                 let mut c = node_ns.command("iptables-restore")?;
                 c.arg("--noflush").arg(&inputs.iptables);
                 c
@@ -432,41 +592,47 @@ fn trial(bed: &Bed, inputs: &Inputs, peer: Peer, rep: u32, seconds: f64) -> anyh
                 c
             };
             let t0 = Instant::now();
-            let poller = start_poller(&bed.client, inputs.vip, t0)?;
+            let poller = start_poller(&pn.client, inputs.probe, t0)?;
             run_checked(&mut cmd, PROGRAM_TIMEOUT)?;
-            program_cmd_ms = Some(ms(t0.elapsed()));
-            program_reachable_ms = Some(ms(join_poller(poller)?));
-            let r = run_client(&bed.client, bed.client_cpu, inputs.vip, seconds, None);
-            nft_flush(node_ns)?;
-            r?
+            record.program_cmd_ms = Some(ms(t0.elapsed()));
+            record.program_reachable_ms = Some(ms(join_poller(poller)?));
+            Live::Rules
         }
         Peer::Sluice | Peer::SluiceSocklb => {
+            let manifests = ManifestDir::at(bed.dir.join(format!(
+                "manifests-{}-{}",
+                inputs.label,
+                pn.peer.name()
+            )))?;
+            manifests.write_node(&pn.node)?;
+            manifests.write_file("services.yaml", &manifests_yaml(&inputs.services, &pn.node))?;
             let bpffs = BpffsMount::new()?;
-            let cgroup = TestCgroup::new("peers")?;
+            let cgroup = TestCgroup::new(pn.peer.name())?;
             let mut cfg = AgentConfig::new(
                 &bed.sluice,
-                &bed.node,
-                &inputs.manifests,
+                &pn.node,
+                &manifests,
                 &bpffs,
                 Some(&cgroup),
                 &bed.dir,
             );
+            cfg.log = bed.dir.join(format!("agent-{}-{}.log", pn.peer.name(), inputs.label));
             cfg.rust_log = "warn".to_owned();
             // One node and no egress: no masquerade table (its netfilter
-            // hook would be on sluice's path and stay after the agent).
+            // hook would be on sluice's path).
             cfg.extra_args.extend(["--masquerade=false", "--routing", "none"].map(String::from));
-            if peer == Peer::Sluice {
+            if pn.peer == Peer::Sluice {
                 cfg.extra_args.push("--socket-lb=false".to_owned());
             }
             let t0 = Instant::now();
-            let poller = start_poller(&bed.client, inputs.vip, t0)?;
-            let mut agent = Agent::start(&bed.node, cfg)?;
+            let poller = start_poller(&pn.client, inputs.probe, t0)?;
+            let mut agent = Agent::start(&pn.node, cfg)?;
             let reachable = join_poller(poller);
             if let Some(status) = agent.try_wait()? {
-                bail!("agent exited ({status}); log:\n{}", agent.log());
+                bail!("agent exited ({status}); log:\n{}", log_tail(&agent.log()));
             }
-            program_reachable_ms = Some(ms(reachable?));
-            if peer == Peer::SluiceSocklb {
+            record.program_reachable_ms = Some(ms(reachable?));
+            if pn.peer == Peer::SluiceSocklb {
                 // The client's connect() must meet the agent's hooks: the
                 // agent pins the connect4 link once it is attached to its
                 // --cgroup-root. (Debian's bpftool 7.1 lists no hooks of a
@@ -475,46 +641,160 @@ fn trial(bed: &Bed, inputs: &Inputs, peer: Peer, rep: u32, seconds: f64) -> anyh
                     .sock_link(proxy_common::PROG_SOCK_CONNECT4);
                 ensure!(
                     pin.exists(),
-                    "no connect4 hook on {}: {} missing (links: {:?}); agent log:\n{}",
+                    "no connect4 hook on {}: {} missing; agent log:\n{}",
                     cgroup.path().display(),
                     pin.display(),
-                    pin.parent().and_then(|d| fs::read_dir(d).ok()).map(|d| d
-                        .filter_map(Result::ok)
-                        .map(|e| e.file_name())
-                        .collect::<Vec<_>>()),
-                    agent.log()
+                    log_tail(&agent.log())
                 );
             }
-            let socklb = (peer == Peer::SluiceSocklb).then(|| cgroup.path());
-            let r = run_client(&bed.client, bed.client_cpu, inputs.vip, seconds, socklb);
+            Live::Agent(Box::new(Running { agent, bpffs, cgroup }))
+        }
+    };
+    Ok((record, live))
+}
+
+/// The last lines of an agent log, without colour codes (the log of an
+/// agent that kept failing can be very long).
+fn log_tail(log: &str) -> String {
+    const LINES: usize = 20;
+    let lines: Vec<&str> = log.lines().collect();
+    let skipped = lines.len().saturating_sub(LINES);
+    let tail = strip_ansi(&lines[skipped..].join("\n"));
+    if skipped > 0 { format!("({skipped} earlier lines left out)\n{tail}") } else { tail }
+}
+
+/// `s` without ANSI escape sequences (`ESC [ ... letter`).
+fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            if chars.next() == Some('[') {
+                for c in chars.by_ref() {
+                    if c.is_ascii_alphabetic() {
+                        break;
+                    }
+                }
+            }
+            continue;
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// Peak RSS (`VmHWM`) of process `pid`, MiB.
+fn peak_rss_mib(pid: u32) -> anyhow::Result<f64> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status"))?;
+    parse_vm_hwm_mib(&status).with_context(|| format!("no VmHWM in /proc/{pid}/status"))
+}
+
+/// The `VmHWM:` line of a `/proc/PID/status` text (kB), in MiB.
+fn parse_vm_hwm_mib(status: &str) -> Option<f64> {
+    let kb: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))?
+        .trim()
+        .strip_suffix("kB")?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kb / 1024.0)
+}
+
+/// Undoes a peer's programming and checks that nothing stays.
+fn teardown(pn: &PeerNode, live: Live) -> anyhow::Result<()> {
+    let node_ns = pn.node.netns();
+    match live {
+        Live::Rules => nft_flush(node_ns)?,
+        Live::Agent(running) => {
+            let Running { mut agent, bpffs, cgroup } = *running;
             let status = agent.stop()?;
-            ensure!(status.success(), "agent exited with {status}; log:\n{}", agent.log());
+            ensure!(
+                status.success(),
+                "agent exited with {status}; log:\n{}",
+                log_tail(&agent.log())
+            );
             // Unpin everything (links detach with their last reference);
             // the pod program's tc filter goes with its qdisc.
             let _ = fs::remove_dir_all(bpffs.path().join("sluice"));
-            clear_tc_filters(bed.node.netns())?;
+            clear_tc_filters(node_ns)?;
             drop(bpffs);
             drop(cgroup);
-            r?
         }
-    };
-    // Nothing of this peer may stay for the next one.
-    if on_path("bpftool") {
-        ensure!(tcx_attached(node_ns)? == 0, "tcx programs still attached after {}", peer.name());
     }
-    ensure!(nft_ruleset_empty(node_ns)?, "netfilter rules left after {}", peer.name());
-    Ok(Trial { services: inputs.n, rep, peer, program_cmd_ms, program_reachable_ms, client })
+    check_clean(pn)
+}
+
+/// No netfilter rule and no BPF program is left in the peer's node.
+fn check_clean(pn: &PeerNode) -> anyhow::Result<()> {
+    let ns = pn.node.netns();
+    if on_path("bpftool") {
+        ensure!(tcx_attached(ns)? == 0, "BPF programs still attached after {}", pn.peer.name());
+    }
+    ensure!(nft_ruleset_empty(ns)?, "netfilter rules left after {}", pn.peer.name());
+    Ok(())
+}
+
+/// Measures `target` (or the direct path) once from `pn`'s client.
+fn measure(
+    bed: &Bed,
+    pn: &PeerNode,
+    live: &mut Option<Live>,
+    target: Option<&Target>,
+) -> anyhow::Result<ClientResult> {
+    let addr = match target {
+        Some(t) => SocketAddrV4::new(vip(t.index), SERVICE_PORT),
+        None => SocketAddrV4::new(pn.backends[0].ip(), TARGET_PORT),
+    };
+    let cgroup = match live.as_ref() {
+        Some(Live::Agent(r)) if pn.peer == Peer::SluiceSocklb => Some(r.cgroup.path().to_owned()),
+        _ => None,
+    };
+    let result = run_client(bed, &pn.client, addr, cgroup.as_deref());
+    if let Some(Live::Agent(r)) = live.as_mut()
+        && let Some(status) = r.agent.try_wait()?
+    {
+        bail!("agent exited ({status}) during the trial; log:\n{}", log_tail(&r.agent.log()));
+    }
+    result
+}
+
+/// What the run collected.
+#[derive(Default)]
+struct Collected {
+    trials: Vec<Trial>,
+    programming: Vec<Programming>,
+    skips: Vec<Skip>,
+    failures: Vec<String>,
 }
 
 fn orchestrate(cli: &Cli) -> anyhow::Result<()> {
     ensure!(nix::unistd::geteuid().is_root(), "needs root (network namespaces, BPF, netfilter)");
     let reps = cli.reps.unwrap_or(if cli.quick { 1 } else { 5 });
-    let seconds = cli.seconds.unwrap_or(if cli.quick { 1.0 } else { 3.0 });
+    let seconds = cli.seconds.unwrap_or(if cli.quick { 0.5 } else { 2.0 });
+    ensure!(seconds > 0.0 && seconds.is_finite(), "--seconds must be positive");
+    ensure!(reps >= 1, "--reps must be at least 1");
     let sizes = if cli.services.is_empty() {
         if cli.quick { vec![1, 1000] } else { vec![1, 1000, 10_000] }
     } else {
         cli.services.clone()
     };
+    ensure!(
+        sizes.iter().all(|&n| (1..=1_000_000).contains(&n)),
+        "--services: each N must be 1..=1000000"
+    );
+    let endpoints = if cli.endpoints.is_empty() { vec![1, 10] } else { cli.endpoints.clone() };
+    ensure!(
+        endpoints.iter().all(|&e| (1..=MAX_ENDPOINTS).contains(&e)),
+        "--endpoints: each count must be 1..={MAX_ENDPOINTS}"
+    );
+    let placements: Vec<Placement> = if cli.placement.is_empty() {
+        if cli.quick { Placement::ALL.to_vec() } else { vec![Placement::First, Placement::Last] }
+    } else {
+        cli.placement.iter().map(|p| Placement::parse(p)).collect::<anyhow::Result<_>>()?
+    };
+    let pairs = plan::pairs(&endpoints, &placements, cli.all_pairs);
     let peers: Vec<Peer> = if cli.peers.is_empty() {
         Peer::ALL.to_vec()
     } else {
@@ -530,92 +810,312 @@ fn orchestrate(cli: &Cli) -> anyhow::Result<()> {
     sweep_stale();
     let started = Instant::now();
     let machine = report::Machine::probe(pin);
-    let dir = TestDir::new("bench-peers")?;
-    let node = Node::new("bench-node")?;
-    let backend = node.add_pod("backend")?;
-    let client = node.add_pod("client")?;
-    let _server = Server::start(&backend, server_cpu)?;
-    let bed = Bed { dir, node, client, backend, client_cpu, sluice: sluice_bin()? };
-    nft_flush(bed.node.netns())?;
-    loadgen_check(&bed)?;
+    let most = endpoints.iter().copied().max().unwrap_or(1);
+    let nodes = peers
+        .iter()
+        .map(|&p| PeerNode::new(p, if p == Peer::Direct { 1 } else { most }, server_cpu))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let bed = Bed {
+        dir: TestDir::new("bench-peers")?,
+        nodes,
+        client_cpu,
+        stat_cpus: if pin { vec![0, 1] } else { Vec::new() },
+        seconds,
+        sluice: sluice_bin()?,
+    };
+    for pn in &bed.nodes {
+        pn.check_direct()?;
+    }
 
     println!(
-        "bench peers: N = {sizes:?}, {reps} repetition(s), {seconds} s per measurement, peers: {}",
+        "bench peers: N = {sizes:?}, measured (placement, endpoints) {:?}, {reps} repetition(s), \
+         {seconds} s per measurement, peers: {}",
+        pairs.iter().map(|(p, e)| format!("{} {e}", p.name())).collect::<Vec<_>>(),
         peers.iter().map(|p| p.name()).collect::<Vec<_>>().join(", ")
     );
-    let mut trials = Vec::new();
-    let mut failures: Vec<String> = Vec::new();
+    let mut c = Collected::default();
     for &n in &sizes {
-        let inputs = prepare(&bed, n)?;
-        for rep in 0..reps {
-            // Interleaved, each repetition starting at the next peer.
-            for k in 0..peers.len() {
-                let peer = peers[(k + rep as usize) % peers.len()];
-                let t = match trial(&bed, &inputs, peer, rep, seconds) {
-                    Ok(t) => t,
-                    Err(e) => {
-                        // Recorded, cleaned up, and the run goes on.
-                        let e = format!("{} at N = {n}, repetition {rep}: {e:#}", peer.name());
-                        println!("  FAILED: {e}");
-                        failures.push(e);
-                        clean_after_failure(&bed)?;
-                        continue;
-                    }
-                };
-                println!(
-                    "  N={n:>6} rep {rep} {:<14} {:>8.0} conn/s  rr p50 {:>6.1} µs p99 {:>6.1} µs{}",
-                    peer.name(),
-                    t.client.conn_per_s,
-                    t.client.rr_p50_us,
-                    t.client.rr_p99_us,
-                    t.program_reachable_ms
-                        .map(|m| format!("  programmed in {m:.1} ms"))
-                        .unwrap_or_default()
-                );
-                trials.push(t);
-                std::thread::sleep(Duration::from_millis(200));
+        let rules_ok = n <= cli.max_n_rules;
+        for pn in &bed.nodes {
+            if pn.peer.is_rules() && !rules_ok {
+                c.skips.push(Skip {
+                    services: n,
+                    peer: pn.peer,
+                    reason: format!("N above --max-n-rules {}", cli.max_n_rules),
+                });
             }
         }
+        for (set_no, set) in plan::plan(n, &pairs).iter().enumerate() {
+            run_set(&bed, set, set_no, reps, rules_ok, &mut c)?;
+        }
     }
+
     let machine = machine.finish(started.elapsed());
     fs::create_dir_all(&cli.out).with_context(|| format!("creating {}", cli.out.display()))?;
     let settings = report::Settings {
         services: sizes,
+        endpoints,
+        placements: placements.iter().map(|p| p.name().to_owned()).collect(),
+        all_pairs: cli.all_pairs,
+        max_n_rules: cli.max_n_rules,
         reps,
         seconds,
         peers: peers.iter().map(|p| p.name().to_owned()).collect(),
         quick: cli.quick,
+        cpu_counted: if pin {
+            "CPUs 0 and 1 (the client's and the servers')".to_owned()
+        } else {
+            "all CPUs".to_owned()
+        },
     };
+    let svg_name = "per-connection.svg";
+    let svg_path = cli.out.join(svg_name);
+    let (title, series) = report::per_connection_series(&settings, &c.trials);
+    fs::write(
+        &svg_path,
+        plot::svg(&title, "services (log scale)", "connection p50 (µs)", &series),
+    )?;
     let json = serde_json::json!({
-        "machine": machine, "settings": settings, "trials": trials, "failures": failures,
+        "machine": machine, "settings": settings, "trials": c.trials,
+        "programming": c.programming, "skipped": c.skips, "failures": c.failures,
     });
     let json_path = cli.out.join("results.json");
     fs::write(&json_path, serde_json::to_string_pretty(&json)?)?;
-    let md = report::markdown(&machine, &settings, &trials, &failures);
+    let md = report::markdown(&report::Input {
+        machine: &machine,
+        settings: &settings,
+        trials: &c.trials,
+        programming: &c.programming,
+        skips: &c.skips,
+        failures: &c.failures,
+        plot_file: svg_name,
+    });
     let md_path = cli.out.join("report.md");
     fs::write(&md_path, &md)?;
     println!("\n{md}");
-    println!("report: {}\nraw data: {}", md_path.display(), json_path.display());
+    println!(
+        "report: {}\nraw data: {}\nplot: {}",
+        md_path.display(),
+        json_path.display(),
+        svg_path.display()
+    );
     Ok(())
 }
 
-/// After a failed trial: no netfilter rule and no tcx program may stay, or
-/// the next peers' figures would be wrong; the run stops if they do.
-fn clean_after_failure(bed: &Bed) -> anyhow::Result<()> {
-    let ns = bed.node.netns();
-    nft_flush(ns)?;
-    clear_tc_filters(ns)?;
-    ensure!(nft_ruleset_empty(ns)?, "netfilter rules left after a failed trial");
-    if on_path("bpftool") {
-        ensure!(tcx_attached(ns)? == 0, "tcx programs left after a failed trial");
+/// Programs every peer with one service set, measures its targets
+/// interleaved `reps` times, and tears the programming down again.
+fn run_set(
+    bed: &Bed,
+    set: &SetPlan,
+    set_no: usize,
+    reps: u32,
+    rules_ok: bool,
+    c: &mut Collected,
+) -> anyhow::Result<()> {
+    let n = set.n;
+    let runs = |p: Peer| !p.is_rules() || rules_ok;
+    let inputs =
+        prepare(bed, set, set_no, bed.nodes.iter().any(|pn| pn.peer.is_rules() && runs(pn.peer)))?;
+    let what = set
+        .targets
+        .iter()
+        .map(|t| format!("{} ({} endpoint(s), #{})", t.label(), t.endpoints, t.index))
+        .collect::<Vec<_>>()
+        .join(", ");
+    println!("N = {n}: measured {what}");
+    // Program every peer once; a peer that fails is left out of this set.
+    let mut live: Vec<Option<Live>> = Vec::new();
+    let mut records: Vec<Option<usize>> = Vec::new();
+    let mut ready: Vec<bool> = Vec::new();
+    for pn in &bed.nodes {
+        if pn.peer == Peer::Direct {
+            live.push(None);
+            records.push(None);
+            ready.push(true);
+            continue;
+        }
+        if !runs(pn.peer) {
+            live.push(None);
+            records.push(None);
+            ready.push(false);
+            continue;
+        }
+        match program(bed, pn, &inputs) {
+            Ok((mut record, l)) => {
+                record.endpoints = set.endpoint_counts();
+                println!(
+                    "  {:<14} programmed in {}",
+                    pn.peer.name(),
+                    record
+                        .program_reachable_ms
+                        .map_or_else(|| "?".to_owned(), |m| format!("{m:.1} ms"))
+                );
+                records.push(Some(c.programming.len()));
+                c.programming.push(record);
+                live.push(Some(l));
+                ready.push(true);
+            }
+            Err(e) => {
+                let e = format!("{} programming N = {n}: {e:#}", pn.peer.name());
+                println!("  FAILED: {e}");
+                c.failures.push(e);
+                clean_after_failure(pn)?;
+                live.push(None);
+                records.push(None);
+                ready.push(false);
+            }
+        }
+    }
+    let count = bed.nodes.len();
+    for rep in 0..reps {
+        // Interleaved, each repetition starting at the next peer.
+        for k in 0..count {
+            let i = (k + rep as usize) % count;
+            if !ready[i] {
+                continue;
+            }
+            let pn = &bed.nodes[i];
+            let targets: Vec<Option<&Target>> = if pn.peer == Peer::Direct {
+                vec![None]
+            } else {
+                set.targets.iter().map(Some).collect()
+            };
+            for target in targets {
+                match measure(bed, pn, &mut live[i], target) {
+                    Ok(client) => {
+                        print_trial(n, rep, pn.peer, target, &client);
+                        c.trials.push(Trial {
+                            services: n,
+                            placement: target.map(Target::label),
+                            endpoints: target.map(|t| t.endpoints),
+                            index: target.map(|t| t.index),
+                            rep,
+                            peer: pn.peer,
+                            client,
+                        });
+                    }
+                    Err(e) => {
+                        let at = target.map_or_else(String::new, |t| {
+                            format!(", {} with {} endpoint(s)", t.label(), t.endpoints)
+                        });
+                        let e =
+                            format!("{} at N = {n}{at}, repetition {rep}: {e:#}", pn.peer.name());
+                        println!("  FAILED: {e}");
+                        c.failures.push(e);
+                        // The agent may be gone: no further trials of this peer here.
+                        if let Some(Live::Agent(r)) = live[i].as_mut()
+                            && r.agent.try_wait()?.is_some()
+                        {
+                            ready[i] = false;
+                            break;
+                        }
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+    for (i, pn) in bed.nodes.iter().enumerate() {
+        let Some(l) = live[i].take() else { continue };
+        if let Live::Agent(r) = &l {
+            let agent = &r.agent;
+            if let (Some(pid), Some(k)) = (agent.pid(), records[i]) {
+                c.programming[k].agent_peak_rss_mib = peak_rss_mib(pid).ok();
+            }
+            // Measured services answering does not mean all N were programmed.
+            let log = agent.log();
+            let errors: Vec<&str> = log.lines().filter(|l| l.contains("ERROR")).collect();
+            if let Some(first) = errors.first() {
+                let e = format!(
+                    "{} at N = {n}: the agent logged {} error line(s), the first: {}",
+                    pn.peer.name(),
+                    errors.len(),
+                    strip_ansi(first)
+                );
+                println!("  ERRORS: {e}");
+                c.failures.push(e);
+            }
+        }
+        match teardown(pn, l) {
+            Ok(()) => {}
+            Err(e) => {
+                let e = format!("{} tearing down N = {n}: {e:#}", pn.peer.name());
+                println!("  FAILED: {e}");
+                c.failures.push(e);
+                clean_after_failure(pn)?;
+            }
+        }
     }
     Ok(())
 }
 
-/// The direct path works before anything is measured.
-fn loadgen_check(bed: &Bed) -> anyhow::Result<()> {
-    let target = SocketAddrV4::new(bed.backend.ip(), TARGET_PORT);
-    let h = start_poller(&bed.client, target, Instant::now())?;
-    join_poller(h).context("the backend is not reachable directly")?;
-    Ok(())
+fn print_trial(n: u32, rep: u32, peer: Peer, target: Option<&Target>, r: &ClientResult) {
+    let at = target.map_or_else(|| "-".to_owned(), |t| format!("{} ×{}", t.label(), t.endpoints));
+    println!(
+        "  N={n:>6} rep {rep} {:<14} {at:<22} {:>7.0} conn/s  connect p50 {:>6.1} µs  rr p50 {:>6.1} µs  \
+         {:>6.2} Gbit/s  {} CPU ms/Gbit",
+        peer.name(),
+        r.conn_per_s,
+        r.connect_p50_us,
+        r.rr_p50_us,
+        r.gbit_per_s,
+        r.cpu_ms_per_gbit.map_or_else(|| "-".to_owned(), |v| format!("{v:.0}")),
+    );
+}
+
+/// After a failure: no netfilter rule and no BPF program may stay in the
+/// peer's node, or its later figures would be wrong; the run stops if they do.
+fn clean_after_failure(pn: &PeerNode) -> anyhow::Result<()> {
+    let ns = pn.node.netns();
+    nft_flush(ns)?;
+    clear_tc_filters(ns)?;
+    check_clean(pn).context("cleaning up after a failure")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Expect: colour codes go, text stays; a long log keeps its last 20
+    // lines and says how many it left out.
+    #[test]
+    fn agent_log_tail() {
+        assert_eq!(strip_ansi("\u{1b}[2mtime\u{1b}[0m \u{1b}[31mERROR\u{1b}[0m x"), "time ERROR x");
+        let log: String = (0..30).map(|i| format!("line {i}\n")).collect();
+        let tail = log_tail(&log);
+        assert!(tail.starts_with("(10 earlier lines left out)\nline 10\n"), "{tail}");
+        assert!(tail.ends_with("line 29"), "{tail}");
+        assert_eq!(log_tail("a\nb"), "a\nb");
+    }
+
+    // Expect: VmHWM in kB becomes MiB; a missing or malformed line is None.
+    #[test]
+    fn vm_hwm_parses() {
+        let status =
+            "Name:\tsluice\nVmPeak:\t  900000 kB\nVmHWM:\t   51200 kB\nVmRSS:\t   40000 kB\n";
+        assert_eq!(parse_vm_hwm_mib(status), Some(50.0));
+        assert_eq!(parse_vm_hwm_mib("VmRSS:\t1 kB\n"), None);
+        assert_eq!(parse_vm_hwm_mib("VmHWM:\tlots\n"), None);
+        let own = peak_rss_mib(std::process::id()).unwrap();
+        assert!(own > 0.0, "{own}");
+    }
+
+    // Expect: the measured services get the first E backend pods, every
+    // other service one unreached endpoint; VIPs follow the index.
+    #[test]
+    fn service_set_uses_backends_for_targets() {
+        let set =
+            &plan::plan(1000, &plan::pairs(&[1, 10], &[Placement::First, Placement::Last], false))
+                [0];
+        let backends: Vec<Ipv4Addr> = (11..21).map(|h| Ipv4Addr::new(10, 244, 0, h)).collect();
+        let services = service_set(set, &backends).unwrap();
+        assert_eq!(services.len(), 1000);
+        assert_eq!(services[0].endpoints, [SocketAddrV4::new(backends[0], TARGET_PORT)]);
+        assert_eq!(services[998].endpoints.len(), 10);
+        assert_eq!(services[998].endpoints[9], SocketAddrV4::new(backends[9], TARGET_PORT));
+        assert_eq!(services[999].endpoints, [SocketAddrV4::new(backends[0], TARGET_PORT)]);
+        assert_eq!(services[500].endpoints, [SocketAddrV4::new(dummy_endpoint(500), TARGET_PORT)]);
+        assert_eq!(services[999].cluster_ip, vip(999));
+        assert!(service_set(set, &backends[..5]).unwrap_err().to_string().contains("10 endpoints"));
+    }
 }

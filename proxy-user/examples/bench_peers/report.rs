@@ -1,6 +1,6 @@
 //! The Markdown report: the machine, medians with their spread, every
-//! data-plane figure as a ratio to the direct path, and what the emulation
-//! leaves out.
+//! data-plane figure as a ratio to the direct path, programming times and
+//! the agent's peak RSS, the plot's data, and what the emulation leaves out.
 
 use std::fmt::Write as _;
 use std::process::Command;
@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::{Peer, Trial};
+use crate::plan::Placement;
+use crate::plot::Series;
+use crate::{Peer, Programming, Skip, Trial};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Machine {
@@ -77,10 +79,38 @@ impl Machine {
 #[derive(Debug, Clone, Serialize)]
 pub struct Settings {
     pub services: Vec<u32>,
+    /// Endpoint counts of the measured services.
+    pub endpoints: Vec<u32>,
+    /// Placements of the measured services (`first`, `middle`, `last`).
+    pub placements: Vec<String>,
+    pub all_pairs: bool,
+    pub max_n_rules: u32,
     pub reps: u32,
     pub seconds: f64,
     pub peers: Vec<String>,
     pub quick: bool,
+    /// Whose busy time CPU per Gbit counts.
+    pub cpu_counted: String,
+}
+
+impl Settings {
+    /// The placement the plot and the other endpoint counts use: the
+    /// latest given (`last` if given).
+    pub fn worst_placement(&self) -> Option<Placement> {
+        self.placements.iter().filter_map(|p| Placement::parse(p).ok()).max()
+    }
+}
+
+/// Everything [`markdown`] reports.
+pub struct Input<'a> {
+    pub machine: &'a Machine,
+    pub settings: &'a Settings,
+    pub trials: &'a [Trial],
+    pub programming: &'a [Programming],
+    pub skips: &'a [Skip],
+    pub failures: &'a [String],
+    /// The plot's file name, next to the report.
+    pub plot_file: &'a str,
 }
 
 /// Median, minimum and maximum.
@@ -149,15 +179,98 @@ ports nor conntrack fill with TIME_WAIT entries; every peer sees the same close.
 - **Extra chains kube-proxy also writes** and that play no part here are left out: \
 KUBE-PROXY-CANARY / KUBE-KUBELET-CANARY in mangle, NodePort and external chains \
 (KUBE-EXT-*, KUBE-FW-*, KUBE-SVL-*), per-service REJECT rules for services without endpoints.
+- **Only the measured services have several endpoints.** Every other service has one \
+endpoint that is never reached, so with 10 endpoints the rule sets are not those of N \
+services × 10 endpoints. Per packet, iptables walks KUBE-SERVICES (one rule per service) and \
+the chosen service's chain, nftables looks up one element of its verdict map and sluice one \
+map entry: none of these depends on the other services' endpoints. Programming time and memory \
+would be larger with every service at 10 endpoints.
+- **The peers' nodes exist side by side.** Each peer has a node namespace of its own and \
+keeps its programming (rules loaded, agent running) while the peers are measured in turn; the \
+others are idle meanwhile (a sluice agent scans its node's devices once a second).
 - **Shared machine.** The load average before and after the run is recorded above; figures \
 taken while other work ran on the machine are noisier (see the spread).";
 
-pub fn markdown(
-    machine: &Machine,
-    settings: &Settings,
-    trials: &[Trial],
-    failures: &[String],
-) -> String {
+/// One row group of the data-plane tables: the measured service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Row {
+    placement: String,
+    endpoints: u32,
+    index: u32,
+}
+
+/// The measured services at `n`, by endpoints then index.
+fn rows_at(trials: &[Trial], n: u32) -> Vec<Row> {
+    let mut rows: Vec<Row> = Vec::new();
+    for t in trials.iter().filter(|t| t.services == n) {
+        if let (Some(placement), Some(endpoints), Some(index)) =
+            (&t.placement, t.endpoints, t.index)
+        {
+            let r = Row { placement: placement.clone(), endpoints, index };
+            if !rows.contains(&r) {
+                rows.push(r);
+            }
+        }
+    }
+    rows.sort_by_key(|r| (r.endpoints, r.index));
+    rows
+}
+
+fn of_row<'a>(trials: &'a [Trial], n: u32, peer: Peer, row: Option<&Row>) -> Vec<&'a Trial> {
+    trials
+        .iter()
+        .filter(|t| t.services == n && t.peer == peer)
+        .filter(|t| match row {
+            None => true,
+            Some(r) => {
+                t.placement.as_deref() == Some(r.placement.as_str())
+                    && t.endpoints == Some(r.endpoints)
+                    && t.index == Some(r.index)
+            }
+        })
+        .collect()
+}
+
+/// The plot's lines: per peer, the median connection time (p50 of connect,
+/// 1-byte request/response, close) of the measured service at the worst
+/// placement with the first endpoint count, against N; the direct path
+/// over all its trials at N. Returns the title too.
+pub fn per_connection_series(settings: &Settings, trials: &[Trial]) -> (String, Vec<Series>) {
+    let worst = settings.worst_placement();
+    let endpoints = settings.endpoints.first().copied();
+    let reference = |t: &Trial| -> bool {
+        t.peer == Peer::Direct
+            || (t.endpoints == endpoints
+                && worst.is_some_and(|w| {
+                    t.placement.as_deref().is_some_and(|p| p.split('=').any(|x| x == w.name()))
+                }))
+    };
+    let mut series = Vec::new();
+    for peer in Peer::ALL {
+        let mut points = Vec::new();
+        for &n in &settings.services {
+            let ts: Vec<&Trial> = trials
+                .iter()
+                .filter(|t| t.peer == peer && t.services == n && reference(t))
+                .collect();
+            if let Some(s) = spread(&ts, |t| Some(t.client.conn_p50_us)) {
+                points.push((f64::from(n), s.median));
+            }
+        }
+        if !points.is_empty() {
+            series.push(Series { name: peer.name().to_owned(), points });
+        }
+    }
+    let title = format!(
+        "Per-connection cost vs services (measured service {}, {} endpoint(s))",
+        worst.map_or("?", Placement::name),
+        endpoints.map_or_else(|| "?".to_owned(), |e| e.to_string())
+    );
+    (title, series)
+}
+
+pub fn markdown(input: &Input<'_>) -> String {
+    let Input { machine, settings, trials, programming, skips, failures, plot_file } = *input;
     let mut md = String::new();
     let _ = writeln!(md, "# sluice vs kube-proxy's data planes (bench peers)\n");
     let _ = writeln!(
@@ -173,7 +286,7 @@ pub fn markdown(
     );
     let _ = writeln!(
         md,
-        "Client and echo server single-threaded, {}. Load average {} at the start, {} at the end; \
+        "Client and echo servers single-threaded, {}. Load average {} at the start, {} at the end; \
          the run took {:.0} s.\n",
         if machine.pinned {
             "pinned to CPU 0 and CPU 1 (`taskset`)"
@@ -186,50 +299,68 @@ pub fn markdown(
     );
     let _ = writeln!(
         md,
-        "Services N = {:?}, one endpoint each, the measured service last; peers interleaved, \
-         {} repetition(s), {} s per measurement. Figures are medians (min–max over repetitions); \
-         `× direct` is the ratio of medians to the direct path (above 1 for connection rate is \
-         faster, below 1 for latency is faster).\n",
-        settings.services, settings.reps, settings.seconds
+        "Services N = {:?}. Measured services: placements {} among the N{}, endpoints {:?} (that \
+         many backend pods, each with its own echo server); {}. Every other service has one \
+         endpoint that is never reached. Each peer has a node namespace of its own and is \
+         programmed once per N with all the measured services in one set (at small N, where \
+         they do not fit apart, one set per endpoint count; placements that fall on the same \
+         service are one row, e.g. `first=middle=last` at N = 1). Peers interleaved, {} \
+         repetition(s), {} s per measurement. Figures are medians (min–max over repetitions); \
+         `× direct` is the ratio of medians to the direct path at the same N (above 1 for \
+         connection rate and Gbit/s is faster, below 1 for latency and CPU is better).\n",
+        settings.services,
+        settings.placements.join(", "),
+        if settings.placements.len() > 1 {
+            " (first = index 0, middle = about N/2, last = index N-1)"
+        } else {
+            ""
+        },
+        settings.endpoints,
+        if settings.all_pairs || settings.endpoints.len() < 2 || settings.placements.len() < 2 {
+            "every pair of placement and endpoint count".to_owned()
+        } else {
+            format!(
+                "every placement with {} endpoint(s), the other endpoint counts at the {} placement",
+                settings.endpoints[0],
+                settings.worst_placement().map_or("last", Placement::name)
+            )
+        },
+        settings.reps,
+        settings.seconds
     );
     let _ = writeln!(
         md,
-        "Peers: **direct** (client to the backend pod's IP), **iptables** (kube-proxy iptables \
+        "Peers: **direct** (client to a backend pod's IP), **iptables** (kube-proxy iptables \
          mode's rules, `iptables-restore`, {} backend), **nftables** (kube-proxy nftables mode's \
          table, `nft -f`), **sluice** (agent with `--socket-lb=false`: per-packet path), \
          **sluice-socklb** (agent defaults; the client runs inside the agent's `--cgroup-root`).\n",
         if machine.iptables.contains("nf_tables") { "nf_tables" } else { "legacy" }
     );
 
-    let peers: Vec<Peer> =
-        Peer::ALL.into_iter().filter(|p| trials.iter().any(|t| t.peer == *p)).collect();
-    let _ = writeln!(md, "## Data plane\n");
+    let peers: Vec<Peer> = Peer::ALL
+        .into_iter()
+        .filter(|&p| p != Peer::Direct && trials.iter().any(|t| t.peer == p))
+        .collect();
+    let _ = writeln!(md, "## Data plane: connections and latency\n");
     let _ = writeln!(
         md,
-        "| N | peer | connections/s | × direct | RR p50 µs | × direct | RR p99 µs | × direct | connection p50 µs | errors |"
+        "| N | placement | endpoints | peer | connections/s | × direct | RR p50 µs | × direct | RR p99 µs | × direct | connection p50 µs | errors |"
     );
-    let _ = writeln!(md, "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(md, "|---:|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|");
     for &n in &settings.services {
-        let of = |p: Peer| -> Vec<&Trial> {
-            trials.iter().filter(|t| t.services == n && t.peer == p).collect()
-        };
-        let direct = of(Peer::Direct);
+        let direct = of_row(trials, n, Peer::Direct, None);
         let d_rate = spread(&direct, |t| Some(t.client.conn_per_s));
         let d_p50 = spread(&direct, |t| Some(t.client.rr_p50_us));
         let d_p99 = spread(&direct, |t| Some(t.client.rr_p99_us));
-        for &p in &peers {
-            let ts = of(p);
-            if ts.is_empty() {
-                continue;
-            }
-            let rate = spread(&ts, |t| Some(t.client.conn_per_s));
-            let p50 = spread(&ts, |t| Some(t.client.rr_p50_us));
-            let p99 = spread(&ts, |t| Some(t.client.rr_p99_us));
-            let conn = spread(&ts, |t| Some(t.client.conn_p50_us));
+        let mut line = |place: &str, eps: &str, p: Peer, ts: &[&Trial]| {
+            let rate = spread(ts, |t| Some(t.client.conn_per_s));
+            let p50 = spread(ts, |t| Some(t.client.rr_p50_us));
+            let p99 = spread(ts, |t| Some(t.client.rr_p99_us));
+            let conn = spread(ts, |t| Some(t.client.conn_p50_us));
             let errors: u64 = ts.iter().map(|t| t.client.connect_errors).sum();
             let _ = writeln!(
                 md,
-                "| {n} | {} | {} | {} | {} | {} | {} | {} | {} | {errors} |",
+                "| {n} | {place} | {eps} | {} | {} | {} | {} | {} | {} | {} | {} | {errors} |",
                 p.name(),
                 cell(rate, 0),
                 ratio(rate, d_rate),
@@ -239,50 +370,166 @@ pub fn markdown(
                 ratio(p99, d_p99),
                 cell(conn, 1),
             );
+        };
+        if !direct.is_empty() {
+            line("–", "–", Peer::Direct, &direct);
+        }
+        for row in rows_at(trials, n) {
+            for &p in &peers {
+                let ts = of_row(trials, n, p, Some(&row));
+                if !ts.is_empty() {
+                    line(&row.placement, &row.endpoints.to_string(), p, &ts);
+                }
+            }
         }
     }
 
+    let _ = writeln!(md, "\n## Data plane: first packet, throughput and CPU per Gbit\n");
+    let _ = writeln!(
+        md,
+        "*First packet*: the `connect()` time of each fresh connection of the connection-rate \
+         loop (SYN out to SYN-ACK back as the client sees it; for socket LB it includes the \
+         connect hook's translation), p50 and p99. *Gbit/s*: one TCP stream of bulk data from \
+         the client to the service for the measurement time, counted by the server. *CPU \
+         ms/Gbit*: busy time (user, nice, system, irq, softirq from `/proc/stat`) of {} during \
+         the transfer, per Gbit moved: the client, the server and the packet processing of both \
+         directions, and anything else that ran there (see the load average).\n",
+        settings.cpu_counted
+    );
+    let _ = writeln!(
+        md,
+        "| N | placement | endpoints | peer | first packet p50 µs | × direct | first packet p99 µs | Gbit/s | × direct | CPU ms/Gbit | × direct |"
+    );
+    let _ = writeln!(md, "|---:|---|---:|---|---:|---:|---:|---:|---:|---:|---:|");
+    for &n in &settings.services {
+        let direct = of_row(trials, n, Peer::Direct, None);
+        let d_fp = spread(&direct, |t| Some(t.client.connect_p50_us));
+        let d_gbit = spread(&direct, |t| Some(t.client.gbit_per_s));
+        let d_cpu = spread(&direct, |t| t.client.cpu_ms_per_gbit);
+        let mut line = |place: &str, eps: &str, p: Peer, ts: &[&Trial]| {
+            let fp = spread(ts, |t| Some(t.client.connect_p50_us));
+            let fp99 = spread(ts, |t| Some(t.client.connect_p99_us));
+            let gbit = spread(ts, |t| Some(t.client.gbit_per_s));
+            let cpu = spread(ts, |t| t.client.cpu_ms_per_gbit);
+            let _ = writeln!(
+                md,
+                "| {n} | {place} | {eps} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                p.name(),
+                cell(fp, 1),
+                ratio(fp, d_fp),
+                cell(fp99, 1),
+                cell(gbit, 2),
+                ratio(gbit, d_gbit),
+                cell(cpu, 0),
+                ratio(cpu, d_cpu),
+            );
+        };
+        if !direct.is_empty() {
+            line("–", "–", Peer::Direct, &direct);
+        }
+        for row in rows_at(trials, n) {
+            for &p in &peers {
+                let ts = of_row(trials, n, p, Some(&row));
+                if !ts.is_empty() {
+                    line(&row.placement, &row.endpoints.to_string(), p, &ts);
+                }
+            }
+        }
+    }
+
+    let _ = writeln!(md, "\n## Per-connection cost against N\n");
+    let _ = writeln!(
+        md,
+        "[{plot_file}]({plot_file}): the connection p50 (µs) of the measured service at the {} \
+         placement with {} endpoint(s) against the number of services (log scale), one line per \
+         data plane (the direct path over all its trials at each N).\n",
+        settings.worst_placement().map_or("last", Placement::name),
+        settings.endpoints.first().copied().unwrap_or(1)
+    );
+
+    if !skips.is_empty() || !failures.is_empty() {
+        let _ = writeln!(md, "## Left out\n");
+    }
+    if !skips.is_empty() {
+        let mut by_reason: Vec<(String, Vec<String>)> = Vec::new();
+        for s in skips {
+            let what = format!("{} at N = {}", s.peer.name(), s.services);
+            match by_reason.iter_mut().find(|(r, _)| *r == s.reason) {
+                Some((_, v)) => v.push(what),
+                None => by_reason.push((s.reason.clone(), vec![what])),
+            }
+        }
+        for (reason, what) in by_reason {
+            let _ = writeln!(
+                md,
+                "- Not run: {} ({reason}: `iptables-restore` and `nft -f` of that many services \
+                 take very long; see the programming times below, and raise `--max-n-rules` to \
+                 run them).",
+                what.join(", ")
+            );
+        }
+    }
     if !failures.is_empty() {
         let _ = writeln!(
             md,
-            "\n{} trial(s) failed and are not in the figures above:\n",
+            "\n{} problem(s); failed trials and programming steps are not in the figures:\n",
             failures.len()
         );
         for f in failures {
             let _ = writeln!(md, "- {}", f.replace('\n', " "));
         }
     }
-    let _ = writeln!(md, "\n## Time to program N services, cold (ms)\n");
+    let _ = writeln!(md, "\n## Time to program N services, cold (ms), and agent peak RSS (MiB)\n");
     let _ = writeln!(
         md,
-        "iptables and nftables: the wall time of `iptables-restore --noflush` / `nft -f` on an \
-         empty namespace, and (after the slash) from its start until the measured service \
-         answered a client. sluice: from the agent's start (manifests already on disk) until \
-         the measured service answered. Polling resolution about 5 ms.\n"
+        "Each peer is programmed once per service set. iptables and nftables: the wall time of \
+         `iptables-restore --noflush` / `nft -f` on an empty namespace, and (after the slash) \
+         from its start until the set's last measured service answered a client. sluice: from \
+         the agent's start (manifests already on disk) until that service answered. Polling \
+         resolution about 5 ms. *Peak RSS*: the agent's VmHWM (`/proc/PID/status`) after the \
+         set's trials, before it was stopped.\n"
     );
-    let _ = writeln!(md, "| N | iptables-restore | nft -f | sluice | sluice-socklb |");
-    let _ = writeln!(md, "|---:|---:|---:|---:|---:|");
-    for &n in &settings.services {
-        let of = |p: Peer| -> Vec<&Trial> {
-            trials.iter().filter(|t| t.services == n && t.peer == p).collect()
+    let _ = writeln!(
+        md,
+        "| N | endpoints measured | iptables-restore | nft -f | sluice | sluice-socklb | sluice peak RSS MiB | sluice-socklb peak RSS MiB |"
+    );
+    let _ = writeln!(md, "|---:|---|---:|---:|---:|---:|---:|---:|");
+    let mut sets: Vec<(u32, Vec<u32>)> = Vec::new();
+    for p in programming {
+        let key = (p.services, p.endpoints.clone());
+        if !sets.contains(&key) {
+            sets.push(key);
+        }
+    }
+    for (n, eps) in sets {
+        let of = |peer: Peer| -> Vec<&Programming> {
+            programming
+                .iter()
+                .filter(|p| p.services == n && p.endpoints == eps && p.peer == peer)
+                .collect()
         };
-        let both = |p: Peer| {
-            let ts = of(p);
-            let cmd = spread(&ts, |t| t.program_cmd_ms);
-            let reach = spread(&ts, |t| t.program_reachable_ms);
+        let time = |peer: Peer| {
+            let ps = of(peer);
+            let cmd = Spread::of(ps.iter().filter_map(|p| p.program_cmd_ms));
+            let reach = Spread::of(ps.iter().filter_map(|p| p.program_reachable_ms));
             match (cmd, reach) {
                 (Some(c), Some(r)) => format!("{} / {}", c.show(1), r.show(1)),
                 (None, Some(r)) => r.show(1),
                 _ => "–".to_owned(),
             }
         };
+        let rss =
+            |peer: Peer| cell(Spread::of(of(peer).iter().filter_map(|p| p.agent_peak_rss_mib)), 1);
+        let eps_s = eps.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ");
         let _ = writeln!(
             md,
-            "| {n} | {} | {} | {} | {} |",
-            both(Peer::Iptables),
-            both(Peer::Nftables),
-            both(Peer::Sluice),
-            both(Peer::SluiceSocklb)
+            "| {n} | {eps_s} | {} | {} | {} | {} | {} | {} |",
+            time(Peer::Iptables),
+            time(Peer::Nftables),
+            time(Peer::Sluice),
+            time(Peer::SluiceSocklb),
+            rss(Peer::Sluice),
+            rss(Peer::SluiceSocklb)
         );
     }
     let _ = writeln!(md, "\n## What the emulation leaves out\n\n{NOT_EMULATED}");
@@ -302,6 +549,136 @@ pub fn markdown(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::loadgen::ClientResult;
+
+    fn client(conn_p50_us: f64, gbit: f64) -> ClientResult {
+        ClientResult {
+            connections: 100,
+            connect_errors: 0,
+            crr_seconds: 1.0,
+            conn_per_s: 1e6 / conn_p50_us,
+            conn_p50_us,
+            conn_p99_us: conn_p50_us * 2.0,
+            round_trips: 1000,
+            rr_p50_us: 50.0,
+            rr_p99_us: 90.0,
+            connect_p50_us: conn_p50_us / 2.0,
+            connect_p99_us: conn_p50_us,
+            bulk_bytes: 1_250_000_000,
+            bulk_seconds: 10.0 / gbit,
+            gbit_per_s: gbit,
+            bulk_cpu_seconds: 2.0,
+            cpu_ms_per_gbit: Some(200.0),
+        }
+    }
+
+    fn trial(n: u32, peer: Peer, at: Option<(&str, u32, u32)>, conn: f64) -> Trial {
+        Trial {
+            services: n,
+            placement: at.map(|a| a.0.to_owned()),
+            endpoints: at.map(|a| a.1),
+            index: at.map(|a| a.2),
+            rep: 0,
+            peer,
+            client: client(conn, 5.0),
+        }
+    }
+
+    fn settings() -> Settings {
+        Settings {
+            services: vec![1, 1000],
+            endpoints: vec![1, 10],
+            placements: vec!["first".into(), "last".into()],
+            all_pairs: false,
+            max_n_rules: 10_000,
+            reps: 1,
+            seconds: 1.0,
+            peers: vec![],
+            quick: true,
+            cpu_counted: "all CPUs".into(),
+        }
+    }
+
+    // Expect: the plot's iptables line takes the last-placed 1-endpoint
+    // service at each N (first=last at N = 1), not the first-placed or the
+    // 10-endpoint one; the direct line takes every direct trial.
+    #[test]
+    fn plot_series_use_the_reference_service() {
+        let trials = vec![
+            trial(1, Peer::Direct, None, 100.0),
+            trial(1, Peer::Iptables, Some(("first=last", 1, 0)), 150.0),
+            trial(1, Peer::Iptables, Some(("first=last", 10, 0)), 999.0),
+            trial(1000, Peer::Direct, None, 110.0),
+            trial(1000, Peer::Iptables, Some(("first", 1, 0)), 160.0),
+            trial(1000, Peer::Iptables, Some(("last", 1, 999)), 210.0),
+            trial(1000, Peer::Iptables, Some(("last", 10, 998)), 999.0),
+        ];
+        let (title, series) = per_connection_series(&settings(), &trials);
+        assert!(title.contains("last") && title.contains("1 endpoint"), "{title}");
+        assert_eq!(series.len(), 2);
+        assert_eq!(series[0].name, "direct");
+        assert_eq!(series[0].points, [(1.0, 100.0), (1000.0, 110.0)]);
+        assert_eq!(series[1].name, "iptables");
+        assert_eq!(series[1].points, [(1.0, 150.0), (1000.0, 210.0)]);
+    }
+
+    // Expect: both data-plane tables have a row per measured service and
+    // peer with the new columns, ratios to the direct path at the same N,
+    // programming rows with peak RSS, and the skip note.
+    #[test]
+    fn markdown_has_every_column() {
+        let trials = vec![
+            trial(1000, Peer::Direct, None, 100.0),
+            trial(1000, Peer::Sluice, Some(("first", 1, 0)), 150.0),
+            trial(1000, Peer::Sluice, Some(("last", 10, 998)), 200.0),
+        ];
+        let programming = vec![Programming {
+            services: 1000,
+            endpoints: vec![1, 10],
+            peer: Peer::Sluice,
+            program_cmd_ms: None,
+            program_reachable_ms: Some(480.0),
+            agent_peak_rss_mib: Some(42.5),
+        }];
+        let skips = vec![Skip {
+            services: 100_000,
+            peer: Peer::Iptables,
+            reason: "N above --max-n-rules 10000".into(),
+        }];
+        let machine = Machine::probe(false).finish(Duration::from_secs(1));
+        let md = markdown(&Input {
+            machine: &machine,
+            settings: &settings(),
+            trials: &trials,
+            programming: &programming,
+            skips: &skips,
+            failures: &[],
+            plot_file: "per-connection.svg",
+        });
+        for col in [
+            "| placement | endpoints |",
+            "first packet p50 µs",
+            "first packet p99 µs",
+            "Gbit/s",
+            "CPU ms/Gbit",
+            "sluice peak RSS MiB",
+            "per-connection.svg",
+        ] {
+            assert!(md.contains(col), "missing {col:?} in\n{md}");
+        }
+        assert!(md.contains("| 1000 | first | 1 | sluice | 6667 | 0.67 |"), "{md}");
+        assert!(
+            md.contains(
+                "| 1000 | last | 10 | sluice | 100.0 | 2.00 | 200.0 | 5.00 | 1.00 | 200 | 1.00 |"
+            ),
+            "{md}"
+        );
+        assert!(md.contains("| 1000 | 1, 10 | – | – | 480.0 | – | 42.5 | – |"), "{md}");
+        assert!(
+            md.contains("Not run: iptables at N = 100000 (N above --max-n-rules 10000"),
+            "{md}"
+        );
+    }
 
     #[test]
     fn spread_is_median_min_max() {

@@ -128,6 +128,9 @@ pub struct Reconciler<M> {
     /// The desired frontends with session affinity (the only ones the
     /// affinity-group pass looks at).
     with_affinity: BTreeSet<FrontendKey>,
+    /// Whether the reverse-NAT indexes / backend ids have wrapped around
+    /// since the start (see [`Self::clear_reused_stats`]).
+    ids_wrapped: [bool; 2],
 }
 
 /// Hands out ids in increasing order (wrapping, skipping 0 and ids in use),
@@ -312,7 +315,8 @@ impl<M: LbMaps> Reconciler<M> {
         outcome.frontends = applied.len();
 
         // Counters: keep those of restored frontends and backends (they go
-        // on counting across restarts), create missing ones, drop the rest.
+        // on counting across restarts), drop the rest. Missing ones are
+        // created by the kernel programs on first use.
         let live_svc: BTreeSet<u32> = applied.values().map(|a| a.rev_nat_index).collect();
         let live_be: BTreeSet<u32> =
             applied.values().flat_map(|a| a.backends.values().map(|b| b.id)).collect();
@@ -321,9 +325,6 @@ impl<M: LbMaps> Reconciler<M> {
             for key in present.difference(live) {
                 maps.delete_stats(which, *key)?;
                 outcome.pruned += 1;
-            }
-            for key in live.difference(&present) {
-                maps.put_stats(which, *key)?;
             }
         }
 
@@ -371,6 +372,7 @@ impl<M: LbMaps> Reconciler<M> {
                 vips,
                 failed: BTreeSet::new(),
                 with_affinity: BTreeSet::new(),
+                ids_wrapped: [false; 2],
             },
             outcome,
         ))
@@ -469,13 +471,30 @@ impl<M: LbMaps> Reconciler<M> {
     }
 
     fn alloc_backend_id(&mut self) -> Result<u32> {
-        alloc_id(&mut self.used_backend_ids, &mut self.next_backend_id)
-            .ok_or(Error::IdsExhausted("backend"))
+        let id = alloc_id(&mut self.used_backend_ids, &mut self.next_backend_id)
+            .ok_or(Error::IdsExhausted("backend"))?;
+        self.ids_wrapped[1] |= self.next_backend_id <= id;
+        Ok(id)
     }
 
     fn alloc_rev_nat(&mut self) -> Result<u32> {
-        alloc_id(&mut self.used_rev_nats, &mut self.next_rev_nat)
-            .ok_or(Error::IdsExhausted("reverse-NAT"))
+        let id = alloc_id(&mut self.used_rev_nats, &mut self.next_rev_nat)
+            .ok_or(Error::IdsExhausted("reverse-NAT"))?;
+        self.ids_wrapped[0] |= self.next_rev_nat <= id;
+        Ok(id)
+    }
+
+    /// Removes the counters a newly handed-out id may still have. Ids are
+    /// handed out in increasing order and counters are removed with their
+    /// frontend or backend (and unowned ones at start), so only once the
+    /// ids have wrapped around can a late packet of an id's previous holder
+    /// have left some: before that this costs nothing.
+    fn clear_reused_stats(&mut self, which: StatsMap, id: u32) -> Result<()> {
+        let wrapped = match which {
+            StatsMap::Service => self.ids_wrapped[0],
+            StatsMap::Backend => self.ids_wrapped[1],
+        };
+        if wrapped { self.maps.delete_stats(which, id) } else { Ok(()) }
     }
 
     /// Session affinity is per service port (kube-proxy): the frontends of
@@ -553,13 +572,13 @@ impl<M: LbMaps> Reconciler<M> {
                     let id = self.alloc_backend_id()?;
                     let state = state_to_map(b.state, b.local);
                     let value = Backend::new(b.addr, b.port, proto, state, rev);
-                    // Counters first, so the kernel counts from the first packet.
+                    // The kernel creates the counters on first use; an id
+                    // handed out again may have some left by a late packet
+                    // of its previous holder.
                     let written = self
-                        .maps
-                        .put_stats(StatsMap::Backend, id)
+                        .clear_reused_stats(StatsMap::Backend, id)
                         .and_then(|()| self.maps.put_backend(id, &value));
                     if let Err(e) = written {
-                        let _ = self.maps.delete_stats(StatsMap::Backend, id);
                         self.used_backend_ids.remove(&id);
                         return Err(e);
                     }
@@ -612,7 +631,7 @@ impl<M: LbMaps> Reconciler<M> {
         // new frontend first registers its address.
         let flags = policy_flags(&frontend.policy, !ranges.is_empty());
         if self.applied[fk].count.is_none() {
-            self.maps.put_stats(StatsMap::Service, rev)?;
+            self.clear_reused_stats(StatsMap::Service, rev)?;
         }
         // A new ClusterIP frontend, or a frontend key turned external or back.
         let vip = is_vip(flags);

@@ -7,11 +7,10 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use super::{
-    Desired, Frontend, FrontendKey, ModelWarning, SliceEndpoints, conflict_warning, node_zone,
-    service_frontends, usable_slice,
+    Desired, Frontend, FrontendKey, Inputs, ModelWarning, ServiceIn, conflict_warning,
+    service_frontends,
 };
-use crate::manifest::{ObjectKey, Store};
-use crate::observe::hcnode::has_local_policy;
+use crate::manifest::ObjectKey;
 
 /// What changed in a store since the last update.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -57,12 +56,7 @@ pub enum Changes {
 pub struct ModelCache {
     /// Node name and zone the cached state was computed for.
     node: Option<(String, String)>,
-    /// Usable slices per service, in slice-key order.
-    slices: HashMap<ObjectKey, Vec<SliceEndpoints>>,
-    /// The service of each usable slice.
-    slice_service: HashMap<ObjectKey, ObjectKey>,
-    /// Warnings of slices and services that have some.
-    slice_warnings: HashMap<ObjectKey, Vec<ModelWarning>>,
+    /// Warnings of services that have some (beyond parsing's).
     service_warnings: HashMap<ObjectKey, Vec<ModelWarning>>,
     /// The frontend keys each service claims.
     claims: HashMap<ObjectKey, Vec<FrontendKey>>,
@@ -103,18 +97,11 @@ impl ModelCache {
         self.local_services.iter()
     }
 
-    /// A Service's usable EndpointSlices, parsed, in slice-key order.
-    pub fn slices_of(&self, service: &ObjectKey) -> &[SliceEndpoints] {
-        self.slices.get(service).map_or(&[][..], Vec::as_slice)
-    }
-
-    /// Every piece of the store the model skipped (in no particular order).
-    pub fn warnings(&self) -> Vec<ModelWarning> {
-        let mut out: Vec<ModelWarning> = self
-            .slice_warnings
-            .values()
-            .chain(self.service_warnings.values())
-            .flatten()
+    /// Every piece of `inputs` the model skipped (in no particular order).
+    pub fn warnings(&self, inputs: &Inputs) -> Vec<ModelWarning> {
+        let mut out: Vec<ModelWarning> = inputs
+            .slice_warnings()
+            .chain(self.service_warnings.values().flatten())
             .cloned()
             .collect();
         for (key, losers) in &self.losers {
@@ -124,46 +111,22 @@ impl ModelCache {
         out
     }
 
-    /// Brings the cache up to `store` after the changes in `dirty` and
+    /// Brings the cache up to `inputs` after the changes in `dirty` and
     /// says which frontends may differ from before.
-    pub fn update(&mut self, store: &Store, node_name: &str, dirty: Dirty) -> Changes {
-        let zone = node_zone(store, node_name);
+    pub fn update(&mut self, inputs: &Inputs, dirty: Dirty) -> Changes {
+        let (node_name, zone) = (inputs.node_name(), inputs.zone());
         let same_node = self.node.as_ref().is_some_and(|(n, z)| n == node_name && z == zone);
-        let (services, slices) = match dirty {
-            Dirty::Keys { services, slices } if same_node => (services, slices),
+        let services = match dirty {
+            Dirty::Keys { services, .. } if same_node => services,
             _ => {
                 *self = Self { node: Some((node_name.to_owned(), zone.to_owned())), ..Self::new() };
-                self.rebuild(store, node_name, zone);
+                let mut changed = BTreeSet::new();
+                for (key, service) in inputs.services() {
+                    self.compute(inputs, key, service, &mut changed);
+                }
                 return Changes::All;
             }
         };
-        let mut services = services;
-        for key in slices {
-            if let Some(old) = self.slice_service.remove(&key) {
-                if let Some(list) = self.slices.get_mut(&old) {
-                    list.retain(|s| s.slice != key);
-                    if list.is_empty() {
-                        self.slices.remove(&old);
-                    }
-                }
-                services.insert(old);
-            }
-            self.slice_warnings.remove(&key);
-            if let Some(slice) = store.endpoint_slices.get(&key) {
-                let mut warnings = Vec::new();
-                if let Some((service, parsed)) = usable_slice(&key, slice, node_name, &mut warnings)
-                {
-                    let list = self.slices.entry(service.clone()).or_default();
-                    let at = list.partition_point(|s| s.slice < key);
-                    list.insert(at, parsed);
-                    self.slice_service.insert(key.clone(), service.clone());
-                    services.insert(service);
-                }
-                if !warnings.is_empty() {
-                    self.slice_warnings.insert(key, warnings);
-                }
-            }
-        }
         let mut changed = BTreeSet::new();
         for key in &services {
             for fk in self.claims.remove(key).unwrap_or_default() {
@@ -174,47 +137,28 @@ impl ModelCache {
             self.local_services.remove(key);
         }
         for key in &services {
-            if let Some(service) = store.services.get(key) {
-                self.compute(key, service, node_name, zone, &mut changed);
+            if let Some(service) = inputs.service(key) {
+                self.compute(inputs, key, service, &mut changed);
             }
         }
         Changes::Keys(changed)
     }
 
-    /// Recomputes everything (the first update, or the node changed).
-    fn rebuild(&mut self, store: &Store, node_name: &str, zone: &str) {
-        for (key, slice) in &store.endpoint_slices {
-            let mut warnings = Vec::new();
-            if let Some((service, parsed)) = usable_slice(key, slice, node_name, &mut warnings) {
-                // Store order is slice-key order.
-                self.slices.entry(service.clone()).or_default().push(parsed);
-                self.slice_service.insert(key.clone(), service);
-            }
-            if !warnings.is_empty() {
-                self.slice_warnings.insert(key.clone(), warnings);
-            }
-        }
-        let mut changed = BTreeSet::new();
-        for (key, service) in &store.services {
-            self.compute(key, service, node_name, zone, &mut changed);
-        }
-    }
-
     /// Computes one service's frontends and claims them.
     fn compute(
         &mut self,
+        inputs: &Inputs,
         key: &ObjectKey,
-        service: &k8s_openapi::api::core::v1::Service,
-        node_name: &str,
-        zone: &str,
+        service: &ServiceIn,
         changed: &mut BTreeSet<FrontendKey>,
     ) {
-        if has_local_policy(service) {
+        if service.local_policy {
             self.local_services.insert(key.clone());
         }
         let mut warnings = Vec::new();
-        let slices = self.slices.get(key).map_or(&[][..], Vec::as_slice);
-        let frontends = service_frontends(key, service, slices, node_name, zone, &mut warnings);
+        let slices = inputs.slices_of(key);
+        let frontends =
+            service_frontends(service, &slices, inputs.node_name(), inputs.zone(), &mut warnings);
         if !warnings.is_empty() {
             self.service_warnings.insert(key.clone(), warnings);
         }
@@ -296,7 +240,8 @@ mod tests {
     use serde_json::{Value, json};
 
     use super::*;
-    use crate::model::{LABEL_SERVICE_NAME, LABEL_TOPOLOGY_ZONE, desired_state};
+    use crate::manifest::Store;
+    use crate::model::{LABEL_SERVICE_NAME, LABEL_TOPOLOGY_ZONE, SliceIn, desired_state};
     use crate::observe::{hcnode::local_policy_of, local_policy};
 
     const NODE: &str = "node-1";
@@ -378,44 +323,49 @@ mod tests {
         let (mut seen_no_local, mut seen_hc) = (false, false);
         for seed in 1..=8 {
             let mut rng = Rng(seed);
+            // The same objects as API objects (for the model from scratch)
+            // and as the incrementally kept inputs.
             let mut store = Store::default();
+            let mut inputs = Inputs::new(NODE);
             let mut cache = ModelCache::new();
-            assert_eq!(cache.update(&store, NODE, Dirty::All), Changes::All);
+            assert_eq!(cache.update(&inputs, Dirty::All), Changes::All);
             let mut before = cache.desired().clone();
             for step in 0..300 {
-                let mut dirty = Dirty::default();
                 for _ in 0..=rng.below(3) {
                     if rng.below(2) == 0 {
                         let name = rng.pick(&services);
                         let key = ObjectKey::new("ns", name);
                         if rng.below(4) == 0 {
                             store.services.remove(&key);
+                            inputs.remove_service(&key);
                         } else {
                             let object = random_service(&mut rng, name);
-                            store
-                                .services
-                                .insert(key.clone(), serde_json::from_value(object).unwrap());
+                            let object: k8s_openapi::api::core::v1::Service =
+                                serde_json::from_value(object).unwrap();
+                            inputs.put_service(key.clone(), ServiceIn::parse(&key, &object));
+                            store.services.insert(key, object);
                         }
-                        dirty.service(key);
                     } else {
                         let name = rng.pick(&slices);
                         let key = ObjectKey::new("ns", name);
                         if rng.below(4) == 0 {
                             store.endpoint_slices.remove(&key);
+                            inputs.remove_slice(&key);
                         } else {
                             let object = random_slice(&mut rng, name, &services);
-                            store
-                                .endpoint_slices
-                                .insert(key.clone(), serde_json::from_value(object).unwrap());
+                            let object: k8s_openapi::api::discovery::v1::EndpointSlice =
+                                serde_json::from_value(object).unwrap();
+                            inputs.put_slice(key.clone(), SliceIn::parse(&key, &object, NODE));
+                            store.endpoint_slices.insert(key, object);
                         }
-                        dirty.slice(key);
                     }
                 }
-                let changes = cache.update(&store, NODE, dirty);
+                let dirty = inputs.take_dirty();
+                let changes = cache.update(&inputs, dirty);
                 let (expected, warnings) = desired_state(&store, NODE);
                 assert_eq!(cache.desired(), &expected, "seed {seed} step {step}");
                 assert_eq!(
-                    sorted_warnings(&cache.warnings()),
+                    sorted_warnings(&cache.warnings(&inputs)),
                     sorted_warnings(&warnings),
                     "seed {seed} step {step}"
                 );
@@ -439,9 +389,8 @@ mod tests {
                     expected.values().map(|f| f.backends.len()).sum::<usize>()
                 );
                 // The Local-policy accounting over the cache's Local services
-                // and parsed slices equals the one over the whole store.
-                let local =
-                    local_policy_of(&store, NODE, cache.local_services(), |k| cache.slices_of(k));
+                // and the kept inputs equals the one over the whole store.
+                let local = local_policy_of(&inputs, cache.local_services());
                 assert_eq!(local, local_policy(&store, NODE), "seed {seed} step {step}");
                 seen_no_local |= local.no_local_internal + local.no_local_external > 0;
                 seen_hc |= !local.hc_services.is_empty();
@@ -454,14 +403,14 @@ mod tests {
     /// A change of this node's zone (topology) recomputes everything.
     #[test]
     fn zone_change_is_a_full_update() {
-        let mut store = Store::default();
+        let mut inputs = Inputs::new(NODE);
         let mut cache = ModelCache::new();
-        cache.update(&store, NODE, Dirty::All);
-        assert_eq!(cache.update(&store, NODE, Dirty::default()), Changes::Keys(BTreeSet::new()));
+        cache.update(&inputs, Dirty::All);
+        assert_eq!(cache.update(&inputs, Dirty::default()), Changes::Keys(BTreeSet::new()));
         let node = json!({"apiVersion": "v1", "kind": "Node",
                           "metadata": {"name": NODE, "labels": {LABEL_TOPOLOGY_ZONE: "z1"}}});
-        store.nodes.insert(NODE.into(), serde_json::from_value(node).unwrap());
-        assert_eq!(cache.update(&store, NODE, Dirty::default()), Changes::All);
-        assert_eq!(cache.update(&store, "node-2", Dirty::default()), Changes::All);
+        inputs.nodes.insert(NODE.into(), serde_json::from_value(node).unwrap());
+        assert_eq!(cache.update(&inputs, Dirty::default()), Changes::All);
+        assert_eq!(cache.update(&Inputs::new("node-2"), Dirty::default()), Changes::All);
     }
 }

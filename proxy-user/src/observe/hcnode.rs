@@ -57,44 +57,27 @@ pub struct LocalPolicy {
 /// the model's semantics (same skipped services, same endpoint choice).
 #[must_use]
 pub fn local_policy(store: &Store, node_name: &str) -> LocalPolicy {
-    let mut ignored = Vec::new();
-    let slices = model::slice_endpoints(store, node_name, &mut ignored);
-    local_policy_of(store, node_name, store.services.keys(), |key| {
-        slices.get(key).map_or(&[][..], Vec::as_slice)
-    })
+    let inputs = model::Inputs::from_store(store, node_name);
+    local_policy_of(&inputs, inputs.services().map(|(k, _)| k))
 }
 
-/// Whether a Service has a Local traffic policy (only those count in
-/// [`LocalPolicy`]).
-#[must_use]
-pub fn has_local_policy(service: &k8s_openapi::api::core::v1::Service) -> bool {
-    service.spec.as_ref().is_some_and(|spec| {
-        spec.internal_traffic_policy.as_deref() == Some("Local")
-            || spec.external_traffic_policy.as_deref() == Some("Local")
-    })
-}
-
-/// [`local_policy`] over the Services `keys` (those with a Local policy;
-/// others are skipped) with their usable slices from `slices_of` (the model
-/// cache has them parsed), so a sync does not walk every Service.
-pub fn local_policy_of<'k, 's>(
-    store: &Store,
-    node_name: &str,
+/// [`local_policy`] of parsed inputs over the Services `keys` (those with a
+/// Local policy; others are skipped), so a sync does not walk every
+/// Service.
+pub fn local_policy_of<'k>(
+    inputs: &model::Inputs,
     keys: impl Iterator<Item = &'k ObjectKey>,
-    slices_of: impl Fn(&ObjectKey) -> &'s [model::SliceEndpoints],
 ) -> LocalPolicy {
-    let mut ignored = Vec::new();
-    let zone = model::node_zone(store, node_name);
+    let (node_name, zone) = (inputs.node_name(), inputs.zone());
     let mut out = LocalPolicy::default();
     for key in keys {
-        let Some(service) = store.services.get(key) else { continue };
-        if !has_local_policy(service) {
+        let Some(service) = inputs.service(key) else { continue };
+        if !service.local_policy {
             continue;
         }
-        let service_slices = slices_of(key);
-        let ports = model::service_ports(key, service, &mut ignored);
-        for port in &ports {
-            let endpoints = model::endpoints_for_port(port, service_slices);
+        let service_slices = inputs.slices_of(key);
+        for port in &service.ports {
+            let endpoints = model::endpoints_for_port(port, &service_slices);
             let cat = model::categorize_endpoints(&endpoints, port, node_name, zone);
             let no_local = cat.has_any && cat.local.as_ref().is_some_and(Vec::is_empty);
             if no_local && port.internal_policy_local {
@@ -105,15 +88,7 @@ pub fn local_policy_of<'k, 's>(
             }
         }
         // kube-proxy's NeedsHealthCheck: a LoadBalancer with eTP Local.
-        let Some(spec) = &service.spec else { continue };
-        let hc_port = spec.health_check_node_port.and_then(|p| u16::try_from(p).ok());
-        if ports.is_empty()
-            || spec.type_.as_deref() != Some("LoadBalancer")
-            || spec.external_traffic_policy.as_deref() != Some("Local")
-        {
-            continue;
-        }
-        let Some(port) = hc_port.filter(|p| *p != 0) else { continue };
+        let Some(port) = service.health_check_port else { continue };
         // kube-proxy's LocalReadyEndpoints: local and ready, distinct ip:port.
         let local: BTreeSet<(Ipv4Addr, u16)> = service_slices
             .iter()

@@ -68,17 +68,15 @@ use super::{
     health::HealthState,
     http::{self, ServerHandle},
 };
-use k8s_openapi::api::discovery::v1::EndpointSlice;
-
 use crate::{
     datapath::PinPaths,
-    manifest::{ObjectKey, Store},
-    model::{Desired, FrontendKey},
+    manifest::ObjectKey,
+    model::{Desired, FrontendKey, Inputs},
 };
 
 /// The EndpointSlice controller's annotation: when the change that produced
 /// this version of the slice happened.
-pub const ANNOTATION_TRIGGER_TIME: &str = "endpoints.kubernetes.io/last-change-trigger-time";
+pub use crate::model::input::ANNOTATION_TRIGGER_TIME;
 
 /// OpenMetrics text, as Prometheus negotiates it.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -177,37 +175,23 @@ pub struct TriggerTimes {
     scope: Option<BTreeSet<ObjectKey>>,
 }
 
-fn trigger_time(slice: &EndpointSlice) -> Option<SystemTime> {
-    let ts = slice
-        .metadata
-        .annotations
-        .as_ref()?
-        .get(ANNOTATION_TRIGGER_TIME)?
-        .parse::<k8s_openapi::jiff::Timestamp>()
-        .ok()?;
-    let secs = u64::try_from(ts.as_second()).ok()?;
-    let nanos = u32::try_from(ts.subsec_nanosecond()).ok()?;
-    Some(UNIX_EPOCH + Duration::new(secs, nanos))
-}
-
-/// The trigger times of the slices in `store` (taken while the store is at
-/// hand, so that recording the sync later does not need it).
+/// The trigger times of the slices of `inputs` (taken while the inputs are
+/// at hand, so that recording the sync later does not need them).
 #[must_use]
-pub fn trigger_times(store: &Store) -> TriggerTimes {
-    let times = store
-        .endpoint_slices
-        .iter()
-        .filter_map(|(key, slice)| Some((key.clone(), trigger_time(slice)?)))
+pub fn trigger_times(inputs: &Inputs) -> TriggerTimes {
+    let times = inputs
+        .slices()
+        .filter_map(|(key, slice)| Some((key.clone(), slice.trigger_time?)))
         .collect();
     TriggerTimes { times, scope: None }
 }
 
 /// [`trigger_times`] of the slices `keys` only (those that changed).
 #[must_use]
-pub fn trigger_times_of(store: &Store, keys: &BTreeSet<ObjectKey>) -> TriggerTimes {
+pub fn trigger_times_of(inputs: &Inputs, keys: &BTreeSet<ObjectKey>) -> TriggerTimes {
     let times = keys
         .iter()
-        .filter_map(|key| Some((key.clone(), trigger_time(store.endpoint_slices.get(key)?)?)))
+        .filter_map(|key| Some((key.clone(), inputs.slice(key)?.trigger_time?)))
         .collect();
     TriggerTimes { times, scope: Some(keys.clone()) }
 }
@@ -721,7 +705,7 @@ mod tests {
             failed_frontends: 0,
             manifest_errors: 4,
             model_warnings: 5,
-            triggers: &trigger_times(&store),
+            triggers: &trigger_times(&Inputs::from_store(&store, "")),
             local: &local,
         };
         m.record_sync(&report);
@@ -795,7 +779,7 @@ mod tests {
                     failed_frontends: failed,
                     manifest_errors: 0,
                     model_warnings: 0,
-                    triggers: &trigger_times(store),
+                    triggers: &trigger_times(&Inputs::from_store(store, "")),
                     local: &local,
                 },
                 now,

@@ -9,7 +9,14 @@
 //!   `/api/v1/nodes`: a `...List` with `metadata.resourceVersion`; filters
 //!   `labelSelector` (`key`, `!key`, `key=value`, `key==value`, `key!=value`,
 //!   comma-joined) and `fieldSelector` (`metadata.name=`, `metadata.namespace=`);
-//!   `limit` is ignored (everything in one page, no `continue`).
+//!   `limit` pages the list as kube-apiserver does (`metadata.continue`; the
+//!   next page asks with `continue=`; no `remainingItemCount`): kube-rs lists
+//!   500 objects a page, so a client never holds a whole 10k list at once.
+//!   Every page carries the first page's resourceVersion; later pages show the
+//!   objects as they are now (the real server serves the first page's
+//!   snapshot), which a client following the watch from that version cannot
+//!   tell apart: it sees changes made in between twice at most. A token
+//!   older than the compacted history is 410 `Expired`, as the real server's.
 //! - WATCH (`?watch=1&resourceVersion=N&allowWatchBookmarks=true&timeoutSeconds=S`):
 //!   a chunked stream of JSON lines `{"type":"ADDED|MODIFIED|DELETED|BOOKMARK",
 //!   "object":{...}}` with every change after N (no N, or `0`: the current
@@ -38,6 +45,7 @@ use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener as StdListener};
+use std::ops::Bound;
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -181,6 +189,15 @@ fn status_object(code: u16, reason: &str, message: &str) -> Value {
 }
 
 impl Shared {
+    fn new() -> Self {
+        Self {
+            state: Mutex::new(State::default()),
+            changes: broadcast::channel(1024).0,
+            drops: watch::channel(0).0,
+            active_watches: AtomicUsize::new(0),
+        }
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -653,6 +670,15 @@ fn list(
     filter: &Filter,
     params: &BTreeMap<String, String>,
 ) -> Result<Response<Body>, ApiError> {
+    list_value(shared, filter, params).map(|list| json_response(StatusCode::OK, &list))
+}
+
+/// The `...List` (one page of it) that a LIST gets.
+fn list_value(
+    shared: &Shared,
+    filter: &Filter,
+    params: &BTreeMap<String, String>,
+) -> Result<Value, ApiError> {
     let state = shared.lock();
     if state.lists_blocked {
         return Err(ApiError::new(
@@ -671,22 +697,62 @@ fn list(
             format!("too old resource version: {rv} ({})", state.compacted),
         ));
     }
-    let items: Vec<&Value> = state
-        .objects
-        .iter()
-        .filter(|((r, _, _), o)| *r == filter.resource && filter.matches(o))
-        .map(|(_, o)| o)
-        .collect();
     let resource = filter.resource;
-    Ok(json_response(
-        StatusCode::OK,
-        &json!({
-            "kind": format!("{}List", resource.kind()),
-            "apiVersion": resource.api_version(),
-            "metadata": {"resourceVersion": state.rv.to_string()},
-            "items": items,
-        }),
-    ))
+    let bad = |what: &str| {
+        ApiError::new(StatusCode::BAD_REQUEST, "BadRequest", format!("invalid {what} parameter"))
+    };
+    let limit = match params.get("limit").filter(|l| !l.is_empty()) {
+        Some(l) => Some(l.parse::<usize>().map_err(|_| bad("limit"))?).filter(|l| *l > 0),
+        None => None,
+    };
+    // The token: the list's resourceVersion and the last key sent.
+    let (rv, after) = match params.get("continue").filter(|c| !c.is_empty()) {
+        Some(token) => {
+            let (rv, rest) = token.split_once('/').ok_or_else(|| bad("continue"))?;
+            let (ns, name) = rest.split_once('/').ok_or_else(|| bad("continue"))?;
+            let rv: u64 = rv.parse().map_err(|_| bad("continue"))?;
+            if rv < state.compacted {
+                return Err(ApiError::new(
+                    StatusCode::GONE,
+                    "Expired",
+                    format!(
+                        "The provided continue parameter is too old to display a consistent list result. \
+                         ({rv} < {})",
+                        state.compacted
+                    ),
+                ));
+            }
+            (rv, Some((resource, ns.to_owned(), name.to_owned())))
+        }
+        None => (state.rv, None),
+    };
+    let start = match after {
+        Some(key) => Bound::Excluded(key),
+        None => Bound::Included((resource, String::new(), String::new())),
+    };
+    let mut matching = state
+        .objects
+        .range((start, Bound::Unbounded))
+        .take_while(|((r, _, _), _)| *r == resource)
+        .filter(|(_, o)| filter.matches(o));
+    let items: Vec<&Value> =
+        matching.by_ref().take(limit.unwrap_or(usize::MAX)).map(|(_, o)| o).collect();
+    // More to come? (Without counting them: kube-apiserver leaves out
+    // `remainingItemCount` when a selector filters, as here mostly.)
+    let more = matching.next().is_some();
+    let mut metadata = json!({"resourceVersion": rv.to_string()});
+    if more && let Some(last) = items.last() {
+        let meta = &last["metadata"];
+        let ns = meta["namespace"].as_str().unwrap_or_default();
+        let name = meta["name"].as_str().unwrap_or_default();
+        metadata["continue"] = json!(format!("{rv}/{ns}/{name}"));
+    }
+    Ok(json!({
+        "kind": format!("{}List", resource.kind()),
+        "apiVersion": resource.api_version(),
+        "metadata": metadata,
+        "items": items,
+    }))
 }
 
 fn event_line(kind: &str, object: &Value) -> Bytes {
@@ -853,12 +919,7 @@ impl ApiServer {
     fn serve(listener: StdListener) -> anyhow::Result<ApiServer> {
         listener.set_nonblocking(true)?;
         let addr = listener.local_addr()?;
-        let shared = Arc::new(Shared {
-            state: Mutex::new(State::default()),
-            changes: broadcast::channel(1024).0,
-            drops: watch::channel(0).0,
-            active_watches: AtomicUsize::new(0),
-        });
+        let shared = Arc::new(Shared::new());
         let (stop, mut stopped) = oneshot::channel::<()>();
         let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel::<io::Result<()>>(1);
         let server = shared.clone();
@@ -1141,6 +1202,60 @@ mod tests {
         assert_eq!(q["watch"], "true");
         assert_eq!(q["x"], "a b");
         assert_eq!(q["bad"], "%zz");
+    }
+
+    /// `limit` pages a list in key order; the pages carry the first page's
+    /// resourceVersion and together hold every matching object once.
+    #[test]
+    fn lists_are_paged_with_continue_tokens() {
+        let shared = Shared::new();
+        for i in 0..7 {
+            let labels = if i == 3 { json!({"skip": "1"}) } else { json!({}) };
+            let svc = json!({"apiVersion": "v1", "kind": "Service",
+                             "metadata": {"name": format!("s{i}"), "namespace": "ns", "labels": labels}});
+            shared.create(Resource::Services, None, svc).unwrap();
+        }
+        let node = json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "n"}});
+        shared.create(Resource::Nodes, None, node).unwrap();
+        let filter = Filter {
+            resource: Resource::Services,
+            namespace: None,
+            labels: parse_label_selector("!skip").unwrap(),
+            name: None,
+        };
+        let rv = shared.lock().rv.to_string();
+        let mut params = BTreeMap::from([("limit".to_owned(), "4".to_owned())]);
+        let first = list_value(&shared, &filter, &params).unwrap();
+        let names = |list: &Value| -> Vec<String> {
+            list["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|o| o["metadata"]["name"].to_string())
+                .collect()
+        };
+        assert_eq!(names(&first), [r#""s0""#, r#""s1""#, r#""s2""#, r#""s4""#]);
+        assert_eq!(first["metadata"]["resourceVersion"], json!(rv));
+        // A change between pages does not move the list's version.
+        let late = json!({"apiVersion": "v1", "kind": "Service",
+                          "metadata": {"name": "s9", "namespace": "ns"}});
+        shared.create(Resource::Services, None, late).unwrap();
+        let token = first["metadata"]["continue"].as_str().unwrap().to_owned();
+        params.insert("continue".into(), token.clone());
+        let second = list_value(&shared, &filter, &params).unwrap();
+        assert_eq!(names(&second), [r#""s5""#, r#""s6""#, r#""s9""#]);
+        assert_eq!(second["metadata"]["resourceVersion"], json!(rv));
+        assert!(second["metadata"].get("continue").is_none(), "last page");
+        // No limit: one page. A bad token or limit is a 400; a token older
+        // than the compacted history a 410.
+        assert_eq!(names(&list_value(&shared, &filter, &BTreeMap::new()).unwrap()).len(), 7);
+        for (k, v) in [("continue", "nonsense"), ("limit", "x")] {
+            let e = list_value(&shared, &filter, &BTreeMap::from([(k.into(), v.into())]));
+            assert_eq!(e.unwrap_err().code, StatusCode::BAD_REQUEST, "{k}={v}");
+        }
+        shared.lock().compacted = u64::MAX;
+        let e = list_value(&shared, &filter, &params).unwrap_err();
+        assert_eq!(e.code, StatusCode::GONE);
     }
 
     #[test]

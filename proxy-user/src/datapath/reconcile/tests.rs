@@ -249,22 +249,41 @@ fn restore_recounts_frontend_addresses() {
 }
 
 #[test]
-fn counters_live_and_die_with_their_frontend_and_backends() {
+fn counters_are_the_kernels_to_create_and_die_with_their_frontend_and_backends() {
     let (mut r, _) = Reconciler::restore(FakeMaps::default()).unwrap();
     r.sync(&desired(&[(fk(80), frontend(&active(&[1, 2])))]));
-    let log = &r.maps().log;
-    let pos = |op: &Op| log.iter().position(|o| o == op).unwrap();
-    // Created before the entries the kernel would count them for.
-    assert!(pos(&Op::PutStats(StatsMap::Backend, 1)) < pos(&Op::PutBackend(1)));
-    assert!(
-        pos(&Op::PutStats(StatsMap::Service, 1))
-            < pos(&Op::PutService { slot: 0, count: 2, backend_id: 0 })
-    );
-    assert_eq!(r.maps().stats.len(), 3);
+    // Programming a service writes no counters (the kernel creates them on
+    // the first packet).
+    assert!(!r.maps().log.iter().any(|o| matches!(o, Op::PutStats(..))), "{:?}", r.maps().log);
+    assert!(r.maps().stats.is_empty());
+    // The kernel counted traffic for the frontend and both backends.
+    for key in [(StatsMap::Service, 1), (StatsMap::Backend, 1), (StatsMap::Backend, 2)] {
+        r.maps.stats.insert(key, ());
+    }
     r.sync(&desired(&[(fk(80), frontend(&active(&[1])))]));
     assert!(!r.maps().stats.contains_key(&(StatsMap::Backend, 2)), "removed backend's counters");
+    assert!(r.maps().stats.contains_key(&(StatsMap::Backend, 1)), "live backend's counters kept");
     r.sync(&Desired::new());
     assert!(r.maps().stats.is_empty(), "{:?}", r.maps().stats);
+}
+
+#[test]
+fn ids_handed_out_again_after_wrapping_start_with_clean_counters() {
+    let (mut r, _) = Reconciler::restore(FakeMaps::default()).unwrap();
+    // Counters a late packet of an earlier holder of backend id 1 and
+    // reverse-NAT index 1 left behind, and one of an id not handed out.
+    for key in [(StatsMap::Backend, 1), (StatsMap::Service, 1), (StatsMap::Backend, 7)] {
+        r.maps.stats.insert(key, ());
+    }
+    r.next_backend_id = u32::MAX;
+    r.next_rev_nat = u32::MAX;
+    r.sync(&desired(&[(fk(80), frontend(&active(&[1, 2]))), (fk(81), frontend(&active(&[3])))]));
+    let ids: BTreeSet<u32> =
+        r.applied.values().flat_map(|a| a.backends.values().map(|b| b.id)).collect();
+    assert_eq!(ids, BTreeSet::from([u32::MAX, 1, 2]), "the ids wrapped");
+    assert!(!r.maps().stats.contains_key(&(StatsMap::Backend, 1)), "{:?}", r.maps().stats);
+    assert!(!r.maps().stats.contains_key(&(StatsMap::Service, 1)), "{:?}", r.maps().stats);
+    assert!(r.maps().stats.contains_key(&(StatsMap::Backend, 7)), "not handed out: untouched");
 }
 
 #[test]
@@ -272,12 +291,16 @@ fn restore_keeps_live_counters_and_prunes_orphans() {
     let (mut r, _) = Reconciler::restore(FakeMaps::default()).unwrap();
     r.sync(&desired(&[(fk(80), frontend(&active(&[1])))]));
     let mut maps = std::mem::take(&mut r.maps);
+    // The kernel created the backend's counters; not the frontend's yet.
+    maps.stats.insert((StatsMap::Backend, 1), ());
     maps.stats.insert((StatsMap::Backend, 99), ());
-    maps.stats.remove(&(StatsMap::Service, 1));
     maps.log.clear();
     let (r2, restored) = Reconciler::restore(maps).unwrap();
     assert_eq!(restored.pruned, 1);
-    assert!(r2.maps().stats.contains_key(&(StatsMap::Service, 1)), "missing one recreated");
+    assert!(
+        !r2.maps().stats.contains_key(&(StatsMap::Service, 1)),
+        "missing one left to the kernel"
+    );
     assert!(r2.maps().stats.contains_key(&(StatsMap::Backend, 1)), "live one kept");
     assert!(!r2.maps().log.contains(&Op::PutStats(StatsMap::Backend, 1)), "not reset");
 }
