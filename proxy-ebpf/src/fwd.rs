@@ -25,7 +25,7 @@
 //! a `CHECKSUM_PARTIAL` packet from a pod stays partial: a peer redirect
 //! delivers it to a local socket (which accepts it as verified, as after a
 //! veth transmit), a device redirect completes it on transmit. GSO packets
-//! keep their segmentation (the MTU check applies to packets without GSO).
+//! keep their segmentation; the FIB's MTU check applies to their segments.
 //! Each decision is counted in `SL_FWD_STATS`. `SL_CONFIG` switches the two
 //! paths on and off (`--fast-path`); off, every packet takes the stack.
 
@@ -117,11 +117,21 @@ fn fib_forward(ctx: &TcContext, ip: &Ipv4, saddr: u32, daddr: u32) -> Result<Act
     // SAFETY: reading our skb's fields.
     let (ifindex, gso_size) = unsafe { ((*ctx.skb.skb).ingress_ifindex, (*ctx.skb.skb).gso_size) };
     params.ifindex = ifindex;
-    if gso_size == 0 {
-        // The FIB checks the route's MTU against it (0: no check).
-        let tot_len: u16 = crate::parse::read(ctx, ip.l3_off + IP_TOT_LEN_OFF)?;
-        params.__bindgen_anon_1.tot_len = u16::from_be(tot_len);
-    }
+    // The FIB checks the route's MTU against the length of the packets that
+    // will be sent: the packet itself, or for a GSO packet each segment
+    // (headers plus `gso_size`). Too big: the stack answers (ICMP
+    // "fragmentation needed", PMTU discovery) as it would.
+    let tot_len = if gso_size == 0 {
+        u16::from_be(crate::parse::read::<u16>(ctx, ip.l3_off + IP_TOT_LEN_OFF)?)
+    } else {
+        let l4_hdr = if ip.proto == proxy_common::proto::TCP {
+            usize::from(crate::parse::read::<u8>(ctx, ip.l4_off + 12)? >> 4) * 4
+        } else {
+            8
+        };
+        (ip.l4_off - ip.l3_off + l4_hdr) as u16 + gso_size as u16
+    };
+    params.__bindgen_anon_1.tot_len = tot_len;
     params.__bindgen_anon_3.ipv4_src = saddr;
     params.__bindgen_anon_4.ipv4_dst = daddr;
     // SAFETY: a helper call with a pointer to our own stack buffer.
