@@ -42,9 +42,17 @@ pub const MAP_CONFIG: &str = "SL_CONFIG";
 /// the client address) whose entries are the allowed source CIDRs of each
 /// frontend with `SVC_FLAG_SOURCE_RANGES`. Value unused (`1`).
 pub const MAP_SRC_RANGES: &str = "SL_SRC_RANGES";
+/// The cluster's pod address space: an LPM trie keyed by
+/// `lpm_trie::Key<u32>` (address in network order), value unused (`1`).
+/// Written by the agent (`--cluster-cidr`, else every Node's podCIDRs).
+/// The FIB fast path only forwards to destinations inside it: traffic to
+/// anything else goes through the stack, which masquerades it.
+pub const MAP_POD_CIDRS: &str = "SL_POD_CIDRS";
+/// Fast-path counters: a per-CPU array of `u64` indexed by `FWD_*`.
+pub const MAP_FWD_STATS: &str = "SL_FWD_STATS";
 
 /// All pinned map names, for the CLI and for checks.
-pub const ALL_MAPS: [&str; 15] = [
+pub const ALL_MAPS: [&str; 17] = [
     MAP_SERVICES,
     MAP_BACKENDS,
     MAP_REVNAT,
@@ -60,6 +68,8 @@ pub const ALL_MAPS: [&str; 15] = [
     MAP_NODE_ADDRS,
     MAP_CONFIG,
     MAP_SRC_RANGES,
+    MAP_POD_CIDRS,
+    MAP_FWD_STATS,
 ];
 
 /// Name of the tc program for traffic leaving pods (host side veth ingress).
@@ -101,6 +111,8 @@ pub const AFFINITY_MAX: u32 = 262_144;
 pub const SOCK_REVNAT_MAX: u32 = 262_144;
 /// `SL_NODE_ADDRS`: addresses of this node.
 pub const NODE_ADDRS_MAX: u32 = 1_024;
+/// `SL_POD_CIDRS`: ranges of the cluster's pod address space.
+pub const POD_CIDRS_MAX: u32 = 256;
 
 /// `SL_SRC_RANGES`: allowed source CIDRs, summed over all frontends with
 /// `loadBalancerSourceRanges` (each LoadBalancer IP and NodePort frontend
@@ -178,8 +190,36 @@ pub struct DatapathConfig {
     /// The node address external flows to backends on other nodes are
     /// SNATed to (network order); 0: none known, such flows are dropped.
     pub snat_addr: u32,
-    pub _pad: u32,
+    /// `CFG_FAST_PATH_*` bits (agent's `--fast-path`).
+    pub flags: u32,
 }
+
+/// `DatapathConfig::flags`: a pod's TCP/UDP packet to another pod of this
+/// node (an `SL_ENDPOINTS` entry, after service translation) is delivered
+/// with `bpf_redirect_peer` straight to that pod's `eth0`, past the node's
+/// stack. Without it the node's stack routes it.
+pub const CFG_FAST_PATH_PEER: u32 = 1;
+/// `DatapathConfig::flags`: a pod's TCP/UDP packet to any other destination
+/// in `SL_POD_CIDRS` is forwarded by FIB lookup and `bpf_redirect` /
+/// `bpf_redirect_neigh`; when the FIB has no usable answer (local delivery,
+/// blackhole, unreachable, forwarding off, MTU exceeded) the stack routes it.
+/// A mode whose next hop the FIB cannot describe (a collect-metadata
+/// tunnel) leaves this bit off.
+pub const CFG_FAST_PATH_FIB: u32 = 2;
+
+/// `SL_FWD_STATS` slots: packets delivered with `bpf_redirect_peer`.
+pub const FWD_PEER: u32 = 0;
+/// Packets forwarded with `bpf_redirect` after a FIB lookup that knew the
+/// neighbour.
+pub const FWD_FIB: u32 = 1;
+/// Packets forwarded with `bpf_redirect_neigh` (the FIB had no neighbour
+/// entry; the kernel resolves it).
+pub const FWD_NEIGH: u32 = 2;
+/// Packets a fast path would have taken but left to the stack (TTL about to
+/// expire, no usable FIB answer).
+pub const FWD_STACK: u32 = 3;
+/// Number of `SL_FWD_STATS` slots.
+pub const FWD_STATS_COUNT: u32 = 4;
 
 /// Source ports of SNATed flows: `SNAT_PORT_MIN..=SNAT_PORT_MAX`, above the
 /// kernel's default ephemeral range (32768-60999) and the NodePort range.

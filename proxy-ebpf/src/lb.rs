@@ -15,7 +15,7 @@ use crate::{
     affinity,
     ct::{self, NewFlow},
     drop::Action,
-    fib, frag, icmp,
+    fib, frag, fwd, icmp,
     maps::{SL_BACKENDS, SL_NODE_ADDRS, SL_REVNAT, SL_SERVICES, SL_SRC_RANGES, SL_VIPS},
     nat::{self, Side},
     parse::{self, Ipv4},
@@ -64,9 +64,10 @@ pub fn handle_pod_egress(ctx: &TcContext) -> Result<Action, DropReason> {
                 // The source may now be a node address: not for the stack.
                 return fib::redirect(ctx, ip.proto, frontend, client);
             }
+            return fwd::forward(ctx, &ip, frontend, client);
         }
         // Else the service is gone: nothing to restore.
-        return Ok(Action::Pass);
+        return fwd::forward(ctx, &ip, ip.saddr, ip.daddr);
     }
 
     // A request to a service frontend: pick (or keep) a backend, DNAT.
@@ -84,7 +85,8 @@ pub fn handle_pod_egress(ctx: &TcContext) -> Result<Action, DropReason> {
         if is_tcp_syn(ctx, &ip) {
             ct::forget_reply(ip.daddr, ip.saddr, dport, sport, ip.proto);
         }
-        return Ok(Action::Pass);
+        // Plain pod traffic: no translation.
+        return fwd::forward(ctx, &ip, ip.saddr, ip.daddr);
     };
     let (backend_id, backend, new) = match established(ctx, &ip, sport, dport, &svc) {
         Some((entry, backend)) => (entry.backend_id, backend, false),
@@ -98,13 +100,15 @@ pub fn handle_pod_egress(ctx: &TcContext) -> Result<Action, DropReason> {
         }
     };
     nat::rewrite(ctx, &ip, Side::Destination, (ip.daddr, dport), (backend.addr, backend.port))?;
+    let mut source = ip.saddr;
     if backend.addr == ip.saddr {
         // Hairpin: the pod reached itself. Its stack would drop a packet
         // from its own address, so the source becomes the hairpin address.
-        nat::rewrite(ctx, &ip, Side::Source, (ip.saddr, sport), (ct::hairpin_addr(), sport))?;
+        source = ct::hairpin_addr();
+        nat::rewrite(ctx, &ip, Side::Source, (ip.saddr, sport), (source, sport))?;
     }
     stats::account(svc.rev_nat_index, backend_id, Direction::Forward, ctx.len(), new);
-    Ok(Action::Pass)
+    fwd::forward(ctx, &ip, source, backend.addr)
 }
 
 #[inline(always)]

@@ -4,7 +4,8 @@
 //! one-concern modules: `parse` (headers), `lb` (service lookup and backend
 //! selection), `ct` (conntrack), `nat` (rewrites and checksums), `frag`
 //! (IPv4 fragment tracking), `icmp` (ICMP errors of translated flows) and
-//! `drop` (verdicts and drop counters), `sock` (socket-level LB).
+//! `drop` (verdicts and drop counters), `sock` (socket-level LB), `fwd`
+//! (fast paths: peer redirect and FIB forwarding of pod traffic).
 #![no_std]
 #![no_main]
 
@@ -13,6 +14,7 @@ mod ct;
 mod drop;
 mod fib;
 mod frag;
+mod fwd;
 mod icmp;
 mod lb;
 mod maps;

@@ -78,3 +78,12 @@ pub static SL_CONFIG: Array<DatapathConfig> = Array::pinned(1, 0);
 #[map]
 pub static SL_SRC_RANGES: LpmTrie<SourceRangeKey, u32> =
     LpmTrie::pinned(proxy_common::SRC_RANGES_MAX, 0);
+
+/// The cluster's pod address space (written by the agent): destinations of
+/// the FIB fast path.
+#[map]
+pub static SL_POD_CIDRS: LpmTrie<u32, u32> = LpmTrie::pinned(proxy_common::POD_CIDRS_MAX, 0);
+
+/// Fast-path decisions by `FWD_*` slot.
+#[map]
+pub static SL_FWD_STATS: PerCpuArray<u64> = PerCpuArray::pinned(proxy_common::FWD_STATS_COUNT, 0);

@@ -19,7 +19,7 @@ use proxy_common::{
 use crate::{
     ct::{self, NewFlow},
     drop::Action,
-    fib, frag,
+    fib, frag, fwd,
     lb::{self, account_reply},
     maps::{SL_CONFIG, SL_ENDPOINTS, SL_REVNAT, SL_VIPS},
     nat::{self, Side},
@@ -73,7 +73,9 @@ pub fn handle_external(ctx: &TcContext) -> Result<Action, DropReason> {
         if SL_VIPS.get_ptr(ip.daddr).is_some() {
             return lb::reject(ctx, &ip, DropReason::NoServicePort);
         }
-        return Ok(Action::Pass);
+        // Plain traffic, e.g. from a pod on another node: to a local pod
+        // by the fast path.
+        return fwd::deliver_local(ctx, &ip);
     };
     let (backend_id, backend, snat, new) = match lb::established(ctx, &ip, sport, dport, &svc) {
         Some((entry, backend)) => {

@@ -72,6 +72,8 @@ pub struct Config {
     pub cni_conf_dir: PathBuf,
     /// Pod routing between nodes and egress masquerade.
     pub network: routing::NetConfig,
+    /// `--fast-path`: the eBPF fast paths for pod traffic.
+    pub fast_path: bool,
 }
 
 impl Config {
@@ -132,6 +134,7 @@ impl Config {
         })?;
         Ok(Self {
             network: routing::NetConfig::from_args(args)?,
+            fast_path: args.fast_path,
             cni_conf_dir: args.cni_conf_dir.clone(),
             health_bind,
             metrics_bind,
@@ -323,7 +326,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         None => datapath.detach_socket_lb()?,
     }
     let maps = PinnedMaps::open(&cfg.paths)?;
-    let node_maps = NodeMaps::open(&cfg.paths)?;
+    let node_maps = NodeMaps::open(&cfg.paths)?.with_flags(node::fast_path_flags(cfg.fast_path));
     // Socket LB pins connected UDP sockets to a backend; when one is
     // removed they are destroyed so the application reconnects.
     let sockterm = match &cfg.socket_lb_cgroup {
@@ -491,6 +494,15 @@ impl Agent {
         if internal_ip != self.internal_ip || tunnel_after != tunnel_before {
             self.internal_ip = internal_ip;
             self.scan_devices();
+        }
+        let cluster = self.cfg.network.cluster_cidr.as_deref().unwrap_or(&network.pod_cidrs);
+        match self.node_maps.sync_pod_cidrs(cluster) {
+            Ok(true) => info!(?cluster, fast_path = self.cfg.fast_path, "pod address space"),
+            Ok(false) => {}
+            Err(e) => {
+                warn!(error = %e, "cannot write the pod address space; will retry");
+                self.needs_retry = true;
+            }
         }
         if outcome.errors.is_empty() {
             self.health.synced();

@@ -133,6 +133,12 @@ pub struct AgentArgs {
     /// (nftables table `ip sluice`; `false` removes that table).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub masquerade: bool,
+    /// eBPF fast paths for pod traffic: to pods of this node with
+    /// `bpf_redirect_peer`, to other pods by FIB lookup and
+    /// `bpf_redirect`/`bpf_redirect_neigh`. `false`: the node's stack routes
+    /// every packet (same results, slower).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub fast_path: bool,
     /// Address of /healthz, /livez, /readyz (kube-proxy semantics).
     #[arg(long, default_value = "0.0.0.0:10256")]
     pub health_bind: String,

@@ -216,6 +216,17 @@ fn native_routes_follow_nodes() {
             assert_eq!(c.udp(from, to).unwrap(), name, "UDP pod-{} -> {name}", from + 1);
         }
     }
+    // The agents' default `--fast-path`: pod traffic to other nodes left by
+    // FIB lookup and redirect, the first packets by `bpf_redirect_neigh`
+    // (no neighbour entry yet); e2e_fastpath compares with the stack's path.
+    let mut neigh = 0;
+    for n in &c.nodes {
+        let paths = sluice::datapath::PinPaths::new(c.bpffs.path().join(n.name()));
+        let s = sluice::datapath::node::FastPathStats::read(&paths).unwrap();
+        assert!(s.fib + s.neigh >= 8 && s.peer == 0, "{}: {s:?}", n.name());
+        neigh += s.neigh;
+    }
+    assert!(neigh > 0, "no bpf_redirect_neigh on any node");
     let r2 = c.nodes[1].netns().routes().unwrap();
     let foreign = route_to(&r2, "10.244.3.0/24").expect("node 2's own route to node 3's pods");
     assert_eq!(foreign.protocol.as_deref(), Some("static"), "{foreign:?}");

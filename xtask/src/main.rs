@@ -42,7 +42,7 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         demo_args: Vec<String>,
     },
-    /// Setup, then run benchmarks: datapath, control, cni, peers (default: all).
+    /// Setup, then run benchmarks: datapath, control, cni, peers, routing (default: all).
     Bench {
         /// A short run, for CI.
         #[arg(long)]
@@ -154,10 +154,11 @@ fn demo(demo_args: &[String]) -> Result<()> {
 /// `control` (the agent fed by the test API server: cold start, one change,
 /// peak RSS), `cni` (ADD/DEL latency against the reference plugins), `peers`
 /// (sluice against the direct path and kube-proxy's iptables and nftables
-/// data planes, emulated in network namespaces). `args` go to the benchmark
-/// (only with one target named).
+/// data planes, emulated in network namespaces), `routing` (pod to pod on
+/// one node and across nodes: eBPF fast paths vs plain routing vs a Linux
+/// bridge). `args` go to the benchmark (only with one target named).
 fn bench(quick: bool, target: Option<&str>, args: &[String]) -> Result<()> {
-    const TARGETS: [&str; 4] = ["datapath", "control", "cni", "peers"];
+    const TARGETS: [&str; 5] = ["datapath", "control", "cni", "peers", "routing"];
     let targets: Vec<&str> = match target {
         None => TARGETS.to_vec(),
         Some(t) if TARGETS.contains(&t) => vec![t],
@@ -174,11 +175,23 @@ fn bench(quick: bool, target: Option<&str>, args: &[String]) -> Result<()> {
             run.args(["run", "--release", "-p", "sluice-cni", "--example", "bench", "--"]);
             run.args(["--pods", if quick { "50" } else { "500" }]);
             run.args(args);
-        } else if t == "peers" {
+        } else if t == "peers" || t == "routing" {
             // Runs the `sluice` binary (the agent), which `cargo run --example` does not build.
             build()?;
-            let out = cmd::workspace_root().join(PEERS_RESULTS);
-            run.args(["run", "--release", "-p", "sluice", "--example", "bench_peers", "--"]);
+            let out = cmd::workspace_root().join(if t == "peers" {
+                PEERS_RESULTS
+            } else {
+                ROUTING_RESULTS
+            });
+            run.args([
+                "run",
+                "--release",
+                "-p",
+                "sluice",
+                "--example",
+                &format!("bench_{t}"),
+                "--",
+            ]);
             run.arg("--out").arg(&out);
             if quick {
                 run.arg("--quick");
@@ -203,6 +216,8 @@ fn bench(quick: bool, target: Option<&str>, args: &[String]) -> Result<()> {
 /// Where `bench peers` writes report.md, results.json and per-connection.svg,
 /// under the workspace root.
 const PEERS_RESULTS: &str = "target/bench-results/peers";
+/// Where `bench routing` writes report.md and results.json, under the workspace root.
+const ROUTING_RESULTS: &str = "target/bench-results/routing";
 
 /// Wraps `inner` in `unshare --mount --propagation private` so that mounts the
 /// child makes (test bpffs, cgroup2 views) disappear with it. Needs root; runs

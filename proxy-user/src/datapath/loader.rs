@@ -43,9 +43,10 @@ use proxy_common::pins::{POD_FILTER_HANDLE, POD_FILTER_PRIORITY};
 use proxy_common::{
     AffinityKey, AffinityValue, Backend, CtEntry, CtKey, DatapathConfig, EndpointInfo, FragKey,
     FragPorts, MAP_AFFINITY, MAP_BACKENDS, MAP_BE_STATS, MAP_CONFIG, MAP_CT, MAP_DROPS,
-    MAP_ENDPOINTS, MAP_FRAGS, MAP_NODE_ADDRS, MAP_REVNAT, MAP_SERVICES, MAP_SOCK_REVNAT,
-    MAP_SRC_RANGES, MAP_SVC_STATS, MAP_VIPS, PROG_EXT_INGRESS, PROG_POD_INGRESS, RevNat,
-    SOCK_PROGS, ServiceKey, ServiceValue, SockRevNat, SockRevNatKey, SourceRangeKey, TrafficStats,
+    MAP_ENDPOINTS, MAP_FRAGS, MAP_FWD_STATS, MAP_NODE_ADDRS, MAP_POD_CIDRS, MAP_REVNAT,
+    MAP_SERVICES, MAP_SOCK_REVNAT, MAP_SRC_RANGES, MAP_SVC_STATS, MAP_VIPS, PROG_EXT_INGRESS,
+    PROG_POD_INGRESS, RevNat, SOCK_PROGS, ServiceKey, ServiceValue, SockRevNat, SockRevNatKey,
+    SourceRangeKey, TrafficStats,
 };
 use tracing::{debug, info, warn};
 
@@ -58,7 +59,7 @@ const _: () = assert!(MAP_LAYOUTS.len() == proxy_common::ALL_MAPS.len());
 
 /// What each pinned map must look like: (name, key size, value size); its
 /// max entries come from [`MapSizes`].
-pub const MAP_LAYOUTS: [(&str, usize, usize); 15] = [
+pub const MAP_LAYOUTS: [(&str, usize, usize); 17] = [
     (MAP_SERVICES, size_of::<ServiceKey>(), size_of::<ServiceValue>()),
     (MAP_BACKENDS, size_of::<u32>(), size_of::<Backend>()),
     (MAP_REVNAT, size_of::<u32>(), size_of::<RevNat>()),
@@ -74,6 +75,8 @@ pub const MAP_LAYOUTS: [(&str, usize, usize); 15] = [
     (MAP_NODE_ADDRS, size_of::<u32>(), size_of::<u32>()),
     (MAP_CONFIG, size_of::<u32>(), size_of::<DatapathConfig>()),
     (MAP_SRC_RANGES, size_of::<aya::maps::lpm_trie::Key<SourceRangeKey>>(), size_of::<u32>()),
+    (MAP_POD_CIDRS, size_of::<aya::maps::lpm_trie::Key<u32>>(), size_of::<u32>()),
+    (MAP_FWD_STATS, size_of::<u32>(), size_of::<u64>()),
 ];
 
 /// The tc programs and where their links are pinned.

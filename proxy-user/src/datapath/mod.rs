@@ -59,6 +59,8 @@ impl MapSizes {
             pc::MAP_DROPS => pc::DropReason::COUNT,
             pc::MAP_NODE_ADDRS => pc::NODE_ADDRS_MAX,
             pc::MAP_CONFIG => 1,
+            pc::MAP_POD_CIDRS => pc::POD_CIDRS_MAX,
+            pc::MAP_FWD_STATS => pc::FWD_STATS_COUNT,
             _ => 0,
         }
     }

@@ -3,12 +3,19 @@
 //! are SNATed to (`SL_CONFIG`). The agent recomputes both from the live
 //! addresses of `--devices` on every device scan, so an address added to or
 //! removed from a device is served or dropped without a restart.
+//!
+//! Also the fast-path switches (`SL_CONFIG` flags, from `--fast-path`) and
+//! the cluster's pod address space (`SL_POD_CIDRS`), the destinations the
+//! FIB fast path may forward to.
 
 use std::{collections::BTreeSet, net::Ipv4Addr};
 
-use aya::maps::{Array, HashMap, MapData};
+use aya::maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, lpm_trie::Key};
 use ipnetwork::Ipv4Network;
-use proxy_common::{DatapathConfig, MAP_CONFIG, MAP_NODE_ADDRS, NODE_ADDR_NODEPORT};
+use proxy_common::{
+    CFG_FAST_PATH_FIB, CFG_FAST_PATH_PEER, DatapathConfig, FWD_FIB, FWD_NEIGH, FWD_PEER, FWD_STACK,
+    MAP_CONFIG, MAP_FWD_STATS, MAP_NODE_ADDRS, MAP_POD_CIDRS, NODE_ADDR_NODEPORT,
+};
 
 use super::{Error, PinPaths, Result, maps::open_pinned};
 
@@ -64,11 +71,51 @@ pub fn parse_ranges(values: &[String]) -> std::result::Result<Vec<Ipv4Network>, 
     Ok(out)
 }
 
+/// The `SL_CONFIG` flags of `--fast-path`: both fast paths, or none.
+#[must_use]
+pub fn fast_path_flags(on: bool) -> u32 {
+    if on { CFG_FAST_PATH_PEER | CFG_FAST_PATH_FIB } else { 0 }
+}
+
+/// The fast-path counters (`SL_FWD_STATS`), summed over CPUs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct FastPathStats {
+    /// Packets delivered to a local pod with `bpf_redirect_peer`.
+    pub peer: u64,
+    /// Packets forwarded with `bpf_redirect` after a FIB lookup.
+    pub fib: u64,
+    /// Packets forwarded with `bpf_redirect_neigh`.
+    pub neigh: u64,
+    /// Packets a fast path left to the stack.
+    pub stack: u64,
+}
+
+impl FastPathStats {
+    /// Reads the pinned counters.
+    pub fn read(paths: &PinPaths) -> Result<Self> {
+        let map: PerCpuArray<MapData, u64> = open_pinned(paths, MAP_FWD_STATS)?;
+        let sum = |slot: u32| -> Result<u64> {
+            let v = map.get(&slot, 0).map_err(op_err(MAP_FWD_STATS, "lookup"))?;
+            Ok(v.iter().sum())
+        };
+        Ok(Self {
+            peer: sum(FWD_PEER)?,
+            fib: sum(FWD_FIB)?,
+            neigh: sum(FWD_NEIGH)?,
+            stack: sum(FWD_STACK)?,
+        })
+    }
+}
+
 /// The pinned node maps.
 pub struct NodeMaps {
     addrs: HashMap<MapData, u32, u32>,
     config: Array<MapData, DatapathConfig>,
+    pod_cidrs: LpmTrie<MapData, u32, u32>,
+    /// `CFG_FAST_PATH_*` bits written with the node addresses.
+    flags: u32,
     applied: Option<NodeAddrs>,
+    applied_cidrs: Option<Vec<Ipv4Network>>,
 }
 
 fn op_err(name: &'static str, op: &'static str) -> impl FnOnce(aya::maps::MapError) -> Error {
@@ -80,8 +127,42 @@ impl NodeMaps {
         Ok(Self {
             addrs: open_pinned(paths, MAP_NODE_ADDRS)?,
             config: open_pinned(paths, MAP_CONFIG)?,
+            pod_cidrs: open_pinned(paths, MAP_POD_CIDRS)?,
+            flags: 0,
             applied: None,
+            applied_cidrs: None,
         })
+    }
+
+    /// The `SL_CONFIG` flags (`CFG_FAST_PATH_*`) the next sync writes;
+    /// none unless given (the agent passes its `--fast-path`).
+    #[must_use]
+    pub fn with_flags(mut self, flags: u32) -> Self {
+        self.flags = flags;
+        self
+    }
+
+    /// Makes `SL_POD_CIDRS` hold exactly `cidrs`; returns whether anything
+    /// changed. New ranges are added before stale ones are removed.
+    pub fn sync_pod_cidrs(&mut self, cidrs: &[Ipv4Network]) -> Result<bool> {
+        if self.applied_cidrs.as_deref() == Some(cidrs) {
+            return Ok(false);
+        }
+        let key = |n: &Ipv4Network| {
+            Key::new(u32::from(n.prefix()), proxy_common::addr_to_map(n.network()))
+        };
+        let present: Vec<Key<u32>> = self.pod_cidrs.keys().filter_map(Result::ok).collect();
+        let wanted: Vec<Key<u32>> = cidrs.iter().map(key).collect();
+        let same =
+            |a: &Key<u32>, b: &Key<u32>| a.prefix_len() == b.prefix_len() && a.data() == b.data();
+        for k in &wanted {
+            self.pod_cidrs.insert(k, 1, 0).map_err(op_err(MAP_POD_CIDRS, "insert"))?;
+        }
+        for k in present.iter().filter(|p| !wanted.iter().any(|w| same(p, w))) {
+            self.pod_cidrs.remove(k).map_err(op_err(MAP_POD_CIDRS, "delete"))?;
+        }
+        self.applied_cidrs = Some(cidrs.to_vec());
+        Ok(true)
     }
 
     /// Makes the maps say `want`; returns whether anything changed. Addresses
@@ -102,8 +183,10 @@ impl NodeMaps {
         for raw in present.difference(&wanted) {
             self.addrs.remove(raw).map_err(op_err(MAP_NODE_ADDRS, "delete"))?;
         }
-        let config =
-            DatapathConfig { snat_addr: want.snat.map_or(0, proxy_common::addr_to_map), _pad: 0 };
+        let config = DatapathConfig {
+            snat_addr: want.snat.map_or(0, proxy_common::addr_to_map),
+            flags: self.flags,
+        };
         self.config.set(0, config, 0).map_err(op_err(MAP_CONFIG, "update"))?;
         self.applied = Some(want.clone());
         Ok(true)

@@ -25,7 +25,8 @@
 //! (connected UDP sockets of removed backends destroyed by socket
 //! termination), `sluice_build_info{version}`, and
 //! at scrape time from the pinned maps: `sluice_map_entries{map}`,
-//! `sluice_map_capacity{map}`, `sluice_drops_total{reason}`, and the
+//! `sluice_map_capacity{map}`, `sluice_drops_total{reason}`,
+//! `sluice_fast_path_packets_total{path}` (`SL_FWD_STATS`), and the
 //! per-frontend kernel counters `sluice_service_packets_total` and
 //! `sluice_service_bytes_total` (label `direction`: `forward` client to
 //! backend, `reply` backend to client) and `sluice_service_new_flows_total`,
@@ -539,6 +540,21 @@ impl Collector for Scraped {
             )?;
             for (reason, n) in &st.drops {
                 ConstCounter::new(*n).encode(e.encode_family(&[("reason", *reason)])?)?;
+            }
+            if let Ok(f) = crate::datapath::node::FastPathStats::read(pins) {
+                let mut e = encoder.encode_descriptor(
+                    "sluice_fast_path_packets",
+                    "Pod packets by fast-path decision: peer (bpf_redirect_peer to a local pod), \
+                     fib (bpf_redirect after a FIB lookup), neigh (bpf_redirect_neigh), stack \
+                     (a fast path applied but left the packet to the node's stack)",
+                    None,
+                    MetricType::Counter,
+                )?;
+                for (path, n) in
+                    [("peer", f.peer), ("fib", f.fib), ("neigh", f.neigh), ("stack", f.stack)]
+                {
+                    ConstCounter::new(n).encode(e.encode_family(&[("path", path)])?)?;
+                }
             }
         }
         let samples = match (&self.service_counters, &self.pins) {
