@@ -163,10 +163,16 @@ const NOT_EMULATED: &str = "\
 - **kube-proxy's own work is not run.** Only the kernel side is emulated: the rule sets \
 that kube-proxy v1.33's iptables and nftables modes write for the same services, loaded \
 with the same tools (`iptables-restore --noflush`, `nft -f`). kube-proxy's Go side (informers, \
-change tracking, building the ruleset text, `iptables-save` before partial syncs, its periodic \
-resyncs, conntrack cleanup for UDP, the metrics server) is not measured, so the programming \
-times for iptables and nftables are a lower bound of what kube-proxy takes; sluice's include \
-everything from the agent's start (loading and attaching its programs, reading the manifests).
+change tracking, building the ruleset text, its periodic resyncs, conntrack cleanup for UDP, \
+the metrics server) is not measured, so the programming times for iptables and nftables are a \
+lower bound of what kube-proxy takes; sluice's include everything from the agent's start \
+(loading and attaching its programs, reading the manifests). For one change the listings \
+kube-proxy runs before writing (`iptables-save -t nat` below 1000 endpoints, `nft --json list \
+chains ip` and `list sets ip`) are run and counted in *sync*; the endpoint informer's delay \
+is not, nor kube-proxy's rate limit between syncs (`minSyncPeriod`, 1 s by default: the \
+changes here are 150 ms apart, so a real kube-proxy would have held back most of them), and \
+the partial syncs follow kube-proxy's change of an existing service (a new or deleted service would also touch the \
+maps and, for nftables, the `cluster-ips` set).
 - **One node, pod to ClusterIP on the same node.** No NodePort, LoadBalancer, external IPs, \
 session affinity, traffic policies or endpoints on other nodes; no masquerade happens (the \
 client is inside the cluster CIDR), so KUBE-MARK-MASQ / mark-for-masquerade are evaluated but \
@@ -564,14 +570,15 @@ fn changes_table(md: &mut String, changes: &[ChangeSeries]) {
          `iptables-restore --noflush` of the filter table and the nat table's top-level chains \
          (KUBE-SERVICES with every service's rule) plus only the changed service's KUBE-SVC / \
          KUBE-SEP chains and the deletion of the replaced endpoint's chain. **nftables**: \
-         `nft --json list chains` and `list sets` (kube-proxy lists both each sync), then one \
+         `nft --json list chains ip` and `list sets ip` (kube-proxy lists both each sync), then one \
          `nft -f` transaction with only the changed service's chains (added, flushed, \
          rewritten) and the replaced endpoint's chain flushed; no map element changes. *command*: \
          the restore / `nft -f` alone; *sync*: listing and command; *reachable*: from the \
          sync's start until the new endpoint answered a client (identity probes through the \
          ClusterIP, resolution about 0.2 ms; with several endpoints the probes reach the new \
-         one by chance). **sluice**: from writing the changed EndpointSlice manifest (a file of \
-         its own) until the new endpoint answered: the agent notices the write, re-reads the \
+         one by chance; *reachable* can be below *command*: the kernel applies the change \
+         before the tool has exited). **sluice**: from writing the changed EndpointSlice \
+         manifest (a file of its own) until the new endpoint answered: the agent notices the write, re-reads the \
          whole manifest directory (N services) and writes the maps; fed by the API server it \
          reads only the changed object (`cargo xtask bench control` measures that path, event \
          to map write). The sluice-socklb probes run outside the agent's cgroup (the \
