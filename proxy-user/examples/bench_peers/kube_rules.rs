@@ -73,6 +73,9 @@ const LARGE_CLUSTER_ENDPOINTS: usize = 1000;
 
 const PROTOCOL: &str = "tcp";
 
+/// kube-proxy's nftables table (IPv4).
+const NFT_TABLE: &str = "ip kube-proxy";
+
 /// RFC 4648 base32 (Go's `base32.StdEncoding`) of `data`, without padding.
 fn base32(data: &[u8]) -> String {
     const ALPHABET: &[u8; 32] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
@@ -141,15 +144,16 @@ pub fn probability(i: usize, n: usize) -> String {
     format!("{:.10}", 1.0 / (n - i) as f64)
 }
 
-/// The `iptables-restore --noflush` input for `services` (filter and nat
-/// tables), including the jumps from the built-in chains that kube-proxy
-/// installs with `iptables -I` before each restore.
-pub fn iptables_restore(services: &[ServicePort], cfg: &ClusterConfig) -> String {
-    let total_endpoints: usize = services.iter().map(|s| s.endpoints.len()).sum();
-    let large = total_endpoints > LARGE_CLUSTER_ENDPOINTS;
-    let mut out = String::new();
+/// Whether kube-proxy's iptables mode is in its "large cluster mode" for
+/// `services` (more than 1000 endpoints in all).
+pub fn large_cluster(services: &[ServicePort]) -> bool {
+    services.iter().map(|s| s.endpoints.len()).sum::<usize>() > LARGE_CLUSTER_ENDPOINTS
+}
 
-    // filter
+/// The `*filter` table as every sync writes it; `jumps` adds the jumps from
+/// the built-in chains, which kube-proxy ensures (`iptables -I`) only
+/// before full syncs.
+fn iptables_filter(out: &mut String, jumps: bool) {
     out.push_str("*filter\n");
     for chain in [
         "KUBE-NODEPORTS",
@@ -162,21 +166,34 @@ pub fn iptables_restore(services: &[ServicePort], cfg: &ClusterConfig) -> String
         let _ = writeln!(out, ":{chain} - [0:0]");
     }
     const NEW: &str = "-m conntrack --ctstate NEW ";
-    for (builtin, extra, comment, target) in [
-        ("INPUT", NEW, "kubernetes externally-visible service portals", "KUBE-EXTERNAL-SERVICES"),
-        ("FORWARD", NEW, "kubernetes externally-visible service portals", "KUBE-EXTERNAL-SERVICES"),
-        ("INPUT", "", "kubernetes health check service ports", "KUBE-NODEPORTS"),
-        ("FORWARD", NEW, "kubernetes service portals", "KUBE-SERVICES"),
-        ("OUTPUT", NEW, "kubernetes service portals", "KUBE-SERVICES"),
-        ("FORWARD", "", "kubernetes forwarding rules", "KUBE-FORWARD"),
-        ("INPUT", NEW, "kubernetes load balancer firewall", "KUBE-PROXY-FIREWALL"),
-        ("OUTPUT", NEW, "kubernetes load balancer firewall", "KUBE-PROXY-FIREWALL"),
-        ("FORWARD", NEW, "kubernetes load balancer firewall", "KUBE-PROXY-FIREWALL"),
-    ] {
-        let _ = writeln!(out, "-I {builtin} {extra}-m comment --comment \"{comment}\" -j {target}");
-    }
-    for builtin in ["INPUT", "OUTPUT"] {
-        let _ = writeln!(out, "-I {builtin} -j KUBE-FIREWALL");
+    if jumps {
+        for (builtin, extra, comment, target) in [
+            (
+                "INPUT",
+                NEW,
+                "kubernetes externally-visible service portals",
+                "KUBE-EXTERNAL-SERVICES",
+            ),
+            (
+                "FORWARD",
+                NEW,
+                "kubernetes externally-visible service portals",
+                "KUBE-EXTERNAL-SERVICES",
+            ),
+            ("INPUT", "", "kubernetes health check service ports", "KUBE-NODEPORTS"),
+            ("FORWARD", NEW, "kubernetes service portals", "KUBE-SERVICES"),
+            ("OUTPUT", NEW, "kubernetes service portals", "KUBE-SERVICES"),
+            ("FORWARD", "", "kubernetes forwarding rules", "KUBE-FORWARD"),
+            ("INPUT", NEW, "kubernetes load balancer firewall", "KUBE-PROXY-FIREWALL"),
+            ("OUTPUT", NEW, "kubernetes load balancer firewall", "KUBE-PROXY-FIREWALL"),
+            ("FORWARD", NEW, "kubernetes load balancer firewall", "KUBE-PROXY-FIREWALL"),
+        ] {
+            let _ =
+                writeln!(out, "-I {builtin} {extra}-m comment --comment \"{comment}\" -j {target}");
+        }
+        for builtin in ["INPUT", "OUTPUT"] {
+            let _ = writeln!(out, "-I {builtin} -j KUBE-FIREWALL");
+        }
     }
     out.push_str(
         "-A KUBE-FIREWALL -m comment --comment \"block incoming localnet connections\" \
@@ -193,28 +210,27 @@ pub fn iptables_restore(services: &[ServicePort], cfg: &ClusterConfig) -> String
          -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT\n",
     );
     out.push_str("COMMIT\n");
+}
 
-    // nat
+/// The nat table's top-level chain lines (every sync flushes and rewrites them).
+fn iptables_nat_top_chains(out: &mut String) {
     out.push_str("*nat\n");
     for chain in ["KUBE-NODEPORTS", "KUBE-SERVICES", "KUBE-MARK-MASQ", "KUBE-POSTROUTING"] {
         let _ = writeln!(out, ":{chain} - [0:0]");
     }
-    for svc in services {
-        if svc.endpoints.is_empty() {
-            continue;
-        }
-        let _ = writeln!(out, ":{} - [0:0]", svc_chain(svc));
-        for &ep in &svc.endpoints {
-            let _ = writeln!(out, ":{} - [0:0]", sep_chain(svc, ep));
-        }
+}
+
+/// A service's chain lines: its KUBE-SVC chain and one KUBE-SEP per endpoint.
+fn iptables_service_chains(out: &mut String, svc: &ServicePort) {
+    let _ = writeln!(out, ":{} - [0:0]", svc_chain(svc));
+    for &ep in &svc.endpoints {
+        let _ = writeln!(out, ":{} - [0:0]", sep_chain(svc, ep));
     }
-    for (builtin, comment, target) in [
-        ("OUTPUT", "kubernetes service portals", "KUBE-SERVICES"),
-        ("PREROUTING", "kubernetes service portals", "KUBE-SERVICES"),
-        ("POSTROUTING", "kubernetes postrouting rules", "KUBE-POSTROUTING"),
-    ] {
-        let _ = writeln!(out, "-I {builtin} -m comment --comment \"{comment}\" -j {target}");
-    }
+}
+
+/// KUBE-SERVICES (one rule per service with endpoints, KUBE-NODEPORTS
+/// last), KUBE-MARK-MASQ and KUBE-POSTROUTING: written by every sync.
+fn iptables_nat_top_rules(out: &mut String, services: &[ServicePort]) {
     for svc in services {
         if svc.endpoints.is_empty() {
             continue;
@@ -240,42 +256,110 @@ pub fn iptables_restore(services: &[ServicePort], cfg: &ClusterConfig) -> String
         "-A KUBE-POSTROUTING -m comment --comment \"kubernetes service traffic requiring SNAT\" \
          -j MASQUERADE --random-fully\n",
     );
-    for svc in services {
-        let n = svc.endpoints.len();
-        if n == 0 {
-            continue;
-        }
-        let name = svc.port_name_string();
-        let chain = svc_chain(svc);
+}
+
+/// A service's KUBE-SVC and KUBE-SEP rules.
+fn iptables_service_rules(out: &mut String, svc: &ServicePort, cfg: &ClusterConfig, large: bool) {
+    let n = svc.endpoints.len();
+    if n == 0 {
+        return;
+    }
+    let name = svc.port_name_string();
+    let chain = svc_chain(svc);
+    let _ = writeln!(
+        out,
+        "-A {chain} -m comment --comment \"{name} cluster IP\" -m {PROTOCOL} -p {PROTOCOL} \
+         -d {} --dport {} ! -s {} -j KUBE-MARK-MASQ",
+        svc.cluster_ip, svc.port, cfg.cluster_cidr
+    );
+    for (i, &ep) in svc.endpoints.iter().enumerate() {
+        let comment =
+            if large { String::new() } else { format!("-m comment --comment \"{name} -> {ep}\" ") };
+        let statistic = if i + 1 < n {
+            format!("-m statistic --mode random --probability {} ", probability(i, n))
+        } else {
+            String::new()
+        };
+        let _ = writeln!(out, "-A {chain} {comment}{statistic}-j {}", sep_chain(svc, ep));
+    }
+    for &ep in &svc.endpoints {
+        let sep = sep_chain(svc, ep);
+        let comment = if large { String::new() } else { format!("-m comment --comment {name} ") };
+        let _ = writeln!(out, "-A {sep} {comment}-s {} -j KUBE-MARK-MASQ", ep.ip());
         let _ = writeln!(
             out,
-            "-A {chain} -m comment --comment \"{name} cluster IP\" -m {PROTOCOL} -p {PROTOCOL} \
-             -d {} --dport {} ! -s {} -j KUBE-MARK-MASQ",
-            svc.cluster_ip, svc.port, cfg.cluster_cidr
+            "-A {sep} {comment}-m {PROTOCOL} -p {PROTOCOL} -j DNAT --to-destination {ep}"
         );
-        for (i, &ep) in svc.endpoints.iter().enumerate() {
-            let comment = if large {
-                String::new()
-            } else {
-                format!("-m comment --comment \"{name} -> {ep}\" ")
-            };
-            let statistic = if i + 1 < n {
-                format!("-m statistic --mode random --probability {} ", probability(i, n))
-            } else {
-                String::new()
-            };
-            let _ = writeln!(out, "-A {chain} {comment}{statistic}-j {}", sep_chain(svc, ep));
-        }
-        for &ep in &svc.endpoints {
-            let sep = sep_chain(svc, ep);
-            let comment =
-                if large { String::new() } else { format!("-m comment --comment {name} ") };
-            let _ = writeln!(out, "-A {sep} {comment}-s {} -j KUBE-MARK-MASQ", ep.ip());
-            let _ = writeln!(
-                out,
-                "-A {sep} {comment}-m {PROTOCOL} -p {PROTOCOL} -j DNAT --to-destination {ep}"
-            );
-        }
+    }
+}
+
+/// The `iptables-restore --noflush` input for `services` (filter and nat
+/// tables), including the jumps from the built-in chains that kube-proxy
+/// installs with `iptables -I` before each restore.
+pub fn iptables_restore(services: &[ServicePort], cfg: &ClusterConfig) -> String {
+    let large = large_cluster(services);
+    let mut out = String::new();
+    iptables_filter(&mut out, true);
+    iptables_nat_top_chains(&mut out);
+    for svc in services.iter().filter(|s| !s.endpoints.is_empty()) {
+        iptables_service_chains(&mut out, svc);
+    }
+    for (builtin, comment, target) in [
+        ("OUTPUT", "kubernetes service portals", "KUBE-SERVICES"),
+        ("PREROUTING", "kubernetes service portals", "KUBE-SERVICES"),
+        ("POSTROUTING", "kubernetes postrouting rules", "KUBE-POSTROUTING"),
+    ] {
+        let _ = writeln!(out, "-I {builtin} -m comment --comment \"{comment}\" -j {target}");
+    }
+    iptables_nat_top_rules(&mut out, services);
+    for svc in services {
+        iptables_service_rules(&mut out, svc, cfg, large);
+    }
+    out.push_str("COMMIT\n");
+    out
+}
+
+/// The `iptables-restore --noflush` input of kube-proxy's partial sync
+/// after the endpoints of `services[changed]` changed from `old_endpoints`
+/// to its current ones (`syncProxyRules` with `tryPartialSync`, the default
+/// since v1.27): no jumps from the built-in chains (ensured before full
+/// syncs only); the filter table and the nat table's top-level chains
+/// (KUBE-SERVICES with one rule per service, KUBE-NODEPORTS, KUBE-MARK-MASQ,
+/// KUBE-POSTROUTING) rewritten in full as on every sync; the KUBE-SVC and
+/// KUBE-SEP chains of the changed service only; and, outside large cluster
+/// mode (where kube-proxy scans for stale chains at most once per sync
+/// period), the stale KUBE-SEP chains of the replaced endpoints flushed and
+/// deleted (`-X`).
+pub fn iptables_partial_restore(
+    services: &[ServicePort],
+    changed: usize,
+    old_endpoints: &[SocketAddrV4],
+    cfg: &ClusterConfig,
+) -> String {
+    let large = large_cluster(services);
+    let svc = &services[changed];
+    let stale: Vec<String> = if large {
+        Vec::new()
+    } else {
+        old_endpoints
+            .iter()
+            .filter(|ep| !svc.endpoints.contains(ep))
+            .map(|&ep| sep_chain(svc, ep))
+            .collect()
+    };
+    let mut out = String::new();
+    iptables_filter(&mut out, false);
+    iptables_nat_top_chains(&mut out);
+    if !svc.endpoints.is_empty() {
+        iptables_service_chains(&mut out, svc);
+    }
+    for chain in &stale {
+        let _ = writeln!(out, ":{chain} - [0:0]");
+    }
+    iptables_nat_top_rules(&mut out, services);
+    iptables_service_rules(&mut out, svc, cfg, large);
+    for chain in &stale {
+        let _ = writeln!(out, "-X {chain}");
     }
     out.push_str("COMMIT\n");
     out
@@ -284,7 +368,7 @@ pub fn iptables_restore(services: &[ServicePort], cfg: &ClusterConfig) -> String
 /// The `nft -f` transaction of kube-proxy's nftables mode for `services`
 /// (a full sync into an empty namespace).
 pub fn nft_ruleset(services: &[ServicePort], cfg: &ClusterConfig) -> String {
-    const T: &str = "ip kube-proxy";
+    const T: &str = NFT_TABLE;
     let mut out = String::new();
     let _ = writeln!(out, "add table {T} {{ comment \"rules for kube-proxy\" ; }}");
     let _ = writeln!(
@@ -391,38 +475,78 @@ pub fn nft_ruleset(services: &[ServicePort], cfg: &ClusterConfig) -> String {
         }
         let chain = nft_service_chain(svc);
         let _ = writeln!(out, "add chain {T} {chain}");
-        let _ = writeln!(
-            out,
-            "add rule {T} {chain} ip daddr {} ip saddr != {} jump mark-for-masquerade",
-            svc.cluster_ip, cfg.cluster_cidr
-        );
-        let vmap: Vec<String> = svc
-            .endpoints
-            .iter()
-            .enumerate()
-            .map(|(i, &ep)| format!("{i} : goto {}", nft_endpoint_chain(svc, ep)))
-            .collect();
-        let _ = writeln!(
-            out,
-            "add rule {T} {chain} numgen random mod {} vmap {{ {} }}",
-            svc.endpoints.len(),
-            vmap.join(" , ")
-        );
-        for &ep in &svc.endpoints {
-            let ep_chain = nft_endpoint_chain(svc, ep);
-            let _ = writeln!(
-                out,
-                "add rule {T} {ep_chain} ip saddr {} jump mark-for-masquerade",
-                ep.ip()
-            );
-            let _ = writeln!(out, "add rule {T} {ep_chain} meta l4proto {PROTOCOL} dnat to {ep}");
-        }
+        nft_service_rules(&mut out, svc, cfg);
         let _ = writeln!(out, "add element {T} cluster-ips {{ {} }}", svc.cluster_ip);
         let _ = writeln!(
             out,
             "add element {T} service-ips {{ {} . {PROTOCOL} . {} : goto {chain} }}",
             svc.cluster_ip, svc.port
         );
+    }
+    out
+}
+
+/// The rules of a service's chain (masquerade off-cluster sources, then
+/// `numgen random` over its endpoint chains) and of its endpoint chains
+/// (mark hairpin traffic, DNAT).
+fn nft_service_rules(out: &mut String, svc: &ServicePort, cfg: &ClusterConfig) {
+    const T: &str = NFT_TABLE;
+    let chain = nft_service_chain(svc);
+    let _ = writeln!(
+        out,
+        "add rule {T} {chain} ip daddr {} ip saddr != {} jump mark-for-masquerade",
+        svc.cluster_ip, cfg.cluster_cidr
+    );
+    let vmap: Vec<String> = svc
+        .endpoints
+        .iter()
+        .enumerate()
+        .map(|(i, &ep)| format!("{i} : goto {}", nft_endpoint_chain(svc, ep)))
+        .collect();
+    let _ = writeln!(
+        out,
+        "add rule {T} {chain} numgen random mod {} vmap {{ {} }}",
+        svc.endpoints.len(),
+        vmap.join(" , ")
+    );
+    for &ep in &svc.endpoints {
+        let ep_chain = nft_endpoint_chain(svc, ep);
+        let _ =
+            writeln!(out, "add rule {T} {ep_chain} ip saddr {} jump mark-for-masquerade", ep.ip());
+        let _ = writeln!(out, "add rule {T} {ep_chain} meta l4proto {PROTOCOL} dnat to {ep}");
+    }
+}
+
+/// The `nft -f` transaction of kube-proxy's nftables partial sync after the
+/// endpoints of `services[changed]` changed from `old_endpoints` to its
+/// current ones (pkg/proxy/nftables `syncProxyRules` with `tryPartialSync`):
+/// no table, base chains, sets or maps (`setupNFTables` runs before full
+/// syncs only); `ensureChain` (add, then flush) of the changed service's
+/// endpoint chains and service chain, and their rules; no map or set
+/// element, since the service's `service-ips` and `cluster-ips` entries are
+/// unchanged (`ensureElem` writes only new or changed elements); and the
+/// stale endpoint chains of the replaced endpoints flushed (kube-proxy
+/// deletes them in a transaction of a later sync, once they have been
+/// unreferenced for a second).
+pub fn nft_partial(
+    services: &[ServicePort],
+    changed: usize,
+    old_endpoints: &[SocketAddrV4],
+    cfg: &ClusterConfig,
+) -> String {
+    const T: &str = NFT_TABLE;
+    let svc = &services[changed];
+    let mut out = String::new();
+    if !svc.endpoints.is_empty() {
+        let chains = svc.endpoints.iter().map(|&ep| nft_endpoint_chain(svc, ep));
+        for chain in chains.chain([nft_service_chain(svc)]) {
+            let _ = writeln!(out, "add chain {T} {chain}");
+            let _ = writeln!(out, "flush chain {T} {chain}");
+        }
+        nft_service_rules(&mut out, svc, cfg);
+    }
+    for &ep in old_endpoints.iter().filter(|ep| !svc.endpoints.contains(ep)) {
+        let _ = writeln!(out, "flush chain {T} {}", nft_endpoint_chain(svc, ep));
     }
     out
 }
@@ -648,6 +772,115 @@ mod tests {
         assert_eq!(numgen.matches(": goto endpoint-").count(), 3, "{numgen}");
     }
 
+    /// `n` one-endpoint services and the index of a changed one, before
+    /// and after its endpoint 10.0.9.1:8080 was replaced by 10.0.9.2:8080.
+    fn changed_set(n: u32) -> (Vec<ServicePort>, usize, Vec<SocketAddrV4>) {
+        let mut services: Vec<ServicePort> = (0..n)
+            .map(|i| ServicePort {
+                namespace: "bench".into(),
+                name: format!("s{i}"),
+                port_name: "http".into(),
+                cluster_ip: Ipv4Addr::from(u32::from(Ipv4Addr::new(172, 30, 8, 0)) + i),
+                port: 80,
+                endpoints: vec![SocketAddrV4::new(
+                    Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 128, 0, 0)) + i),
+                    8080,
+                )],
+            })
+            .collect();
+        let changed = (n / 2) as usize;
+        services[changed].endpoints = vec![SocketAddrV4::new(Ipv4Addr::new(10, 0, 9, 1), 8080)];
+        let old = services[changed].endpoints.clone();
+        services[changed].endpoints[0] = SocketAddrV4::new(Ipv4Addr::new(10, 0, 9, 2), 8080);
+        (services, changed, old)
+    }
+
+    // Expect: the partial restore declares the top-level chains and only the
+    // changed service's KUBE-SVC / KUBE-SEP chains, rewrites KUBE-SERVICES
+    // with every service, has no jumps from built-in chains, and deletes the
+    // replaced endpoint's chain outside large cluster mode only.
+    #[test]
+    fn iptables_partial_has_only_the_changed_service() {
+        let (services, changed, old) = changed_set(10);
+        let svc = &services[changed];
+        let text = iptables_partial_restore(&services, changed, &old, &cfg());
+        let chains: Vec<&str> = text.lines().filter(|l| l.starts_with(':')).collect();
+        let new_sep = sep_chain(svc, svc.endpoints[0]);
+        let old_sep = sep_chain(svc, old[0]);
+        let mut want: Vec<String> = [
+            "KUBE-NODEPORTS",
+            "KUBE-SERVICES",
+            "KUBE-EXTERNAL-SERVICES",
+            "KUBE-FIREWALL",
+            "KUBE-FORWARD",
+            "KUBE-PROXY-FIREWALL",
+            "KUBE-NODEPORTS",
+            "KUBE-SERVICES",
+            "KUBE-MARK-MASQ",
+            "KUBE-POSTROUTING",
+        ]
+        .map(String::from)
+        .to_vec();
+        want.extend([svc_chain(svc), new_sep.clone(), old_sep.clone()]);
+        let want: Vec<String> = want.iter().map(|c| format!(":{c} - [0:0]")).collect();
+        assert_eq!(chains, want);
+        assert!(!text.lines().any(|l| l.starts_with("-I ")), "{text}");
+        for (i, other) in services.iter().enumerate().filter(|(i, _)| *i != changed) {
+            let svc_c = svc_chain(other);
+            let sep_c = sep_chain(other, other.endpoints[0]);
+            assert!(!text.contains(&format!("-A {svc_c} ")), "service {i}'s chain in\n{text}");
+            assert!(!text.contains(&sep_c), "service {i}'s endpoint chain in\n{text}");
+            assert!(text.contains(&format!("-j {svc_c}\n")), "KUBE-SERVICES lacks service {i}");
+        }
+        let services_rules = text.lines().filter(|l| l.starts_with("-A KUBE-SERVICES ")).count();
+        assert_eq!(services_rules, services.len() + 1);
+        assert!(text.contains(&format!("-A {} -m comment", svc_chain(svc))), "{text}");
+        assert!(text.contains(&format!("-j {new_sep}\n")), "{text}");
+        assert!(text.contains("-j DNAT --to-destination 10.0.9.2:8080\n"), "{text}");
+        assert!(!text.contains("10.0.9.1:8080"), "{text}");
+        assert!(text.ends_with(&format!("-X {old_sep}\nCOMMIT\n")), "{text}");
+        assert_eq!(text.matches("COMMIT\n").count(), 2);
+
+        // Large cluster mode: no stale-chain scan, so no deletion.
+        let (services, changed, old) = changed_set(1001);
+        let text = iptables_partial_restore(&services, changed, &old, &cfg());
+        let old_sep = sep_chain(&services[changed], old[0]);
+        assert!(!text.contains(&old_sep), "{text}");
+        let chains = text.lines().filter(|l| l.starts_with(":KUBE-S")).count();
+        assert_eq!(chains, 2 + 2, "top-level KUBE-SERVICES twice, one SVC, one SEP");
+    }
+
+    // Expect: the nftables partial transaction adds and flushes the changed
+    // service's chains, rewrites their rules, flushes the replaced
+    // endpoint's chain, and touches nothing else (no table, chain of another
+    // service, set or map element).
+    #[test]
+    fn nft_partial_has_only_the_changed_service() {
+        let (services, changed, old) = changed_set(10);
+        let svc = &services[changed];
+        let text = nft_partial(&services, changed, &old, &cfg());
+        let ep = nft_endpoint_chain(svc, svc.endpoints[0]);
+        let sc = nft_service_chain(svc);
+        let want = [
+            format!("add chain ip kube-proxy {ep}"),
+            format!("flush chain ip kube-proxy {ep}"),
+            format!("add chain ip kube-proxy {sc}"),
+            format!("flush chain ip kube-proxy {sc}"),
+            format!(
+                "add rule ip kube-proxy {sc} ip daddr {} ip saddr != 10.0.0.0/8 jump mark-for-masquerade",
+                svc.cluster_ip
+            ),
+            format!("add rule ip kube-proxy {sc} numgen random mod 1 vmap {{ 0 : goto {ep} }}"),
+            format!("add rule ip kube-proxy {ep} ip saddr 10.0.9.2 jump mark-for-masquerade"),
+            format!("add rule ip kube-proxy {ep} meta l4proto tcp dnat to 10.0.9.2:8080"),
+            format!("flush chain ip kube-proxy {}", nft_endpoint_chain(svc, old[0])),
+        ];
+        assert_eq!(text.lines().collect::<Vec<_>>(), want);
+        for other in services.iter().enumerate().filter(|(i, _)| *i != changed).map(|(_, s)| s) {
+            assert!(!text.contains(&nft_service_chain(other)), "{text}");
+        }
+    }
+
     fn have(tool: &str) -> bool {
         std::process::Command::new(tool).arg("--version").output().is_ok()
     }
@@ -721,5 +954,84 @@ mod tests {
             );
             run_checked(ns.command("nft").unwrap().args(["flush", "ruleset"]), t).unwrap();
         }
+    }
+
+    // Expect: on top of a full rule set, the partial iptables-restore and
+    // nft transactions load (`--noflush`, `nft -f`), point the changed
+    // service at its new endpoint, and leave every other service's chains
+    // in place; iptables deletes the replaced endpoint's chain (below 1000
+    // endpoints), nftables leaves it empty. Needs root, iptables and
+    // nftables; skips otherwise.
+    #[test]
+    fn partial_syncs_load_on_a_full_set() {
+        use sluice::testbed::{Netns, TestDir, require_root, run_checked};
+        use std::time::Duration;
+        if !require_root() {
+            return;
+        }
+        if !have("iptables-restore") || !have("nft") {
+            eprintln!(
+                "skipping partial_syncs_load_on_a_full_set: iptables or nftables not installed"
+            );
+            return;
+        }
+        let t = Duration::from_secs(30);
+        let dir = TestDir::new("partial-check").unwrap();
+        let ns = Netns::new("partial-check").unwrap();
+        let (after, changed, old) = changed_set(50);
+        let mut before = after.clone();
+        before[changed].endpoints.clone_from(&old);
+        let svc = &after[changed];
+        let (full, partial) = (dir.join("full"), dir.join("partial"));
+
+        std::fs::write(&full, iptables_restore(&before, &cfg())).unwrap();
+        std::fs::write(&partial, iptables_partial_restore(&after, changed, &old, &cfg())).unwrap();
+        run_checked(ns.command("iptables-restore").unwrap().arg("--noflush").arg(&full), t)
+            .unwrap();
+        run_checked(ns.command("iptables-restore").unwrap().arg("--noflush").arg(&partial), t)
+            .unwrap();
+        let nat =
+            run_checked(ns.command("iptables").unwrap().args(["-t", "nat", "-S"]), t).unwrap();
+        let new_sep = sep_chain(svc, svc.endpoints[0]);
+        assert!(nat.contains(&format!("-A {} -m comment", svc_chain(svc))), "{nat}");
+        assert!(nat.contains(&format!("-j {new_sep}\n")), "{nat}");
+        assert!(nat.contains("--to-destination 10.0.9.2:8080"), "{nat}");
+        assert!(!nat.contains(&sep_chain(svc, old[0])), "stale chain left:\n{nat}");
+        assert_eq!(nat.lines().filter(|l| l.starts_with("-N KUBE-SVC-")).count(), after.len());
+        assert_eq!(nat.lines().filter(|l| l.starts_with("-N KUBE-SEP-")).count(), after.len());
+        assert_eq!(
+            nat.lines().filter(|l| l.starts_with("-A KUBE-SERVICES ")).count(),
+            after.len() + 1
+        );
+        // The jumps from the built-in chains are still there, once each.
+        assert_eq!(nat.lines().filter(|l| l.starts_with("-A PREROUTING ")).count(), 1, "{nat}");
+        run_checked(ns.command("nft").unwrap().args(["flush", "ruleset"]), t).unwrap();
+
+        std::fs::write(&full, nft_ruleset(&before, &cfg())).unwrap();
+        std::fs::write(&partial, nft_partial(&after, changed, &old, &cfg())).unwrap();
+        run_checked(ns.command("nft").unwrap().arg("-f").arg(&full), t).unwrap();
+        run_checked(ns.command("nft").unwrap().arg("-f").arg(&partial), t).unwrap();
+        let sc = nft_service_chain(svc);
+        let chain = run_checked(
+            ns.command("nft").unwrap().args(["list", "chain", "ip", "kube-proxy", &sc]),
+            t,
+        )
+        .unwrap();
+        assert!(chain.contains(&nft_endpoint_chain(svc, svc.endpoints[0])), "{chain}");
+        assert!(!chain.contains(&nft_endpoint_chain(svc, old[0])), "{chain}");
+        let stale = nft_endpoint_chain(svc, old[0]);
+        let stale_chain = run_checked(
+            ns.command("nft").unwrap().args(["list", "chain", "ip", "kube-proxy", &stale]),
+            t,
+        )
+        .unwrap();
+        assert!(!stale_chain.contains("dnat"), "stale chain not flushed:\n{stale_chain}");
+        let map = run_checked(
+            ns.command("nft").unwrap().args(["list", "map", "ip", "kube-proxy", "service-ips"]),
+            t,
+        )
+        .unwrap();
+        assert_eq!(map.matches(": goto service-").count(), after.len(), "{map}");
+        run_checked(ns.command("nft").unwrap().args(["flush", "ruleset"]), t).unwrap();
     }
 }

@@ -26,6 +26,10 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// The first byte of a bulk-transfer connection: the server counts what
 /// follows instead of echoing it.
 const BULK_MARK: u8 = b'B';
+/// The first byte of an identity probe: the server answers with its id
+/// byte (`serve --id`) instead of echoing, so a client can tell which
+/// backend a service sent it to.
+const WHO_MARK: u8 = b'W';
 /// Write size of the bulk transfer.
 const BULK_CHUNK: usize = 128 * 1024;
 
@@ -291,9 +295,9 @@ pub fn run_client(target: SocketAddrV4, seconds: f64, cpus: &[usize]) -> io::Res
 /// echoes every byte until the peer closes or resets, or, for a connection
 /// whose first byte is [`BULK_MARK`], counts the bytes after it until the
 /// client shuts down its side and answers with the count (8 bytes, little
-/// endian). Exits after
+/// endian); to a first byte [`WHO_MARK`] it answers `id`. Exits after
 /// `max_seconds` whatever happens, so it never outlives a run.
-pub fn serve(port: u16, max_seconds: u64) -> io::Result<()> {
+pub fn serve(port: u16, id: u8, max_seconds: u64) -> io::Result<()> {
     std::thread::spawn(move || {
         std::thread::sleep(Duration::from_secs(max_seconds));
         eprintln!("bench_peers serve: {max_seconds} s limit reached, exiting");
@@ -302,11 +306,11 @@ pub fn serve(port: u16, max_seconds: u64) -> io::Result<()> {
     let listener = TcpListener::bind((Ipv4Addr::UNSPECIFIED, port))?;
     println!("listening");
     io::stdout().flush()?;
-    serve_on(&listener)
+    serve_on(&listener, id)
 }
 
 /// The server loop of [`serve`] on a bound listener; never returns.
-fn serve_on(listener: &TcpListener) -> ! {
+fn serve_on(listener: &TcpListener, id: u8) -> ! {
     let mut buf = vec![0u8; 256 * 1024];
     loop {
         let Ok((mut s, _)) = listener.accept() else { continue };
@@ -319,6 +323,12 @@ fn serve_on(listener: &TcpListener) -> ! {
                 Ok(n) if first && buf[0] == BULK_MARK => {
                     sink(&mut s, &mut buf, (n - 1) as u64);
                     break;
+                }
+                Ok(_) if first && buf[0] == WHO_MARK => {
+                    first = false;
+                    if s.write_all(&[id]).is_err() {
+                        break;
+                    }
                 }
                 Ok(n) => {
                     first = false;
@@ -376,6 +386,45 @@ pub fn wait_reachable(
     }
 }
 
+/// Polls `target` from the calling thread (in the client's namespace) with
+/// identity probes until a connection is answered by the backend with id
+/// `want`; returns the time since `since`. Other backends answering (the
+/// old endpoint, or the service's other endpoints) are retried after
+/// 200 µs; attempts are bounded as in [`wait_reachable`].
+pub fn wait_backend(
+    target: SocketAddrV4,
+    want: u8,
+    since: Instant,
+    timeout: Duration,
+) -> io::Result<Duration> {
+    let target = SocketAddr::V4(target);
+    loop {
+        let attempt = (|| -> io::Result<u8> {
+            let mut s = TcpStream::connect_timeout(&target, Duration::from_millis(5))?;
+            s.set_read_timeout(Some(Duration::from_millis(200)))?;
+            set_linger_zero(&s)?;
+            s.write_all(&[WHO_MARK])?;
+            let mut b = [0u8; 1];
+            s.read_exact(&mut b)?;
+            Ok(b[0])
+        })();
+        if matches!(attempt, Ok(id) if id == want) {
+            return Ok(since.elapsed());
+        }
+        if since.elapsed() > timeout {
+            let last = match attempt {
+                Ok(id) => format!("backend {id} answered"),
+                Err(e) => e.to_string(),
+            };
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("backend {want} not reached through {target} within {timeout:?}: {last}"),
+            ));
+        }
+        std::thread::sleep(Duration::from_micros(200));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -427,7 +476,7 @@ ctxt 999
     fn server_echoes_and_counts_bulk() {
         let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
         let target = listener.local_addr().unwrap();
-        std::thread::spawn(move || serve_on(&listener));
+        std::thread::spawn(move || serve_on(&listener, 7));
         let deadline = Instant::now() + Duration::from_secs(5);
         let connect = loop {
             match one_connection(target) {
@@ -441,5 +490,18 @@ ctxt 999
         assert!(b.bytes >= BULK_CHUNK as u64, "{}", b.bytes);
         assert_eq!(b.bytes % BULK_CHUNK as u64, 0, "whole chunks were written");
         assert!(b.seconds >= 0.2 && b.cpu_seconds >= 0.0);
+    }
+
+    // Expect: an identity probe gets the server's id back; waiting for
+    // another id times out naming the one that answered.
+    #[test]
+    fn server_answers_identity_probes() {
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+        let SocketAddr::V4(target) = listener.local_addr().unwrap() else { unreachable!() };
+        std::thread::spawn(move || serve_on(&listener, 7));
+        let t = Duration::from_secs(5);
+        assert!(wait_backend(target, 7, Instant::now(), t).unwrap() < t);
+        let e = wait_backend(target, 8, Instant::now(), Duration::from_millis(50)).unwrap_err();
+        assert!(e.to_string().contains("backend 7 answered"), "{e}");
     }
 }

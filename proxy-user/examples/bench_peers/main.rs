@@ -65,8 +65,17 @@ const SERVICE_PORT: u16 = 80;
 /// How long programming N services may take before the peer is left out
 /// at that N (`nft -f` of 10,000 services took up to 118 s here).
 const PROGRAM_TIMEOUT: Duration = Duration::from_secs(600);
-/// At most this many endpoints per measured service (backend pods per node).
+/// At most this many endpoints per measured service (backend pods per node,
+/// besides the spare one that changes bring in).
 const MAX_ENDPOINTS: u32 = 64;
+/// Changes per peer and repetition ("one change at N existing"); even, so
+/// that the changed service is back at its first endpoints after them.
+const CHANGES: u32 = 6;
+/// Pause before each change: beyond the agent's 100 ms coalescing of bursts
+/// (as in `bench_control`), so each change is measured alone.
+const CHANGE_GAP: Duration = Duration::from_millis(150);
+/// How long one change may take to reach the new endpoint.
+const CHANGE_TIMEOUT: Duration = Duration::from_secs(60);
 
 #[derive(Parser)]
 #[command(about = "sluice vs the direct path and kube-proxy's iptables and nftables data planes")]
@@ -115,6 +124,9 @@ enum Role {
     Serve {
         #[arg(long)]
         port: u16,
+        /// The byte the server answers identity probes with.
+        #[arg(long, default_value_t = 0)]
+        id: u8,
         #[arg(long, default_value_t = 7200)]
         max_seconds: u64,
     },
@@ -196,6 +208,30 @@ struct Programming {
     agent_peak_rss_mib: Option<f64>,
 }
 
+/// One change at N existing: one peer's series of [`CHANGES`] changes in one
+/// repetition. The changed service's first endpoint is replaced by a spare
+/// backend pod, then put back, and so on.
+#[derive(Debug, Clone, Serialize)]
+struct ChangeSeries {
+    services: u32,
+    /// The changed service's index among the N and its endpoints.
+    index: u32,
+    endpoints: u32,
+    rep: u32,
+    peer: Peer,
+    /// iptables-restore / nft -f: the command's wall time, per change.
+    cmd_ms: Vec<f64>,
+    /// iptables / nftables: the emulated sync (the listing kube-proxy runs
+    /// before writing, then the command), per change.
+    sync_ms: Vec<f64>,
+    /// From the sync's start (sluice: from writing the changed manifest)
+    /// until the new endpoint answered a client, per change.
+    reachable_ms: Vec<f64>,
+    cmd_p50_ms: Option<f64>,
+    sync_p50_ms: Option<f64>,
+    reachable_p50_ms: Option<f64>,
+}
+
 /// A peer left out at some N, and why.
 #[derive(Debug, Clone, Serialize)]
 struct Skip {
@@ -207,8 +243,8 @@ struct Skip {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.role {
-        Some(Role::Serve { port, max_seconds }) => {
-            loadgen::serve(port, max_seconds).map_err(Into::into)
+        Some(Role::Serve { port, id, max_seconds }) => {
+            loadgen::serve(port, id, max_seconds).map_err(Into::into)
         }
         Some(Role::Client { target, seconds, ref cpus }) => client_main(target, seconds, cpus),
         None => orchestrate(&cli),
@@ -261,10 +297,10 @@ fn pinned(ns: &Netns, cpu: Option<usize>, program: &Path) -> anyhow::Result<Comm
 struct Server(Child);
 
 impl Server {
-    fn start(pod: &Pod, cpu: Option<usize>) -> anyhow::Result<Server> {
+    fn start(pod: &Pod, id: u8, cpu: Option<usize>) -> anyhow::Result<Server> {
         let exe = std::env::current_exe()?;
         let mut cmd = pinned(pod.netns(), cpu, &exe)?;
-        cmd.args(["serve", "--port", &TARGET_PORT.to_string()]);
+        cmd.args(["serve", "--port", &TARGET_PORT.to_string(), "--id", &id.to_string()]);
         cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::inherit());
         // SAFETY: prctl(2) is async-signal-safe.
         unsafe {
@@ -474,7 +510,8 @@ impl PeerNode {
         let client = node.add_pod("client")?;
         let servers = backends
             .iter()
-            .map(|b| Server::start(b, server_cpu))
+            .enumerate()
+            .map(|(k, b)| Server::start(b, k as u8, server_cpu))
             .collect::<anyhow::Result<Vec<Server>>>()?;
         nft_flush(node.netns())?;
         Ok(PeerNode { peer, _servers: servers, client, backends, node })
@@ -517,6 +554,8 @@ enum Live {
 /// A running agent with its bpffs and cgroup (dropped in this order).
 struct Running {
     agent: Agent,
+    /// The manifest directory the agent follows (changes are written here).
+    manifests: ManifestDir,
     bpffs: BpffsMount,
     cgroup: TestCgroup,
 }
@@ -529,6 +568,32 @@ struct Inputs {
     /// The set's last measured service, polled for "programmed".
     probe: SocketAddrV4,
     label: String,
+    change: ChangePlan,
+}
+
+/// One change at N existing: which service changes and the inputs of its
+/// two directions (change `k` uses `steps[k % 2]`).
+struct ChangePlan {
+    /// The changed service's index among the N.
+    index: u32,
+    endpoints: u32,
+    /// Its ClusterIP:port.
+    target: SocketAddrV4,
+    /// kube-proxy's iptables large cluster mode (over 1000 endpoints): no
+    /// `iptables-save` before partial syncs.
+    large: bool,
+    steps: [ChangeStep; 2],
+}
+
+/// One direction of the change.
+struct ChangeStep {
+    /// The changed service after the step.
+    service: kube_rules::ServicePort,
+    /// kube-proxy's partial-sync inputs for the step.
+    iptables: PathBuf,
+    nft: PathBuf,
+    /// The id of the backend pod the step's new endpoint is.
+    want: u8,
 }
 
 fn prepare(bed: &Bed, set: &SetPlan, set_no: usize, rules: bool) -> anyhow::Result<Inputs> {
@@ -559,14 +624,63 @@ fn prepare(bed: &Bed, set: &SetPlan, set_no: usize, rules: bool) -> anyhow::Resu
         fs::write(&nft, kube_rules::nft_ruleset(&services, &cfg))?;
     }
     let last = set.targets.last().context("a set without a measured service")?;
+    // The changed service: the measured one with the fewest endpoints, the
+    // latest placed among those; its first endpoint is replaced by the
+    // spare backend pod (the last, never an endpoint of a measured service).
+    let changed = set
+        .targets
+        .iter()
+        .min_by_key(|t| (t.endpoints, std::cmp::Reverse(t.index)))
+        .context("a set without a measured service")?;
+    let spare = backends.len() - 1;
+    ensure!(spare >= changed.endpoints as usize, "no spare backend pod for the changes");
+    let at = changed.index as usize;
+    let original = services[at].clone();
+    let mut replaced = original.clone();
+    replaced.endpoints[0] = SocketAddrV4::new(backends[spare], TARGET_PORT);
+    let mut after = services.clone();
+    let mut steps = Vec::new();
+    for (k, (from, to, want)) in
+        [(&original, &replaced, spare), (&replaced, &original, 0)].into_iter().enumerate()
+    {
+        after[at] = to.clone();
+        let ipt = bed.dir.join(format!("kube-proxy-iptables-{label}-change{k}.rules"));
+        let nft = bed.dir.join(format!("kube-proxy-nftables-{label}-change{k}.nft"));
+        if rules {
+            fs::write(
+                &ipt,
+                kube_rules::iptables_partial_restore(&after, at, &from.endpoints, &cfg),
+            )?;
+            fs::write(&nft, kube_rules::nft_partial(&after, at, &from.endpoints, &cfg))?;
+        }
+        steps.push(ChangeStep {
+            service: to.clone(),
+            iptables: ipt,
+            nft,
+            want: u8::try_from(want).context("too many backend pods")?,
+        });
+    }
+    let [forward, back]: [ChangeStep; 2] =
+        steps.try_into().map_err(|_| anyhow::anyhow!("two change steps"))?;
+    let change = ChangePlan {
+        index: changed.index,
+        endpoints: changed.endpoints,
+        target: SocketAddrV4::new(vip(changed.index), SERVICE_PORT),
+        large: kube_rules::large_cluster(&services),
+        steps: [forward, back],
+    };
     Ok(Inputs {
         probe: SocketAddrV4::new(vip(last.index), SERVICE_PORT),
         services,
         iptables,
         nft,
         label,
+        change,
     })
 }
+
+/// The manifest file of the changed service.
+const CHANGED_FILE: &str = "changed.yaml";
 
 /// Programs `pn`'s node with the set: the rules, or a started agent.
 fn program(bed: &Bed, pn: &PeerNode, inputs: &Inputs) -> anyhow::Result<(Programming, Live)> {
@@ -605,7 +719,13 @@ fn program(bed: &Bed, pn: &PeerNode, inputs: &Inputs) -> anyhow::Result<(Program
                 pn.peer.name()
             )))?;
             manifests.write_node(&pn.node)?;
-            manifests.write_file("services.yaml", &manifests_yaml(&inputs.services, &pn.node))?;
+            // The changed service in a file of its own, which the changes rewrite.
+            let at = inputs.change.index as usize;
+            let (before, rest) = inputs.services.split_at(at);
+            let others: Vec<kube_rules::ServicePort> =
+                before.iter().chain(&rest[1..]).cloned().collect();
+            manifests.write_file("services.yaml", &manifests_yaml(&others, &pn.node))?;
+            manifests.write_file(CHANGED_FILE, &manifests_yaml(&rest[..1], &pn.node))?;
             let bpffs = BpffsMount::new()?;
             let cgroup = TestCgroup::new(pn.peer.name())?;
             let mut cfg = AgentConfig::new(
@@ -647,7 +767,7 @@ fn program(bed: &Bed, pn: &PeerNode, inputs: &Inputs) -> anyhow::Result<(Program
                     log_tail(&agent.log())
                 );
             }
-            Live::Agent(Box::new(Running { agent, bpffs, cgroup }))
+            Live::Agent(Box::new(Running { agent, manifests, bpffs, cgroup }))
         }
     };
     Ok((record, live))
@@ -708,7 +828,7 @@ fn teardown(pn: &PeerNode, live: Live) -> anyhow::Result<()> {
     match live {
         Live::Rules => nft_flush(node_ns)?,
         Live::Agent(running) => {
-            let Running { mut agent, bpffs, cgroup } = *running;
+            let Running { mut agent, manifests: _, bpffs, cgroup } = *running;
             let status = agent.stop()?;
             ensure!(
                 status.success(),
@@ -760,11 +880,97 @@ fn measure(
     result
 }
 
+/// Runs [`CHANGES`] changes of the set's changed service on `pn` (one
+/// repetition's series); each is timed from the start of the emulated sync
+/// (iptables, nftables) or from writing the changed manifest (sluice) until
+/// the new endpoint answers the client.
+fn measure_changes(
+    pn: &PeerNode,
+    live: &Live,
+    inputs: &Inputs,
+    rep: u32,
+) -> anyhow::Result<ChangeSeries> {
+    let plan = &inputs.change;
+    let ns = pn.node.netns();
+    let mut series = ChangeSeries {
+        services: inputs.services.len() as u32,
+        index: plan.index,
+        endpoints: plan.endpoints,
+        rep,
+        peer: pn.peer,
+        cmd_ms: Vec::new(),
+        sync_ms: Vec::new(),
+        reachable_ms: Vec::new(),
+        cmd_p50_ms: None,
+        sync_p50_ms: None,
+        reachable_p50_ms: None,
+    };
+    let t = Duration::from_secs(120);
+    for k in 0..CHANGES {
+        std::thread::sleep(CHANGE_GAP);
+        let step = &plan.steps[k as usize % 2];
+        // Outside the timer: the changed manifest (per node: it names the node).
+        let manifest = match live {
+            Live::Agent(_) => manifests_yaml(std::slice::from_ref(&step.service), &pn.node),
+            Live::Rules => String::new(),
+        };
+        let t0 = Instant::now();
+        let target = plan.target;
+        let want = step.want;
+        let poller = pn
+            .client
+            .netns()
+            .spawn("changed", move || loadgen::wait_backend(target, want, t0, CHANGE_TIMEOUT))?;
+        match (pn.peer, live) {
+            (Peer::Iptables, Live::Rules) => {
+                // Below 1000 endpoints kube-proxy lists the nat table on
+                // every sync to find stale chains.
+                if !plan.large {
+                    run_checked(ns.command("iptables-save")?.args(["-t", "nat"]), t)?;
+                }
+                let t1 = Instant::now();
+                run_checked(
+                    ns.command("iptables-restore")?.arg("--noflush").arg(&step.iptables),
+                    t,
+                )?;
+                series.cmd_ms.push(ms(t1.elapsed()));
+                series.sync_ms.push(ms(t0.elapsed()));
+            }
+            (Peer::Nftables, Live::Rules) => {
+                // kube-proxy lists its chains and sets on every sync
+                // (knftables lists the family's and keeps its table's).
+                for what in ["chains", "sets"] {
+                    run_checked(ns.command("nft")?.args(["--json", "list", what, "ip"]), t)?;
+                }
+                let t1 = Instant::now();
+                run_checked(ns.command("nft")?.arg("-f").arg(&step.nft), t)?;
+                series.cmd_ms.push(ms(t1.elapsed()));
+                series.sync_ms.push(ms(t0.elapsed()));
+            }
+            (Peer::Sluice | Peer::SluiceSocklb, Live::Agent(r)) => {
+                r.manifests.write_file(CHANGED_FILE, &manifest)?;
+            }
+            _ => bail!("{} has nothing to change", pn.peer.name()),
+        }
+        let reached = poller
+            .join()
+            .map_err(|_| anyhow::anyhow!("poller panicked"))?
+            .with_context(|| format!("change {k}"))?;
+        series.reachable_ms.push(ms(reached));
+    }
+    let p50 = |v: &[f64]| report::Spread::of(v.iter().copied()).map(|s| s.median);
+    series.cmd_p50_ms = p50(&series.cmd_ms);
+    series.sync_p50_ms = p50(&series.sync_ms);
+    series.reachable_p50_ms = p50(&series.reachable_ms);
+    Ok(series)
+}
+
 /// What the run collected.
 #[derive(Default)]
 struct Collected {
     trials: Vec<Trial>,
     programming: Vec<Programming>,
+    changes: Vec<ChangeSeries>,
     skips: Vec<Skip>,
     failures: Vec<String>,
 }
@@ -813,7 +1019,8 @@ fn orchestrate(cli: &Cli) -> anyhow::Result<()> {
     let most = endpoints.iter().copied().max().unwrap_or(1);
     let nodes = peers
         .iter()
-        .map(|&p| PeerNode::new(p, if p == Peer::Direct { 1 } else { most }, server_cpu))
+        // One spare backend pod per programmed peer: the changes' new endpoint.
+        .map(|&p| PeerNode::new(p, if p == Peer::Direct { 1 } else { most + 1 }, server_cpu))
         .collect::<anyhow::Result<Vec<_>>>()?;
     let bed = Bed {
         dir: TestDir::new("bench-peers")?,
@@ -877,7 +1084,8 @@ fn orchestrate(cli: &Cli) -> anyhow::Result<()> {
     )?;
     let json = serde_json::json!({
         "machine": machine, "settings": settings, "trials": c.trials,
-        "programming": c.programming, "skipped": c.skips, "failures": c.failures,
+        "programming": c.programming, "changes": c.changes, "skipped": c.skips,
+        "failures": c.failures,
     });
     let json_path = cli.out.join("results.json");
     fs::write(&json_path, serde_json::to_string_pretty(&json)?)?;
@@ -886,6 +1094,7 @@ fn orchestrate(cli: &Cli) -> anyhow::Result<()> {
         settings: &settings,
         trials: &c.trials,
         programming: &c.programming,
+        changes: &c.changes,
         skips: &c.skips,
         failures: &c.failures,
         plot_file: svg_name,
@@ -1013,6 +1222,23 @@ fn run_set(
                 }
                 std::thread::sleep(Duration::from_millis(100));
             }
+            // One change at N existing, after the peer's trials.
+            if let (true, Some(l)) = (ready[i], live[i].as_ref()) {
+                match measure_changes(pn, l, &inputs, rep) {
+                    Ok(series) => {
+                        print_changes(&series);
+                        c.changes.push(series);
+                    }
+                    Err(e) => {
+                        let e = format!(
+                            "{} changes at N = {n}, repetition {rep}: {e:#}",
+                            pn.peer.name()
+                        );
+                        println!("  FAILED: {e}");
+                        c.failures.push(e);
+                    }
+                }
+            }
         }
     }
     for (i, pn) in bed.nodes.iter().enumerate() {
@@ -1047,6 +1273,21 @@ fn run_set(
         }
     }
     Ok(())
+}
+
+fn print_changes(s: &ChangeSeries) {
+    let show = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |v| format!("{v:.1} ms"));
+    println!(
+        "  N={:>6} rep {} {:<14} change of #{} ×{}: command p50 {}  sync p50 {}  reachable p50 {}",
+        s.services,
+        s.rep,
+        s.peer.name(),
+        s.index,
+        s.endpoints,
+        show(s.cmd_p50_ms),
+        show(s.sync_p50_ms),
+        show(s.reachable_p50_ms),
+    );
 }
 
 fn print_trial(n: u32, rep: u32, peer: Peer, target: Option<&Target>, r: &ClientResult) {

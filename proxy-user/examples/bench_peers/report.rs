@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use crate::plan::Placement;
 use crate::plot::Series;
-use crate::{Peer, Programming, Skip, Trial};
+use crate::{ChangeSeries, Peer, Programming, Skip, Trial};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Machine {
@@ -107,6 +107,7 @@ pub struct Input<'a> {
     pub settings: &'a Settings,
     pub trials: &'a [Trial],
     pub programming: &'a [Programming],
+    pub changes: &'a [ChangeSeries],
     pub skips: &'a [Skip],
     pub failures: &'a [String],
     /// The plot's file name, next to the report.
@@ -162,10 +163,16 @@ const NOT_EMULATED: &str = "\
 - **kube-proxy's own work is not run.** Only the kernel side is emulated: the rule sets \
 that kube-proxy v1.33's iptables and nftables modes write for the same services, loaded \
 with the same tools (`iptables-restore --noflush`, `nft -f`). kube-proxy's Go side (informers, \
-change tracking, building the ruleset text, `iptables-save` before partial syncs, its periodic \
-resyncs, conntrack cleanup for UDP, the metrics server) is not measured, so the programming \
-times for iptables and nftables are a lower bound of what kube-proxy takes; sluice's include \
-everything from the agent's start (loading and attaching its programs, reading the manifests).
+change tracking, building the ruleset text, its periodic resyncs, conntrack cleanup for UDP, \
+the metrics server) is not measured, so the programming times for iptables and nftables are a \
+lower bound of what kube-proxy takes; sluice's include everything from the agent's start \
+(loading and attaching its programs, reading the manifests). For one change the listings \
+kube-proxy runs before writing (`iptables-save -t nat` below 1000 endpoints, `nft --json list \
+chains ip` and `list sets ip`) are run and counted in *sync*; the endpoint informer's delay \
+is not, nor kube-proxy's rate limit between syncs (`minSyncPeriod`, 1 s by default: the \
+changes here are 150 ms apart, so a real kube-proxy would have held back most of them), and \
+the partial syncs follow kube-proxy's change of an existing service (a new or deleted service would also touch the \
+maps and, for nftables, the `cluster-ips` set).
 - **One node, pod to ClusterIP on the same node.** No NodePort, LoadBalancer, external IPs, \
 session affinity, traffic policies or endpoints on other nodes; no masquerade happens (the \
 client is inside the cluster CIDR), so KUBE-MARK-MASQ / mark-for-masquerade are evaluated but \
@@ -270,7 +277,8 @@ pub fn per_connection_series(settings: &Settings, trials: &[Trial]) -> (String, 
 }
 
 pub fn markdown(input: &Input<'_>) -> String {
-    let Input { machine, settings, trials, programming, skips, failures, plot_file } = *input;
+    let Input { machine, settings, trials, programming, changes, skips, failures, plot_file } =
+        *input;
     let mut md = String::new();
     let _ = writeln!(md, "# sluice vs kube-proxy's data planes (bench peers)\n");
     let _ = writeln!(
@@ -532,6 +540,7 @@ pub fn markdown(input: &Input<'_>) -> String {
             rss(Peer::SluiceSocklb)
         );
     }
+    changes_table(&mut md, changes);
     let _ = writeln!(md, "\n## What the emulation leaves out\n\n{NOT_EMULATED}");
     let _ = writeln!(
         md,
@@ -544,6 +553,80 @@ pub fn markdown(input: &Input<'_>) -> String {
         }
     );
     md
+}
+
+/// The "one change at N existing" table: per N and changed service, the
+/// median over repetitions of each repetition's p50.
+fn changes_table(md: &mut String, changes: &[ChangeSeries]) {
+    let _ = writeln!(md, "\n## One change at N existing (ms)\n");
+    let _ = writeln!(
+        md,
+        "After its trials in each repetition, each programmed peer gets {} changes of one \
+         service (the measured service with the fewest endpoints, the latest placed): its first \
+         endpoint is replaced by a spare backend pod, then put back, alternately, 150 ms apart. \
+         Figures are the median over repetitions of each repetition's p50 (min–max of those \
+         p50s). **iptables**: kube-proxy's partial sync emulated: `iptables-save -t nat` (its \
+         stale-chain scan, skipped in large cluster mode above 1000 endpoints), then \
+         `iptables-restore --noflush` of the filter table and the nat table's top-level chains \
+         (KUBE-SERVICES with every service's rule) plus only the changed service's KUBE-SVC / \
+         KUBE-SEP chains and the deletion of the replaced endpoint's chain. **nftables**: \
+         `nft --json list chains ip` and `list sets ip` (kube-proxy lists both each sync), then one \
+         `nft -f` transaction with only the changed service's chains (added, flushed, \
+         rewritten) and the replaced endpoint's chain flushed; no map element changes. *command*: \
+         the restore / `nft -f` alone; *sync*: listing and command; *reachable*: from the \
+         sync's start until the new endpoint answered a client (identity probes through the \
+         ClusterIP, resolution about 0.2 ms; with several endpoints the probes reach the new \
+         one by chance; *reachable* can be below *command*: the kernel applies the change \
+         before the tool has exited). **sluice**: from writing the changed EndpointSlice \
+         manifest (a file of its own) until the new endpoint answered: the agent notices the write, re-reads the \
+         whole manifest directory (N services) and writes the maps; fed by the API server it \
+         reads only the changed object (`cargo xtask bench control` measures that path, event \
+         to map write). The sluice-socklb probes run outside the agent's cgroup (the \
+         per-packet path; both paths read the same maps).\n",
+        crate::CHANGES
+    );
+    let _ = writeln!(
+        md,
+        "| N | changed service | iptables-restore | iptables sync | iptables reachable | nft -f | nft sync | nft reachable | sluice reachable | sluice-socklb reachable |"
+    );
+    let _ = writeln!(md, "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let mut keys: Vec<(u32, u32, u32)> = Vec::new();
+    for c in changes {
+        let key = (c.services, c.index, c.endpoints);
+        if !keys.contains(&key) {
+            keys.push(key);
+        }
+    }
+    for (n, index, endpoints) in keys {
+        let of = |peer: Peer, f: fn(&ChangeSeries) -> Option<f64>| {
+            cell(
+                Spread::of(
+                    changes
+                        .iter()
+                        .filter(|c| {
+                            c.services == n
+                                && c.index == index
+                                && c.endpoints == endpoints
+                                && c.peer == peer
+                        })
+                        .filter_map(f),
+                ),
+                1,
+            )
+        };
+        let _ = writeln!(
+            md,
+            "| {n} | #{index}, {endpoints} endpoint(s) | {} | {} | {} | {} | {} | {} | {} | {} |",
+            of(Peer::Iptables, |c| c.cmd_p50_ms),
+            of(Peer::Iptables, |c| c.sync_p50_ms),
+            of(Peer::Iptables, |c| c.reachable_p50_ms),
+            of(Peer::Nftables, |c| c.cmd_p50_ms),
+            of(Peer::Nftables, |c| c.sync_p50_ms),
+            of(Peer::Nftables, |c| c.reachable_p50_ms),
+            of(Peer::Sluice, |c| c.reachable_p50_ms),
+            of(Peer::SluiceSocklb, |c| c.reachable_p50_ms),
+        );
+    }
 }
 
 #[cfg(test)]
@@ -640,6 +723,24 @@ mod tests {
             program_reachable_ms: Some(480.0),
             agent_peak_rss_mib: Some(42.5),
         }];
+        let change = |peer: Peer, rep: u32, cmd: Option<f64>, reach: f64| ChangeSeries {
+            services: 1000,
+            index: 999,
+            endpoints: 1,
+            rep,
+            peer,
+            cmd_ms: cmd.into_iter().collect(),
+            sync_ms: cmd.into_iter().collect(),
+            reachable_ms: vec![reach],
+            cmd_p50_ms: cmd,
+            sync_p50_ms: cmd.map(|c| c + 1.0),
+            reachable_p50_ms: Some(reach),
+        };
+        let changes = vec![
+            change(Peer::Iptables, 0, Some(10.0), 12.0),
+            change(Peer::Iptables, 1, Some(20.0), 22.0),
+            change(Peer::Sluice, 0, None, 3.0),
+        ];
         let skips = vec![Skip {
             services: 100_000,
             peer: Peer::Iptables,
@@ -651,6 +752,7 @@ mod tests {
             settings: &settings(),
             trials: &trials,
             programming: &programming,
+            changes: &changes,
             skips: &skips,
             failures: &[],
             plot_file: "per-connection.svg",
@@ -674,6 +776,13 @@ mod tests {
             "{md}"
         );
         assert!(md.contains("| 1000 | 1, 10 | – | – | 480.0 | – | 42.5 | – |"), "{md}");
+        assert!(md.contains("## One change at N existing (ms)"), "{md}");
+        assert!(
+            md.contains(
+                "| 1000 | #999, 1 endpoint(s) | 15.0 (10.0–20.0) | 16.0 (11.0–21.0) | 17.0 (12.0–22.0) | – | – | – | 3.0 | – |"
+            ),
+            "{md}"
+        );
         assert!(
             md.contains("Not run: iptables at N = 100000 (N above --max-n-rules 10000"),
             "{md}"
