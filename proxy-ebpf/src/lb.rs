@@ -89,7 +89,18 @@ pub fn handle_pod_egress(ctx: &TcContext) -> Result<Action, DropReason> {
         return fwd::forward(ctx, &ip, ip.saddr, ip.daddr);
     };
     let (backend_id, backend, new) = match established(ctx, &ip, sport, dport, &svc) {
-        Some((entry, backend)) => (entry.backend_id, backend, false),
+        Some((entry, backend)) => {
+            // A SYN on a tracked tuple: a retransmission, or a new connection
+            // on a reused client port (nothing here tracks TCP's end). The
+            // backend stays; the reply entry is written again, since a flow
+            // of another frontend with the same backend and client port may
+            // have taken it over (the replies would carry that frontend's
+            // address, and the client never sees its SYN-ACK).
+            if is_tcp_syn(ctx, &ip) {
+                ct::create(&NewFlow::new(&ip, (sport, dport), entry.backend_id, &backend, &svc))?;
+            }
+            (entry.backend_id, backend, false)
+        }
         None => {
             check_source_range(&ip, &svc)?;
             let Some((backend_id, backend)) = pick(&ip, svc_addr, dport, &svc)? else {

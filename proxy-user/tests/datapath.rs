@@ -216,6 +216,36 @@ fn direct_connection_reusing_an_old_service_tuple_is_not_reverse_nated() {
     assert_eq!(pktgen::parse(&out).src, VIP);
 }
 
+// Expect: two frontends with the same backend, one client port: a new
+// connection through the first frontend on a tuple it used before (its
+// forward entry is still there) gets its replies from the first frontend,
+// though a flow through the second one took the reply entry meanwhile
+// (found by bench peers: connects that hung for a second at N >= 1000).
+#[test]
+fn reused_tuple_takes_back_its_reply_entry_from_another_frontend() {
+    if !is_root() {
+        return;
+    }
+    let mut h = Harness::new();
+    h.program(&[
+        (80, Protocol::Tcp, 8080, &[backend_ip(1)]),
+        (81, Protocol::Tcp, 8080, &[backend_ip(1)]),
+    ]);
+    let syn_ack = tcp_frame(backend_ip(1), 8080, CLIENT, 40020, 0x12);
+    let reply_port = |h: &Harness| pktgen::parse(&h.run(&syn_ack).1).ports.map(|p| p.0);
+    h.run(&tcp_frame(CLIENT, 40020, VIP, 80, 0x02));
+    assert_eq!(reply_port(&h), Some(80));
+    h.run(&tcp_frame(CLIENT, 40020, VIP, 81, 0x02));
+    assert_eq!(reply_port(&h), Some(81));
+    // Port 40020 to port 80 again: a new connection on the old tuple.
+    let (_, out) = h.run(&tcp_frame(CLIENT, 40020, VIP, 80, 0x02));
+    assert_eq!(pktgen::parse(&out).dst, backend_ip(1));
+    assert_eq!(reply_port(&h), Some(80), "the reply entry follows the new connection");
+    // Later packets of a flow (no SYN) do not move the reply entry.
+    h.run(&tcp_frame(CLIENT, 40020, VIP, 81, 0x10));
+    assert_eq!(reply_port(&h), Some(80));
+}
+
 fn dnat_target(h: &Harness, sport: u16) -> Ipv4Addr {
     let (verdict, out) = h.run(&tcp_frame(CLIENT, sport, VIP, 80, 0x10));
     assert_eq!(verdict, TC_ACT_UNSPEC);
