@@ -347,10 +347,6 @@ fn backends(chosen: &[&EndpointInfo], all: &[EndpointInfo]) -> Vec<BackendSpec> 
     backends
 }
 
-pub fn node_zone<'a>(store: &'a Store, node_name: &str) -> &'a str {
-    zone_of(store.nodes.get(node_name))
-}
-
 /// The zone label of a node ("" when unknown).
 pub fn zone_of(node: Option<&k8s_openapi::api::core::v1::Node>) -> &str {
     node.and_then(|node| node.metadata.labels.as_ref())

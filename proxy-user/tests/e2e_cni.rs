@@ -8,10 +8,8 @@
 //! `cargo build -p sluice-cni` (a plain `cargo build` of the workspace
 //! builds it as well).
 
-use std::io::Write as _;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
@@ -31,35 +29,12 @@ fn sluice_bin() -> &'static Path {
 
 /// `target/<profile>/sluice-cni`, built if missing.
 fn cni_bin() -> Option<PathBuf> {
-    let bin = sluice_bin().with_file_name("sluice-cni");
-    if !bin.exists() {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let mut cmd = std::process::Command::new(cargo);
-        cmd.args(["build", "-p", "sluice-cni"]);
-        if sluice_bin().parent().and_then(Path::file_name).is_some_and(|p| p == "release") {
-            cmd.arg("--release");
-        }
-        let _ = sluice::testbed::run_with_timeout(&mut cmd, Duration::from_secs(600));
-    }
-    bin.exists().then_some(bin)
+    sluice::testbed::cni_bin(sluice_bin())
 }
 
-/// Runs the plugin inside `node` as a runtime would.
+/// Runs the plugin inside `node` as a runtime would: (success, stdout JSON).
 fn cni(bin: &Path, node: &Netns, env: &[(&str, &str)], conf: &Value) -> (bool, Value) {
-    let mut cmd = node.command(bin).unwrap();
-    cmd.env_clear().stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
-    cmd.envs(env.iter().copied());
-    let mut child = cmd.spawn().unwrap();
-    child.stdin.take().unwrap().write_all(conf.to_string().as_bytes()).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while child.try_wait().unwrap().is_none() {
-        assert!(Instant::now() < deadline, "sluice-cni {env:?} hangs");
-        std::thread::sleep(Duration::from_millis(2));
-    }
-    let out = child.wait_with_output().unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    let v = if text.trim().is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap() };
-    (out.status.success(), v)
+    sluice::testbed::run_cni(bin, node, env, conf)
 }
 
 #[test]

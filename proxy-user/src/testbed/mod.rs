@@ -68,6 +68,51 @@ pub fn unique_name(label: &str) -> String {
     format!("{PREFIX}{}-{n}-{label}", std::process::id())
 }
 
+/// `sluice-cni` next to the `sluice` binary `sluice_bin`
+/// (`target/<profile>/`), built if missing.
+pub fn cni_bin(sluice_bin: &Path) -> Option<PathBuf> {
+    let bin = sluice_bin.with_file_name("sluice-cni");
+    if !bin.exists() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut cmd = Command::new(cargo);
+        cmd.args(["build", "-p", "sluice-cni"]);
+        if sluice_bin.parent().and_then(Path::file_name).is_some_and(|p| p == "release") {
+            cmd.arg("--release");
+        }
+        let _ = run_with_timeout(&mut cmd, Duration::from_secs(600));
+    }
+    bin.exists().then_some(bin)
+}
+
+/// Runs the CNI plugin `bin` inside `node` as a runtime would (only `env`
+/// in its environment, `conf` on stdin): (success, stdout as JSON, `Null`
+/// when empty). Panics when it runs longer than 30 s.
+pub fn run_cni(
+    bin: &Path,
+    node: &Netns,
+    env: &[(&str, &str)],
+    conf: &serde_json::Value,
+) -> (bool, serde_json::Value) {
+    let mut cmd = node.command(bin).unwrap();
+    cmd.env_clear().stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd.envs(env.iter().copied());
+    let mut child = cmd.spawn().unwrap();
+    child.stdin.take().unwrap().write_all(conf.to_string().as_bytes()).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while child.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "sluice-cni {env:?} hangs");
+        thread::sleep(Duration::from_millis(2));
+    }
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let v = if text.trim().is_empty() {
+        serde_json::Value::Null
+    } else {
+        serde_json::from_str(&text).unwrap()
+    };
+    (out.status.success(), v)
+}
+
 /// Polls `f` every 100 ms until it returns `Ok(true)`; panics naming `what`
 /// and the last error after `timeout`.
 pub fn wait_for(timeout: Duration, what: &str, mut f: impl FnMut() -> anyhow::Result<bool>) {
