@@ -134,7 +134,11 @@ pub struct ServiceKey {
     pub backend_slot: u16,
     /// IP protocol (`proto::TCP`, `proto::UDP`, ...).
     pub proto: u8,
-    /// Reserved for two-scope services (internal/external); 0 today.
+    /// `SCOPE_ALL` (0): the frontend for every client. `SCOPE_INTERNAL`:
+    /// a second entry set for the same address and port that serves traffic
+    /// from this node's pods and processes, when the master entry of scope
+    /// 0 has `SVC_FLAG_TWO_SCOPES` (kube-proxy's short cut for
+    /// `externalTrafficPolicy: Local`).
     pub scope: u8,
     pub _pad: [u8; 2],
 }
@@ -159,6 +163,24 @@ pub const SVC_FLAG_LOCAL: u16 = 8;
 /// (`DropReason::SourceRangeDenied`). The control plane writes the ranges
 /// before it sets this flag and clears the flag before it removes them.
 pub const SVC_FLAG_SOURCE_RANGES: u16 = 16;
+
+/// `ServiceValue::flags` of a scope-0 master entry: the frontend also has
+/// entries of `SCOPE_INTERNAL`, which traffic from this node's pods and
+/// processes (pod program, socket LB) uses instead; traffic from outside the
+/// node (the external program) keeps scope 0. kube-proxy: an external
+/// frontend with `externalTrafficPolicy: Local` sends pod and node traffic
+/// to the cluster-wide endpoints. When the scope-1 master is missing (for
+/// the moment of an update), scope 0 serves.
+pub const SVC_FLAG_TWO_SCOPES: u16 = 32;
+/// `ServiceValue::flags` of a `SCOPE_INTERNAL` master entry: its backend
+/// slots are keyed with `SCOPE_INTERNAL` too.
+pub const SVC_FLAG_SCOPE_INTERNAL: u16 = 64;
+
+/// `ServiceKey::scope`: the frontend for every client.
+pub const SCOPE_ALL: u8 = 0;
+/// `ServiceKey::scope`: the entries of a two-scope frontend for traffic from
+/// this node (see `SVC_FLAG_TWO_SCOPES`).
+pub const SCOPE_INTERNAL: u8 = 1;
 
 /// Data of an `SL_SRC_RANGES` key (after the trie's `prefix_len`): the
 /// reverse-NAT index occupies the first 32 bits of every prefix, so an entry
@@ -305,6 +327,17 @@ pub const CT_FLAG_SNAT: u16 = 2;
 /// and redirect instead of through the stack, which would drop them as
 /// martians.
 pub const CT_FLAG_EXTERNAL: u16 = 4;
+/// `CtEntry::flags` of a service-direction entry: the client sent a FIN or
+/// RST on this TCP flow. A SYN on the tuple afterwards is a new connection
+/// on a reused client port and is balanced anew (netfilter's conntrack
+/// starts a new entry then), not a retransmission.
+pub const CT_FLAG_CLOSING: u16 = 8;
+/// A SYN on a tracked TCP tuple whose flow is older than this (and not
+/// marked closing) is taken for a new connection too (the old one may have
+/// ended without the client's FIN or RST passing here, e.g. reset by the
+/// server); a younger one is a retransmission of the flow's first SYN and
+/// keeps its backend. Cilium keeps closed TCP entries this long as well.
+pub const CT_SYN_RETRY_NS: u64 = 10_000_000_000;
 
 /// The source address of hairpinned requests (link-local, never a pod's),
 /// as octets. Cilium uses the same "service loopback" address.
@@ -515,12 +548,18 @@ mod user {
     impl ServiceKey {
         #[must_use]
         pub fn new(addr: Ipv4Addr, port: u16, proto: u8, backend_slot: u16) -> Self {
+            Self::scoped(addr, port, proto, backend_slot, super::SCOPE_ALL)
+        }
+
+        /// A key of the given `SCOPE_*`.
+        #[must_use]
+        pub fn scoped(addr: Ipv4Addr, port: u16, proto: u8, backend_slot: u16, scope: u8) -> Self {
             Self {
                 addr: addr_to_map(addr),
                 dport: port_to_map(port),
                 backend_slot,
                 proto,
-                scope: 0,
+                scope,
                 _pad: [0; 2],
             }
         }

@@ -8,8 +8,8 @@
 
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 use proxy_common::{
-    Backend, CT_DIR_REPLY, CT_DIR_SERVICE, CT_FLAG_EXTERNAL, CT_FLAG_HAIRPIN, CT_FLAG_SNAT,
-    CtEntry, CtKey, DropReason, HAIRPIN_ADDR, SVC_FLAG_EXTERNAL, ServiceValue,
+    Backend, CT_DIR_REPLY, CT_DIR_SERVICE, CT_FLAG_CLOSING, CT_FLAG_EXTERNAL, CT_FLAG_HAIRPIN,
+    CT_FLAG_SNAT, CtEntry, CtKey, DropReason, HAIRPIN_ADDR, SVC_FLAG_EXTERNAL, ServiceValue,
 };
 
 use crate::{
@@ -35,6 +35,24 @@ pub fn key(saddr: u32, daddr: u32, sport: u16, dport: u16, proto: u8, dir: u8) -
 pub fn lookup(key: &CtKey) -> Option<CtEntry> {
     // SAFETY: CtEntry is plain data; we copy it out at once.
     unsafe { SL_CT.get(key) }.copied()
+}
+
+/// How long ago the flow of `entry` was created (or re-balanced).
+#[inline(always)]
+pub fn age_ns(entry: &CtEntry) -> u64 {
+    // SAFETY: a plain helper call.
+    unsafe { bpf_ktime_get_ns() }.wrapping_sub(entry.created_ns)
+}
+
+/// Marks the flow of the service-direction entry `fkey` closing
+/// (`CT_FLAG_CLOSING`). Best effort: an entry gone meanwhile needs nothing.
+#[inline(always)]
+pub fn mark_closing(fkey: &CtKey) {
+    if let Some(entry) = SL_CT.get_ptr_mut(fkey) {
+        // SAFETY: a valid pointer into the map's value; a racing writer can
+        // at worst lose the flag, which the age rule then stands in for.
+        unsafe { (*entry).flags |= CT_FLAG_CLOSING };
+    }
 }
 
 /// Removes the reply entry of the flow whose backend `backend` answers

@@ -6,9 +6,10 @@
 use aya_ebpf::{helpers::bpf_get_prandom_u32, maps::lpm_trie::Key, programs::TcContext};
 use proxy_common::{
     BACKEND_STATE_ACTIVE, BACKEND_STATE_MASK, Backend, CT_DIR_REPLY, CT_DIR_SERVICE,
-    CT_FLAG_EXTERNAL, CT_FLAG_HAIRPIN, CT_FLAG_SNAT, CtEntry, DropReason, NODE_ADDR_NODEPORT,
-    NODEPORT_ADDR, SRC_RANGE_ID_BITS, SVC_FLAG_AFFINITY, SVC_FLAG_DROP_EMPTY,
-    SVC_FLAG_SOURCE_RANGES, ServiceKey, ServiceValue, SourceRangeKey, proto,
+    CT_FLAG_CLOSING, CT_FLAG_EXTERNAL, CT_FLAG_HAIRPIN, CT_FLAG_SNAT, CT_SYN_RETRY_NS, CtEntry,
+    DropReason, NODE_ADDR_NODEPORT, NODEPORT_ADDR, SCOPE_ALL, SCOPE_INTERNAL, SRC_RANGE_ID_BITS,
+    SVC_FLAG_AFFINITY, SVC_FLAG_DROP_EMPTY, SVC_FLAG_SCOPE_INTERNAL, SVC_FLAG_SOURCE_RANGES,
+    SVC_FLAG_TWO_SCOPES, ServiceKey, ServiceValue, SourceRangeKey, proto,
 };
 
 use crate::{
@@ -71,7 +72,7 @@ pub fn handle_pod_egress(ctx: &TcContext) -> Result<Action, DropReason> {
     }
 
     // A request to a service frontend: pick (or keep) a backend, DNAT.
-    let Some((svc, svc_addr)) = lookup_service(ip.daddr, dport, ip.proto) else {
+    let Some((svc, svc_addr)) = lookup_service(ip.daddr, dport, ip.proto, Origin::Node) else {
         // A service address, but no service on this port: reject, as
         // kube-proxy does for cluster IPs.
         if SL_VIPS.get_ptr(ip.daddr).is_some() {
@@ -127,13 +128,45 @@ pub fn account_reply(ctx: &TcContext, entry: &CtEntry) {
     stats::account(entry.rev_nat_index, entry.backend_id, Direction::Reverse, ctx.len(), false);
 }
 
+/// Where a packet or socket operation comes from, for two-scope frontends.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// A pod of this node or a process of the node (pod program, socket LB).
+    Node,
+    /// Outside the node (the external program).
+    Outside,
+}
+
 /// The service a destination belongs to, and the address its entries are
 /// keyed by: the destination itself, or `NODEPORT_ADDR` for a NodePort on
-/// one of the node's NodePort addresses.
+/// one of the node's NodePort addresses. Traffic from this node gets a
+/// two-scope frontend's internal entries (`SVC_FLAG_TWO_SCOPES`).
 #[inline(always)]
-pub fn lookup_service(daddr: u32, dport: u16, proto: u8) -> Option<(ServiceValue, u32)> {
+pub fn lookup_service(
+    daddr: u32,
+    dport: u16,
+    proto: u8,
+    origin: Origin,
+) -> Option<(ServiceValue, u32)> {
+    let (svc, addr) = lookup_master(daddr, dport, proto)?;
+    if origin == Origin::Node && svc.flags & SVC_FLAG_TWO_SCOPES != 0 {
+        let key = service_key(addr, dport, proto, 0, SCOPE_INTERNAL);
+        // SAFETY: plain data, copied out at once.
+        if let Some(internal) = unsafe { SL_SERVICES.get(key) }.copied() {
+            return Some((internal, addr));
+        }
+        // Mid-update (the internal entries not written yet, or going):
+        // scope 0 serves.
+    }
+    Some((svc, addr))
+}
+
+/// The scope-0 master entry for a destination, and the address it is keyed by.
+#[inline(always)]
+fn lookup_master(daddr: u32, dport: u16, proto: u8) -> Option<(ServiceValue, u32)> {
+    let key = service_key(daddr, dport, proto, 0, SCOPE_ALL);
     // SAFETY: ServiceValue is plain data, copied out at once.
-    if let Some(svc) = unsafe { SL_SERVICES.get(service_key(daddr, dport, proto, 0)) }.copied() {
+    if let Some(svc) = unsafe { SL_SERVICES.get(key) }.copied() {
         return Some((svc, daddr));
     }
     // SAFETY: plain data, copied out at once.
@@ -141,8 +174,9 @@ pub fn lookup_service(daddr: u32, dport: u16, proto: u8) -> Option<(ServiceValue
     if flags & NODE_ADDR_NODEPORT == 0 {
         return None;
     }
+    let key = service_key(NODEPORT_ADDR, dport, proto, 0, SCOPE_ALL);
     // SAFETY: plain data, copied out at once.
-    let svc = unsafe { SL_SERVICES.get(service_key(NODEPORT_ADDR, dport, proto, 0)) }.copied()?;
+    let svc = unsafe { SL_SERVICES.get(key) }.copied()?;
     Some((svc, NODEPORT_ADDR))
 }
 
@@ -173,7 +207,7 @@ pub fn unsupported_protocol(ctx: &TcContext, ip: &Ipv4) -> Result<Action, DropRe
     let Some((_, dport)) = frag::ports(ctx, ip)? else {
         return Ok(Action::Pass);
     };
-    if lookup_service(ip.daddr, dport, ip.proto).is_some() {
+    if lookup_master(ip.daddr, dport, ip.proto).is_some() {
         return reject(ctx, ip, DropReason::UnsupportedProtocol);
     }
     if SL_VIPS.get_ptr(ip.daddr).is_some() {
@@ -196,10 +230,7 @@ pub fn no_backend(ctx: &TcContext, ip: &Ipv4, svc: &ServiceValue) -> Result<Acti
 /// Whether this is a TCP SYN without ACK (a connection's first packet).
 #[inline(always)]
 fn is_tcp_syn(ctx: &TcContext, ip: &Ipv4) -> bool {
-    if ip.proto != proto::TCP || ip.frag == parse::Frag::Later {
-        return false;
-    }
-    parse::read::<u8>(ctx, ip.l4_off + 13).is_ok_and(|flags| flags & 0x12 == 0x02)
+    tcp_flags(ctx, ip) & (TCP_SYN | TCP_ACK) == TCP_SYN
 }
 
 #[inline(always)]
@@ -209,7 +240,10 @@ pub fn reject(ctx: &TcContext, ip: &Ipv4, reason: DropReason) -> Result<Action, 
 
 /// The conntrack entry and backend of an established flow if the backend
 /// still exists (also when it is terminating); `None` when the packet starts
-/// a new flow.
+/// a new flow: a TCP SYN on a tracked tuple whose flow closed (the client's
+/// FIN or RST was seen), is older than `CT_SYN_RETRY_NS`, or went to a
+/// backend that is terminating now. The client's FIN or RST marks the flow
+/// closing.
 #[inline(always)]
 pub fn established(
     ctx: &TcContext,
@@ -225,13 +259,34 @@ pub fn established(
     }
     // SAFETY: Backend is plain data, copied out at once.
     let b = unsafe { SL_BACKENDS.get(entry.backend_id) }.copied()?;
-    // A SYN on a tuple whose old flow went to a terminating backend is a new
-    // connection (a reused port): it must not go there. (The flags are read
-    // only in that case, not for every packet.)
-    if !is_active(&b) && is_tcp_syn(ctx, ip) {
-        return None;
+    let flags = tcp_flags(ctx, ip);
+    if flags & (TCP_SYN | TCP_ACK) == TCP_SYN {
+        // A reused client port (nothing else tracks TCP's end), unless this
+        // is a retransmission of the flow's own first SYN.
+        if !is_active(&b)
+            || entry.flags & CT_FLAG_CLOSING != 0
+            || ct::age_ns(&entry) > CT_SYN_RETRY_NS
+        {
+            return None;
+        }
+    } else if flags & (TCP_FIN | TCP_RST) != 0 && entry.flags & CT_FLAG_CLOSING == 0 {
+        ct::mark_closing(&fkey);
     }
     Some((entry, b))
+}
+
+const TCP_FIN: u8 = 0x01;
+const TCP_SYN: u8 = 0x02;
+const TCP_RST: u8 = 0x04;
+const TCP_ACK: u8 = 0x10;
+
+/// The TCP flags byte of a TCP packet's first fragment; 0 otherwise.
+#[inline(always)]
+fn tcp_flags(ctx: &TcContext, ip: &Ipv4) -> u8 {
+    if ip.proto != proto::TCP || ip.frag == parse::Frag::Later {
+        return 0;
+    }
+    parse::read::<u8>(ctx, ip.l4_off + 13).unwrap_or(0)
 }
 
 /// Whether new flows may go to `b` (it is not terminating).
@@ -273,7 +328,7 @@ pub fn select_backend(
     }
     // SAFETY: a plain helper call.
     let slot = unsafe { bpf_get_prandom_u32() } % count + 1;
-    let key = service_key(addr, dport, proto, slot as u16);
+    let key = service_key(addr, dport, proto, slot as u16, scope_of(svc));
     // SAFETY: plain data, copied out at once.
     let Some(slot) = (unsafe { SL_SERVICES.get(key) }).copied() else {
         return Err(DropReason::BackendMissing);
@@ -286,6 +341,12 @@ pub fn select_backend(
 }
 
 #[inline(always)]
-pub fn service_key(addr: u32, dport: u16, proto: u8, backend_slot: u16) -> ServiceKey {
-    ServiceKey { addr, dport, backend_slot, proto, scope: 0, _pad: [0; 2] }
+pub fn service_key(addr: u32, dport: u16, proto: u8, backend_slot: u16, scope: u8) -> ServiceKey {
+    ServiceKey { addr, dport, backend_slot, proto, scope, _pad: [0; 2] }
+}
+
+/// The scope of a master entry's backend slots.
+#[inline(always)]
+fn scope_of(svc: &ServiceValue) -> u8 {
+    if svc.flags & SVC_FLAG_SCOPE_INTERNAL != 0 { SCOPE_INTERNAL } else { SCOPE_ALL }
 }

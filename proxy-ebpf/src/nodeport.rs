@@ -69,7 +69,8 @@ pub fn handle_external(ctx: &TcContext) -> Result<Action, DropReason> {
         return fib::redirect(ctx, ip.proto, frontend, client);
     }
 
-    let Some((svc, svc_addr)) = lb::lookup_service(ip.daddr, dport, ip.proto) else {
+    let Some((svc, svc_addr)) = lb::lookup_service(ip.daddr, dport, ip.proto, lb::Origin::Outside)
+    else {
         if SL_VIPS.get_ptr(ip.daddr).is_some() {
             return lb::reject(ctx, &ip, DropReason::NoServicePort);
         }

@@ -40,7 +40,7 @@ pub fn to_backend(ctx: &SockAddrContext) -> i32 {
     if !matches!(proto, proto::TCP | proto::UDP) {
         return ALLOW;
     }
-    let Some((svc, svc_addr)) = lb::lookup_service(daddr, dport, proto) else {
+    let Some((svc, svc_addr)) = lb::lookup_service(daddr, dport, proto, lb::Origin::Node) else {
         if SL_VIPS.get_ptr(daddr).is_some() {
             return refuse();
         }

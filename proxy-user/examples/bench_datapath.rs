@@ -78,7 +78,7 @@ fn measure(services: u32) -> Row {
         let desired: Desired = (0..services)
             .map(|i| {
                 (
-                    FrontendKey { addr: vip(i), port: 80, proto: Protocol::Tcp },
+                    FrontendKey::new(vip(i), 80, Protocol::Tcp),
                     Frontend {
                         service: ObjectKey::new("bench", format!("s{i}")),
                         port_name: String::new(),

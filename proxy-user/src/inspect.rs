@@ -61,6 +61,11 @@ pub struct ServiceView {
     pub address: Ipv4Addr,
     pub port: u16,
     pub protocol: String,
+    /// The entries for traffic from this node's pods and processes of a
+    /// two-scope frontend (`externalTrafficPolicy: Local`; the table marks
+    /// them `(internal)`); absent for the frontend every client uses.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub internal: bool,
     pub rev_nat_index: u32,
     /// Number of backend slots (active backends) in the master entry.
     pub count: u16,
@@ -77,18 +82,18 @@ pub fn services(paths: &PinPaths) -> Result<Vec<ServiceView>> {
     let maps = PinnedMaps::open(paths)?;
     let entries = maps.services()?;
     let backends: BTreeMap<u32, proxy_common::Backend> = maps.backends()?.into_iter().collect();
-    let mut slots: BTreeMap<(u32, u16, u8), BTreeMap<u16, u32>> = BTreeMap::new();
+    let mut slots: BTreeMap<(u32, u16, u8, u8), BTreeMap<u16, u32>> = BTreeMap::new();
     for (k, v) in &entries {
         if k.backend_slot != 0 {
             slots
-                .entry((k.addr, k.dport, k.proto))
+                .entry((k.addr, k.dport, k.proto, k.scope))
                 .or_default()
                 .insert(k.backend_slot, v.backend_id);
         }
     }
     let mut out = Vec::new();
     for (k, v) in entries.iter().filter(|(k, _)| k.backend_slot == 0) {
-        let my_slots = slots.get(&(k.addr, k.dport, k.proto));
+        let my_slots = slots.get(&(k.addr, k.dport, k.proto, k.scope));
         let slot_of = |id: u32| {
             my_slots
                 .and_then(|s| s.iter().find(|(slot, b)| **b == id && **slot <= v.count))
@@ -116,6 +121,7 @@ pub fn services(paths: &PinPaths) -> Result<Vec<ServiceView>> {
             port: k.port(),
             protocol: Protocol::from_number(k.proto)
                 .map_or_else(|| k.proto.to_string(), |p| p.to_string()),
+            internal: k.scope == proxy_common::SCOPE_INTERNAL,
             rev_nat_index: v.rev_nat_index,
             count: v.count,
             affinity_timeout: v.affinity_timeout(),
@@ -123,7 +129,14 @@ pub fn services(paths: &PinPaths) -> Result<Vec<ServiceView>> {
             backends: bs,
         });
     }
-    out.sort_by(|a, b| (a.address, a.port, &a.protocol).cmp(&(b.address, b.port, &b.protocol)));
+    out.sort_by(|a, b| {
+        (a.address, a.port, &a.protocol, a.internal).cmp(&(
+            b.address,
+            b.port,
+            &b.protocol,
+            b.internal,
+        ))
+    });
     Ok(out)
 }
 
@@ -150,7 +163,8 @@ pub fn services_table(services: &[ServiceView]) -> String {
         )
     };
     for svc in services {
-        let frontend = format!("{}:{}", svc.address, svc.port);
+        let scope = if svc.internal { " (internal)" } else { "" };
+        let frontend = format!("{}:{}{scope}", svc.address, svc.port);
         let flows = counters(svc.stats).0;
         if svc.backends.is_empty() {
             let _ = writeln!(

@@ -103,17 +103,69 @@ impl fmt::Display for Protocol {
     }
 }
 
-/// Where clients send traffic: address, port and protocol.
+/// Which clients a frontend serves.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Scope {
+    /// Every client: the only scope of most frontends.
+    #[default]
+    All,
+    /// This node's pods and processes, for an external frontend (NodePort,
+    /// externalIP, LoadBalancer IP) with `externalTrafficPolicy: Local` and
+    /// `internalTrafficPolicy: Cluster`: kube-proxy sends their traffic to
+    /// the cluster-wide endpoints (its "short-circuit" of pod and node
+    /// traffic to external destinations), while traffic from outside keeps
+    /// the Local choice of the `All` frontend of the same key.
+    Internal,
+}
+
+impl Scope {
+    /// `ServiceKey::scope` in the maps.
+    pub fn number(self) -> u8 {
+        match self {
+            Scope::All => proxy_common::SCOPE_ALL,
+            Scope::Internal => proxy_common::SCOPE_INTERNAL,
+        }
+    }
+
+    pub fn from_number(number: u8) -> Option<Self> {
+        match number {
+            proxy_common::SCOPE_ALL => Some(Scope::All),
+            proxy_common::SCOPE_INTERNAL => Some(Scope::Internal),
+            _ => None,
+        }
+    }
+}
+
+/// Where clients send traffic: address, port and protocol (and which of
+/// those clients, see [`Scope`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct FrontendKey {
     pub addr: Ipv4Addr,
     pub port: u16,
     pub proto: Protocol,
+    pub scope: Scope,
+}
+
+impl FrontendKey {
+    /// The frontend of `addr:port/proto` for every client.
+    pub fn new(addr: Ipv4Addr, port: u16, proto: Protocol) -> Self {
+        Self { addr, port, proto, scope: Scope::All }
+    }
+
+    /// The same address, port and protocol in another scope.
+    #[must_use]
+    pub fn in_scope(self, scope: Scope) -> Self {
+        Self { scope, ..self }
+    }
 }
 
 impl fmt::Display for FrontendKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}/{}", self.addr, self.port, self.proto)
+        write!(f, "{}:{}/{}", self.addr, self.port, self.proto)?;
+        if self.scope == Scope::Internal {
+            f.write_str(" (internal)")?;
+        }
+        Ok(())
     }
 }
 
@@ -157,6 +209,9 @@ pub struct FrontendPolicy {
     /// for a Local policy whose node has no endpoint while the service has
     /// endpoints elsewhere.
     pub drop_when_empty: bool,
+    /// The frontend (of [`Scope::All`]) has a [`Scope::Internal`] twin that
+    /// serves this node's pods and processes.
+    pub two_scopes: bool,
 }
 
 /// What one frontend serves.
@@ -220,7 +275,10 @@ pub fn desired_state_of(inputs: &Inputs) -> (Desired, Vec<ModelWarning>) {
         let frontends = service_frontends(service, &service_slices, node_name, zone, &mut warnings);
         for (fk, frontend) in frontends {
             if let Some(existing) = desired.get(&fk) {
-                warnings.push(conflict_warning(&fk, &frontend, &existing.service));
+                // A two-scope frontend's internal twin loses with it.
+                if fk.scope == Scope::All {
+                    warnings.push(conflict_warning(&fk, &frontend, &existing.service));
+                }
                 continue;
             }
             desired.insert(fk, frontend);
@@ -273,7 +331,7 @@ pub fn service_frontends(
         // kube-proxy: a service with no endpoint at all rejects; one
         // whose policy leaves this node none drops.
         let has_endpoints = !categorized.all_reachable.is_empty();
-        let frontend = FrontendKey { addr: port.cluster_ip, port: port.port, proto: port.protocol };
+        let frontend = FrontendKey::new(port.cluster_ip, port.port, port.protocol);
         let chosen = categorized.for_cluster_ip(port);
         let policy = FrontendPolicy { drop_when_empty: has_endpoints, ..FrontendPolicy::default() };
         let internal = backends(chosen, &endpoints);
@@ -282,12 +340,25 @@ pub fn service_frontends(
             continue;
         }
         let chosen = categorized.for_external(port);
+        // kube-proxy: with eTP Local (and iTP Cluster) this node's pods and
+        // processes reach the external addresses through the Cluster
+        // policy's endpoints (when there are any), as if they had gone out
+        // to a load balancer and come back; only traffic from outside gets
+        // the Local choice.
+        let two_scopes = port.external_policy_local && !port.internal_policy_local;
         let policy = FrontendPolicy {
             external: true,
             local: port.external_policy_local,
             drop_when_empty: has_endpoints,
+            two_scopes,
         };
         let external = backends(chosen, &endpoints);
+        let internal = two_scopes.then(|| {
+            let cluster = categorized.cluster.as_deref().unwrap_or_default();
+            let chosen = if cluster.is_empty() { chosen } else { cluster };
+            let policy = FrontendPolicy { local: false, two_scopes: false, ..policy };
+            (backends(chosen, &endpoints), policy)
+        });
         // Source ranges: on LoadBalancer IPs (kube-proxy) and NodePorts
         // (issue 3), never on externalIPs.
         let ranges = &port.source_ranges;
@@ -298,9 +369,13 @@ pub fn service_frontends(
             .chain(port.external_ips.iter().map(|ip| (*ip, port.port, &none)))
             .chain(port.load_balancer_ips.iter().map(|ip| (*ip, port.port, ranges)));
         for (addr, number, source_ranges) in addrs {
-            let key = FrontendKey { addr, port: number, proto: port.protocol };
+            let key = FrontendKey::new(addr, number, port.protocol);
             let fe = make_frontend(port, external.clone(), policy, source_ranges.clone());
             push(key, fe, warnings);
+            if let Some((backends, policy)) = &internal {
+                let fe = make_frontend(port, backends.clone(), *policy, source_ranges.clone());
+                push(key.in_scope(Scope::Internal), fe, warnings);
+            }
         }
     }
     out
@@ -1146,7 +1221,63 @@ mod tests {
             with(s, &["status"], json!({"loadBalancer": {"ingress": [{"ip": "203.0.113.10"}]}}))
         };
         let lb_slice = || slice("lb-a", "lb", one_ports(), json!([ep("10.244.1.5")]));
+        // The same with externalTrafficPolicy Local (and the given
+        // internalTrafficPolicy), endpoints on this node and node-2.
+        let local_lb = |itp: &str| {
+            let s = lb("LoadBalancer", json!([]));
+            let s = with(s, &["spec", "externalTrafficPolicy"], json!("Local"));
+            with(s, &["spec", "internalTrafficPolicy"], json!(itp))
+        };
+        let here = |ip: &str| json!({"addresses": [ip], "nodeName": NODE});
+        let local_lb_slice = |eps: Value| slice("lb-a", "lb", one_ports(), eps);
         vec![
+            Case {
+                name: "eTP Local: outside clients get local endpoints, this node's own \
+                       traffic (internal scope) the cluster's",
+                objects: vec![
+                    local_lb("Cluster"),
+                    local_lb_slice(json!([here("10.244.0.5"), ep("10.244.1.5")])),
+                ],
+                want: &[
+                    "0.0.0.0:30080/TCP ns/lb  -> [10.244.0.5:8080]",
+                    "0.0.0.0:30080/TCP (internal) ns/lb  -> [10.244.0.5:8080 10.244.1.5:8080]",
+                    "10.96.0.30:80/TCP ns/lb  -> [10.244.0.5:8080 10.244.1.5:8080]",
+                    "192.0.2.7:80/TCP ns/lb  -> [10.244.0.5:8080]",
+                    "192.0.2.7:80/TCP (internal) ns/lb  -> [10.244.0.5:8080 10.244.1.5:8080]",
+                    "203.0.113.10:80/TCP ns/lb  -> [10.244.0.5:8080]",
+                    "203.0.113.10:80/TCP (internal) ns/lb  -> [10.244.0.5:8080 10.244.1.5:8080]",
+                ],
+                warnings: &[],
+            },
+            Case {
+                name: "eTP Local without a local endpoint: outside clients dropped, \
+                       this node's traffic still served",
+                objects: vec![local_lb("Cluster"), local_lb_slice(json!([ep("10.244.1.5")]))],
+                want: &[
+                    "0.0.0.0:30080/TCP ns/lb  -> []",
+                    "0.0.0.0:30080/TCP (internal) ns/lb  -> [10.244.1.5:8080]",
+                    "10.96.0.30:80/TCP ns/lb  -> [10.244.1.5:8080]",
+                    "192.0.2.7:80/TCP ns/lb  -> []",
+                    "192.0.2.7:80/TCP (internal) ns/lb  -> [10.244.1.5:8080]",
+                    "203.0.113.10:80/TCP ns/lb  -> []",
+                    "203.0.113.10:80/TCP (internal) ns/lb  -> [10.244.1.5:8080]",
+                ],
+                warnings: &[],
+            },
+            Case {
+                name: "eTP Local and iTP Local: one scope, local endpoints for everyone",
+                objects: vec![
+                    local_lb("Local"),
+                    local_lb_slice(json!([here("10.244.0.5"), ep("10.244.1.5")])),
+                ],
+                want: &[
+                    "0.0.0.0:30080/TCP ns/lb  -> [10.244.0.5:8080]",
+                    "10.96.0.30:80/TCP ns/lb  -> [10.244.0.5:8080]",
+                    "192.0.2.7:80/TCP ns/lb  -> [10.244.0.5:8080]",
+                    "203.0.113.10:80/TCP ns/lb  -> [10.244.0.5:8080]",
+                ],
+                warnings: &[],
+            },
             Case {
                 name: "source ranges on the NodePort and LoadBalancer IP, not the externalIP",
                 objects: vec![

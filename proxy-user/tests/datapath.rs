@@ -70,7 +70,7 @@ impl Harness {
             .iter()
             .map(|(port, proto, target, backends)| {
                 (
-                    FrontendKey { addr: VIP, port: *port, proto: *proto },
+                    FrontendKey::new(VIP, *port, *proto),
                     Frontend {
                         service: ObjectKey { namespace: "default".into(), name: "svc".into() },
                         port_name: String::new(),
@@ -244,6 +244,43 @@ fn reused_tuple_takes_back_its_reply_entry_from_another_frontend() {
     // Later packets of a flow (no SYN) do not move the reply entry.
     h.run(&tcp_frame(CLIENT, 40020, VIP, 81, 0x10));
     assert_eq!(reply_port(&h), Some(80));
+}
+
+// Expect: a SYN on a tracked tuple is a retransmission and keeps the flow's
+// backend; once the client has sent a RST or FIN on the flow, the next SYN on
+// the tuple is a new connection on a reused port and is balanced anew, over
+// backends added meanwhile too (netfilter's conntrack starts a new entry
+// then): a client cycling through its ports keeps reaching new backends
+// (bench peers: a change to 10 endpoints was not seen for 60 s because every
+// reused port stuck to its old backend).
+#[test]
+fn syn_after_the_clients_rst_or_fin_is_balanced_anew() {
+    if !is_root() {
+        return;
+    }
+    let mut h = Harness::new();
+    h.program(&[(80, Protocol::Tcp, 8080, &[backend_ip(1)])]);
+    let syn_to = |h: &Harness, port: u16| {
+        let (verdict, out) = h.run(&tcp_frame(CLIENT, port, VIP, 80, 0x02));
+        assert_eq!(verdict, TC_ACT_UNSPEC);
+        pktgen::parse(&out).dst
+    };
+    let ports: Vec<u16> = (43000..43020).collect();
+    for &port in &ports {
+        assert_eq!(syn_to(&h, port), backend_ip(1));
+    }
+    h.program(&[(80, Protocol::Tcp, 8080, &[backend_ip(1), backend_ip(2)])]);
+    for &port in &ports {
+        assert_eq!(syn_to(&h, port), backend_ip(1), "a retransmitted SYN moved");
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for (i, &port) in ports.iter().enumerate() {
+        // RST, or FIN+ACK, from the client; then the port is used again.
+        let close = if i % 2 == 0 { 0x04 } else { 0x11 };
+        h.run(&tcp_frame(CLIENT, port, VIP, 80, close));
+        seen.insert(syn_to(&h, port));
+    }
+    assert!(seen.contains(&backend_ip(2)), "reused ports stuck to their old backend: {seen:?}");
 }
 
 fn dnat_target(h: &Harness, sport: u16) -> Ipv4Addr {
@@ -622,7 +659,7 @@ fn full_service_map_fails_clearly_and_shows_no_half_service() {
     let (mut rec, _) = Reconciler::restore(PinnedMaps::open(&paths).unwrap()).unwrap();
     let fe = |port: u16, n: u8| {
         (
-            FrontendKey { addr: VIP, port, proto: Protocol::Tcp },
+            FrontendKey::new(VIP, port, Protocol::Tcp),
             Frontend {
                 service: ObjectKey { namespace: "default".into(), name: format!("s{port}") },
                 port_name: String::new(),
@@ -695,7 +732,7 @@ fn removing_a_udp_backend_flushes_its_conntrack() {
     assert_eq!(by_backend.len(), 2, "{by_backend:?}");
     assert_eq!(h.ct_entries(), 80, "two entries per flow");
     let desired_one: Desired = [(
-        FrontendKey { addr: VIP, port: 53, proto: Protocol::Udp },
+        FrontendKey::new(VIP, 53, Protocol::Udp),
         Frontend {
             service: ObjectKey { namespace: "default".into(), name: "svc".into() },
             port_name: String::new(),
@@ -732,7 +769,7 @@ fn terminating_backend_keeps_flows_but_not_new_connections() {
     // A flow that went to b.
     let sport = (55000..55200).find(|&p| dnat_target(&h, p) == b).expect("some flow picks b");
     let desired: Desired = [(
-        FrontendKey { addr: VIP, port: 80, proto: Protocol::Tcp },
+        FrontendKey::new(VIP, 80, Protocol::Tcp),
         Frontend {
             service: ObjectKey { namespace: "default".into(), name: "svc".into() },
             port_name: String::new(),

@@ -26,7 +26,7 @@ use sluice::{
     manifest::ObjectKey,
     model::{
         BackendSpec, BackendState, Desired, Frontend, FrontendKey, FrontendPolicy, NODEPORT_ADDR,
-        Protocol,
+        Protocol, Scope,
     },
     pktgen::{self, ICMP, Ipv4Spec, SCTP, TCP, UDP},
     testbed::{BpffsMount, drop_count, prog_test_run},
@@ -110,19 +110,20 @@ impl Harness {
             policy,
             source_ranges: source_ranges.clone(),
         };
-        let policy = FrontendPolicy { external: true, local, drop_when_empty: local };
+        let policy =
+            FrontendPolicy { external: true, local, drop_when_empty: local, two_scopes: false };
         let none = Vec::new();
         let desired: Desired = [
-            (FrontendKey { addr: NODEPORT_ADDR, port: 30080, proto: Protocol::Tcp }, &ranges),
-            (FrontendKey { addr: NODEPORT_ADDR, port: 30053, proto: Protocol::Udp }, &none),
-            (FrontendKey { addr: EXTERNAL_IP, port: 80, proto: Protocol::Tcp }, &ranges),
+            (FrontendKey::new(NODEPORT_ADDR, 30080, Protocol::Tcp), &ranges),
+            (FrontendKey::new(NODEPORT_ADDR, 30053, Protocol::Udp), &none),
+            (FrontendKey::new(EXTERNAL_IP, 80, Protocol::Tcp), &ranges),
             // SCTP: a NodePort and a ClusterIP (translation not supported).
-            (FrontendKey { addr: NODEPORT_ADDR, port: 30132, proto: Protocol::Sctp }, &none),
+            (FrontendKey::new(NODEPORT_ADDR, 30132, Protocol::Sctp), &none),
         ]
         .into_iter()
         .map(|(k, r)| (k, frontend(policy, r)))
         .chain([(
-            FrontendKey { addr: CLUSTER_IP, port: 9000, proto: Protocol::Sctp },
+            FrontendKey::new(CLUSTER_IP, 9000, Protocol::Sctp),
             frontend(FrontendPolicy::default(), &none),
         )])
         .collect();
@@ -387,4 +388,87 @@ fn sctp_to_a_service_port_is_rejected_and_counted() {
         assert_eq!(out, frame);
     }
     assert_eq!(unsupported(), before + 2);
+}
+
+// Expect: a two-scope frontend (externalTrafficPolicy Local, its internal
+// scope serving the cluster's endpoints): from outside, the NodePort and the
+// externalIP without a local endpoint drop; from a pod of this node the same
+// frontends are DNATed to the remote endpoint (no SNAT) and the reply is
+// translated back; with the internal entries gone (the moment of an update)
+// the pod gets the outside choice; without the two-scope flag too.
+#[test]
+fn two_scope_frontends_serve_this_nodes_pods_from_the_cluster_endpoints() {
+    if !is_root() {
+        return;
+    }
+    let mut h = Harness::new();
+    let frontend = |backends: &[Ipv4Addr], policy| Frontend {
+        service: ObjectKey { namespace: "default".into(), name: "web".into() },
+        port_name: "http".into(),
+        backends: backends
+            .iter()
+            .map(|a| BackendSpec {
+                addr: *a,
+                port: 8080,
+                state: BackendState::Active,
+                local: false,
+            })
+            .collect(),
+        affinity_timeout: None,
+        policy,
+        source_ranges: Vec::new(),
+    };
+    let outside =
+        FrontendPolicy { external: true, local: true, drop_when_empty: true, two_scopes: true };
+    let inside = FrontendPolicy { external: true, drop_when_empty: true, ..Default::default() };
+    let keys = [
+        FrontendKey::new(NODEPORT_ADDR, 30080, Protocol::Tcp),
+        FrontendKey::new(EXTERNAL_IP, 80, Protocol::Tcp),
+    ];
+    let both: Desired = keys
+        .iter()
+        .flat_map(|k| {
+            [
+                (*k, frontend(&[], outside)),
+                (k.in_scope(Scope::Internal), frontend(&[REMOTE_POD], inside)),
+            ]
+        })
+        .collect();
+    let out = h.reconciler.sync(&both);
+    assert!(out.errors.is_empty(), "{:?}", out.errors);
+
+    for (i, (dst, port)) in [(NODE, 30080), (EXTERNAL_IP, 80)].into_iter().enumerate() {
+        let before = h.drops(DropReason::NoLocalBackend);
+        let (verdict, _) = h.ext(&tcp_frame(CLIENT, 41000, dst, port, 0x02));
+        assert_eq!(verdict, TC_ACT_SHOT, "outside to {dst}:{port}");
+        assert_eq!(h.drops(DropReason::NoLocalBackend), before + 1);
+
+        let sport = 41010 + i as u16;
+        let (verdict, p) = h.pod(&tcp_frame(CLIENT_POD, sport, dst, port, 0x02));
+        assert_ne!(verdict, TC_ACT_SHOT, "pod to {dst}:{port}");
+        assert_eq!((p.src, p.dst, p.ports), (CLIENT_POD, REMOTE_POD, Some((sport, 8080))));
+        assert_checksums(&p);
+        // The reply comes back through the external program (the backend
+        // is on another node).
+        let (verdict, r) = h.ext(&tcp_frame(REMOTE_POD, 8080, CLIENT_POD, sport, 0x12));
+        assert_ne!(verdict, TC_ACT_SHOT);
+        assert_eq!((r.src, r.dst, r.ports), (dst, CLIENT_POD, Some((port, sport))));
+        assert_checksums(&r);
+    }
+
+    // The internal entries missing: the scope-0 entries serve (drop).
+    let only_outside: Desired = keys.iter().map(|k| (*k, frontend(&[], outside))).collect();
+    let out = h.reconciler.sync(&only_outside);
+    assert!(out.errors.is_empty(), "{:?}", out.errors);
+    let (verdict, _) = h.pod(&tcp_frame(CLIENT_POD, 41020, NODE, 30080, 0x02));
+    assert_eq!(verdict, TC_ACT_SHOT);
+    // One scope with a local endpoint: the pod gets it.
+    let one: Desired = keys
+        .iter()
+        .map(|k| (*k, frontend(&[LOCAL_POD], FrontendPolicy { two_scopes: false, ..outside })))
+        .collect();
+    let out = h.reconciler.sync(&one);
+    assert!(out.errors.is_empty(), "{:?}", out.errors);
+    let (_, p) = h.pod(&tcp_frame(CLIENT_POD, 41021, EXTERNAL_IP, 80, 0x02));
+    assert_eq!((p.src, p.dst), (CLIENT_POD, LOCAL_POD));
 }

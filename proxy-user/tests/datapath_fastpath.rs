@@ -84,7 +84,7 @@ impl Harness {
             .into_iter()
             .map(|(port, proto, target)| {
                 (
-                    FrontendKey { addr: VIP, port, proto },
+                    FrontendKey::new(VIP, port, proto),
                     Frontend {
                         service: ObjectKey { namespace: "default".into(), name: "svc".into() },
                         port_name: String::new(),

@@ -324,7 +324,7 @@ fn testbed_manifests_load_into_the_model() {
         assert!(warnings.is_empty(), "{warnings:?}");
         desired
     };
-    let key = |port, proto| FrontendKey { addr: VIP, port, proto };
+    let key = |port, proto| FrontendKey::new(VIP, port, proto);
     let desired = load();
     assert_eq!(desired.len(), 2, "{desired:?}");
     for (port, proto, target) in

@@ -34,6 +34,8 @@ const LB_PROXY_IP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 21);
 /// A second external client, outside the source range of the test that
 /// uses it.
 const OUTSIDER: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 2);
+/// The externalIP of the Local-policy service whose endpoint is on node 2.
+const ONLY2_EXTERNAL_IP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 32);
 
 fn sluice_bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_sluice"))
@@ -268,7 +270,10 @@ fn nodeport_cluster_policy_snats_only_remote_backends() {
 // Expect: with externalTrafficPolicy Local a NodePort only uses the node's
 // own endpoints and the backend sees the client's address; a node without a
 // local endpoint drops the traffic (a timeout, not a refusal) while the
-// service has endpoints elsewhere.
+// service has endpoints elsewhere. A pod on that node reaches the NodePort
+// on its node's address and the service's externalIP through the cluster's
+// endpoints, with its own address (kube-proxy's short cut for the node's
+// own traffic to external frontends of a Local service).
 #[test]
 fn nodeport_local_policy_keeps_the_client_address() {
     if !require_root() {
@@ -286,7 +291,10 @@ fn nodeport_local_policy_keeps_the_client_address() {
     manifests
         .write_file("local.yaml", &service_yaml("local", "10.96.0.31", &spec, "", &both))
         .unwrap();
-    let spec = format!("  type: NodePort\n  externalTrafficPolicy: Local\n{}", ports(30082));
+    let spec = format!(
+        "  type: NodePort\n  externalTrafficPolicy: Local\n  externalIPs: [{ONLY2_EXTERNAL_IP}]\n{}",
+        ports(30082)
+    );
     let only2 = [(&c.pods[1], &c.nodes[1])];
     manifests
         .write_file("only2.yaml", &service_yaml("only2", "10.96.0.32", &spec, "", &only2))
@@ -306,6 +314,14 @@ fn nodeport_local_policy_keeps_the_client_address() {
     let err = ask(&c.client, on1).expect_err("node 1 has no local endpoint");
     assert_ne!(err.kind(), ErrorKind::ConnectionRefused, "dropped, not rejected: {err}");
     assert!(start.elapsed() >= IO_TIMEOUT / 2, "gave up after {:?}: {err}", start.elapsed());
+
+    let pod = c.nodes[0].add_pod("cl1").unwrap();
+    for addr in [on1, SocketAddrV4::new(ONLY2_EXTERNAL_IP, 80)] {
+        let (name, seen) = wait_answer(pod.netns(), addr);
+        assert_eq!((name.as_str(), seen), ("be2", pod.ip().to_string()), "pod to {addr}");
+        let seen = ask_many(pod.netns(), addr, 5);
+        assert_eq!(seen, [("be2".to_owned(), pod.ip().to_string())].into(), "pod to {addr}");
+    }
     agents.stop();
 }
 
@@ -370,7 +386,9 @@ for _ in range(int(sys.argv[3])):
 
 // Expect: a process on node 1 itself (in the agent's cgroup, socket LB on)
 // reaches the NodePort on its own node's address, balanced over the local
-// and the remote backend.
+// and the remote backend; and the NodePort of a service with
+// externalTrafficPolicy Local whose only endpoint is on node 2 (the node's
+// own traffic uses the cluster's endpoints, as with kube-proxy).
 #[test]
 fn nodeport_from_the_node_itself_through_socket_lb() {
     if !require_root() {
@@ -393,12 +411,20 @@ fn nodeport_from_the_node_itself_through_socket_lb() {
     manifests
         .write_file("host.yaml", &service_yaml("host", "10.96.0.34", &spec, "", &backends))
         .unwrap();
+    let spec = format!("  type: NodePort\n  externalTrafficPolicy: Local\n{}", ports(30085));
+    let only2 = [(&c.pods[1], &c.nodes[1])];
+    let yaml = service_yaml("hostlocal", "10.96.0.35", &spec, "", &only2);
+    manifests.write_file("hostlocal.yaml", &yaml).unwrap();
     let agents = Agents::start_with(&c, &dir, &manifests, &[], Some(&cgroup));
     let addr = SocketAddrV4::new(device_addr(1), 30084);
     wait_answer(&c.client, addr);
     let names: BTreeSet<String> =
         host_process_asks(c.nodes[0].netns(), &cgroup, addr, 30).into_iter().collect();
     assert_eq!(names, ["be1".to_owned(), "be2".to_owned()].into());
+    wait_answer(&c.client, SocketAddrV4::new(device_addr(2), 30085));
+    let local = SocketAddrV4::new(device_addr(1), 30085);
+    let names = host_process_asks(c.nodes[0].netns(), &cgroup, local, 10);
+    assert_eq!(names, vec!["be2".to_owned(); 10]);
     agents.stop();
 }
 

@@ -46,7 +46,7 @@ fn map_occupancy_and_drops_are_read_at_scrape_time() {
     // One frontend with two backends: master entry + 2 slots, 2 backends.
     let (mut reconciler, _) = Reconciler::restore(PinnedMaps::open(&paths).unwrap()).unwrap();
     let desired = Desired::from([(
-        FrontendKey { addr: Ipv4Addr::new(10, 96, 0, 10), port: 80, proto: Protocol::Tcp },
+        FrontendKey::new(Ipv4Addr::new(10, 96, 0, 10), 80, Protocol::Tcp),
         Frontend {
             service: ObjectKey::new("default", "web"),
             port_name: String::new(),

@@ -29,7 +29,7 @@ use ipnetwork::Ipv4Network;
 use proxy_common::{
     BACKEND_FLAG_LOCAL, BACKEND_STATE_ACTIVE, BACKEND_STATE_MASK, BACKEND_STATE_TERMINATING,
     Backend, RevNat, SVC_FLAG_AFFINITY, SVC_FLAG_DROP_EMPTY, SVC_FLAG_EXTERNAL, SVC_FLAG_LOCAL,
-    SVC_FLAG_SOURCE_RANGES, ServiceKey, ServiceValue,
+    SVC_FLAG_SCOPE_INTERNAL, SVC_FLAG_SOURCE_RANGES, SVC_FLAG_TWO_SCOPES, ServiceKey, ServiceValue,
 };
 
 use super::{
@@ -37,7 +37,7 @@ use super::{
     maps::{LbMaps, SourceRangeEntry, StatsMap},
 };
 use crate::model::{
-    BackendState, Desired, Frontend, FrontendKey, FrontendPolicy, Protocol, cache::Changes,
+    BackendState, Desired, Frontend, FrontendKey, FrontendPolicy, Protocol, Scope, cache::Changes,
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -167,8 +167,14 @@ fn state_from_map(state: u8) -> (BackendState, bool) {
 
 /// A frontend's policy (and whether it has source ranges) as `SVC_FLAG_*`
 /// bits.
-fn policy_flags(policy: &FrontendPolicy, source_ranges: bool) -> u16 {
+fn policy_flags(policy: &FrontendPolicy, scope: Scope, source_ranges: bool) -> u16 {
     let mut flags = 0;
+    if scope == Scope::Internal {
+        flags |= SVC_FLAG_SCOPE_INTERNAL;
+    }
+    if policy.two_scopes {
+        flags |= SVC_FLAG_TWO_SCOPES;
+    }
     if source_ranges {
         flags |= SVC_FLAG_SOURCE_RANGES;
     }
@@ -192,7 +198,7 @@ fn is_vip(flags: u16) -> bool {
 }
 
 fn service_key(fk: &FrontendKey, slot: u16) -> ServiceKey {
-    ServiceKey::new(fk.addr, fk.port, fk.proto.number(), slot)
+    ServiceKey::scoped(fk.addr, fk.port, fk.proto.number(), slot, fk.scope.number())
 }
 
 impl<M: LbMaps> Reconciler<M> {
@@ -210,11 +216,13 @@ impl<M: LbMaps> Reconciler<M> {
         let mut slots: BTreeMap<(FrontendKey, u16), u32> = BTreeMap::new();
         let mut stray_keys = Vec::new();
         for (key, value) in &services {
-            let Some(proto) = Protocol::from_number(key.proto) else {
+            let (Some(proto), Some(scope)) =
+                (Protocol::from_number(key.proto), Scope::from_number(key.scope))
+            else {
                 stray_keys.push(*key);
                 continue;
             };
-            let fk = FrontendKey { addr: key.addr(), port: key.port(), proto };
+            let fk = FrontendKey::new(key.addr(), key.port(), proto).in_scope(scope);
             if key.backend_slot == 0 {
                 if value.rev_nat_index == 0 || by_rev_nat.contains_key(&value.rev_nat_index) {
                     stray_keys.push(*key);
@@ -447,7 +455,13 @@ impl<M: LbMaps> Reconciler<M> {
             let group = groups.get(fk).copied().unwrap_or(0);
             self.applied.get(fk).map(|a| a.affinity_id) != Some(group)
         }));
-        for fk in todo {
+        // A two-scope frontend's internal entries before the master entry
+        // that sends this node's traffic to them (until they exist the
+        // kernel uses scope `All` for it, and a flow started there would
+        // move to the other scope's backends when they appear).
+        let (internal, all): (Vec<FrontendKey>, Vec<FrontendKey>) =
+            todo.into_iter().partition(|fk| fk.scope == Scope::Internal);
+        for fk in internal.into_iter().chain(all) {
             let group = groups.get(&fk).copied().unwrap_or(0);
             match self.apply_frontend(&fk, &desired[&fk], group) {
                 Ok(true) => outcome.changed += 1,
@@ -629,7 +643,7 @@ impl<M: LbMaps> Reconciler<M> {
 
         // 4. The master entry, now that everything it points at exists; a
         // new frontend first registers its address.
-        let flags = policy_flags(&frontend.policy, !ranges.is_empty());
+        let flags = policy_flags(&frontend.policy, fk.scope, !ranges.is_empty());
         if self.applied[fk].count.is_none() {
             self.clear_reused_stats(StatsMap::Service, rev)?;
         }

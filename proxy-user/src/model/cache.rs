@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use super::{
-    Desired, Frontend, FrontendKey, Inputs, ModelWarning, ServiceIn, conflict_warning,
+    Desired, Frontend, FrontendKey, Inputs, ModelWarning, Scope, ServiceIn, conflict_warning,
     service_frontends,
 };
 use crate::manifest::ObjectKey;
@@ -104,7 +104,8 @@ impl ModelCache {
             .chain(self.service_warnings.values().flatten())
             .cloned()
             .collect();
-        for (key, losers) in &self.losers {
+        // A two-scope frontend's internal twin loses with it: one warning.
+        for (key, losers) in self.losers.iter().filter(|(k, _)| k.scope == Scope::All) {
             let winner = &self.desired[key].service;
             out.extend(losers.values().map(|f| conflict_warning(key, f, winner)));
         }

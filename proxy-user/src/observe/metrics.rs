@@ -112,7 +112,8 @@ fn pinned_service_counters(pins: &PinPaths, names: &Names) -> Vec<ServiceCounter
         .into_iter()
         .filter_map(|v| {
             let stats = v.stats?;
-            let frontend = format!("{}:{}/{}", v.address, v.port, v.protocol);
+            let scope = if v.internal { " (internal)" } else { "" };
+            let frontend = format!("{}:{}/{}{scope}", v.address, v.port, v.protocol);
             Some(ServiceCounter {
                 service: names.get(&frontend).cloned().unwrap_or_default(),
                 frontend,
@@ -643,7 +644,7 @@ mod tests {
     fn desired() -> Desired {
         let fe = |ip: [u8; 4], svc: &str, n: u8| {
             (
-                FrontendKey { addr: Ipv4Addr::from(ip), port: 80, proto: Protocol::Tcp },
+                FrontendKey::new(Ipv4Addr::from(ip), 80, Protocol::Tcp),
                 Frontend {
                     service: ObjectKey::new("ns", svc),
                     port_name: String::new(),

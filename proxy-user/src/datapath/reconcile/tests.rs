@@ -11,7 +11,7 @@ use crate::{
 };
 
 fn fk(port: u16) -> FrontendKey {
-    FrontendKey { addr: Ipv4Addr::new(10, 96, 0, 10), port, proto: Protocol::Tcp }
+    FrontendKey::new(Ipv4Addr::new(10, 96, 0, 10), port, Protocol::Tcp)
 }
 
 fn backend(last: u8, state: BackendState) -> BackendSpec {
@@ -53,7 +53,7 @@ fn assert_consistent(maps: &FakeMaps) {
         for slot in 1..=value.count {
             let (_, sv) = maps
                 .services
-                .get(&(key.addr, key.dport, key.proto, slot))
+                .get(&(key.addr, key.dport, key.proto, key.scope, slot))
                 .unwrap_or_else(|| panic!("slot {slot} of {} missing", value.count));
             let b = maps.backends.get(&sv.backend_id).expect("slot points at a backend");
             assert_eq!(b.rev_nat_index, value.rev_nat_index);
@@ -388,15 +388,14 @@ fn frontends_of_one_service_port_with_the_same_backends_share_an_affinity_group(
     let mut f = frontend(&active(&[1, 2]));
     f.affinity_timeout = Some(30);
     let cluster_ip = fk(80);
-    let node_port = FrontendKey { addr: Ipv4Addr::UNSPECIFIED, port: 30080, proto: Protocol::Tcp };
+    let node_port = FrontendKey::new(Ipv4Addr::UNSPECIFIED, 30080, Protocol::Tcp);
     let external_ip = FrontendKey { addr: Ipv4Addr::new(198, 18, 1, 9), ..fk(80) };
     // An external frontend with a Local policy serves only local endpoints.
     let mut local = frontend(&active(&[2]));
     local.affinity_timeout = Some(30);
     let mut other_port = f.clone();
     other_port.port_name = "metrics".into();
-    let other =
-        FrontendKey { addr: Ipv4Addr::new(10, 96, 0, 10), port: 9090, proto: Protocol::Tcp };
+    let other = FrontendKey::new(Ipv4Addr::new(10, 96, 0, 10), 9090, Protocol::Tcp);
     let state = desired(&[
         (cluster_ip, f.clone()),
         (node_port, f.clone()),
@@ -405,7 +404,14 @@ fn frontends_of_one_service_port_with_the_same_backends_share_an_affinity_group(
     ]);
     r.sync(&state);
     let master_of = |r: &Reconciler<FakeMaps>, k: &FrontendKey| {
-        r.maps().services[&(service_key(k, 0).addr, service_key(k, 0).dport, k.proto.number(), 0)].1
+        r.maps().services[&(
+            service_key(k, 0).addr,
+            service_key(k, 0).dport,
+            k.proto.number(),
+            k.scope.number(),
+            0,
+        )]
+            .1
     };
     let group = master_of(&r, &cluster_ip).affinity_id;
     let revs = [cluster_ip, node_port].map(|k| r.applied[&k].rev_nat_index);
@@ -440,9 +446,15 @@ fn affinity_groups_follow_changes_that_name_only_one_frontend() {
     let mut f = frontend(&active(&[1, 2]));
     f.affinity_timeout = Some(30);
     let cluster_ip = fk(80);
-    let node_port = FrontendKey { addr: Ipv4Addr::UNSPECIFIED, port: 30080, proto: Protocol::Tcp };
+    let node_port = FrontendKey::new(Ipv4Addr::UNSPECIFIED, 30080, Protocol::Tcp);
     let group_of = |r: &Reconciler<FakeMaps>, k: &FrontendKey| {
-        r.maps().services[&(service_key(k, 0).addr, service_key(k, 0).dport, k.proto.number(), 0)]
+        r.maps().services[&(
+            service_key(k, 0).addr,
+            service_key(k, 0).dport,
+            k.proto.number(),
+            k.scope.number(),
+            0,
+        )]
             .1
             .affinity_group()
     };
@@ -565,4 +577,53 @@ fn restore_adopts_source_ranges_of_live_frontends_and_prunes_the_rest() {
     let before = r2.maps().log.len();
     r2.sync(&d);
     assert_eq!(r2.maps().log.len(), before, "rewrote: {:?}", &r2.maps().log[before..]);
+}
+
+#[test]
+fn a_two_scope_frontend_writes_its_internal_entries_before_the_flag_that_sends_traffic_there() {
+    let (mut r, _) = Reconciler::restore(FakeMaps::default()).unwrap();
+    let outside_key = FrontendKey::new(Ipv4Addr::UNSPECIFIED, 30080, Protocol::Tcp);
+    let inside_key = outside_key.in_scope(Scope::Internal);
+    let external = FrontendPolicy { external: true, drop_when_empty: true, ..Default::default() };
+    let mut outside = frontend(&active(&[1]));
+    outside.policy = FrontendPolicy { local: true, two_scopes: true, ..external };
+    let mut inside = frontend(&active(&[1, 2]));
+    inside.policy = external;
+    let state = desired(&[(outside_key, outside.clone()), (inside_key, inside)]);
+    r.sync(&state);
+    let master = |r: &Reconciler<FakeMaps>, k: &FrontendKey| {
+        let key = service_key(k, 0);
+        r.maps().services.get(&(key.addr, key.dport, key.proto, key.scope, 0)).map(|(_, v)| *v)
+    };
+    let (o, i) = (master(&r, &outside_key).unwrap(), master(&r, &inside_key).unwrap());
+    assert_eq!((o.count, i.count), (1, 2));
+    assert_ne!(o.flags & SVC_FLAG_TWO_SCOPES, 0);
+    assert_eq!(o.flags & SVC_FLAG_SCOPE_INTERNAL, 0);
+    assert_ne!(i.flags & SVC_FLAG_SCOPE_INTERNAL, 0);
+    assert_eq!(i.flags & (SVC_FLAG_TWO_SCOPES | SVC_FLAG_LOCAL), 0);
+    assert_ne!(o.rev_nat_index, i.rev_nat_index, "each scope has its own reverse NAT");
+    assert_consistent(r.maps());
+    // The internal master (count 2) is written before the flagged one.
+    let masters: Vec<u16> = lb_ops(&r.maps().log)
+        .iter()
+        .filter_map(|op| match op {
+            Op::PutService { slot: 0, count, .. } => Some(*count),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(masters, [2, 1]);
+    // Restored as written: nothing to rewrite.
+    let maps = std::mem::take(&mut r.maps);
+    let (mut r, outcome) = Reconciler::restore(maps).unwrap();
+    assert_eq!((outcome.frontends, outcome.pruned), (2, 0));
+    let before = r.maps().log.len();
+    r.sync(&state);
+    assert_eq!(r.maps().log.len(), before);
+    // Back to one scope: the internal entries go, the flag with them.
+    outside.policy.two_scopes = false;
+    r.sync(&desired(&[(outside_key, outside)]));
+    assert!(master(&r, &inside_key).is_none());
+    assert!(r.maps().services.values().all(|(k, _)| k.scope == 0));
+    assert_eq!(master(&r, &outside_key).unwrap().flags & SVC_FLAG_TWO_SCOPES, 0);
+    assert_consistent(r.maps());
 }
