@@ -95,20 +95,8 @@ impl Harness {
     fn program_ranges(&mut self, backends: &[Ipv4Addr], local: bool, ranges: &[&str]) {
         let ranges: Vec<Ipv4Network> = ranges.iter().map(|r| r.parse().unwrap()).collect();
         let frontend = |policy, source_ranges: &Vec<Ipv4Network>| Frontend {
-            service: ObjectKey { namespace: "default".into(), name: "web".into() },
-            port_name: "http".into(),
-            backends: backends
-                .iter()
-                .map(|a| BackendSpec {
-                    addr: *a,
-                    port: 8080,
-                    state: BackendState::Active,
-                    local: *a == LOCAL_POD,
-                })
-                .collect(),
-            affinity_timeout: None,
-            policy,
             source_ranges: source_ranges.clone(),
+            ..web_frontend(backends, policy)
         };
         let policy =
             FrontendPolicy { external: true, local, drop_when_empty: local, two_scopes: false };
@@ -147,6 +135,27 @@ impl Harness {
 
     fn drops(&self, reason: DropReason) -> u64 {
         drop_count(&self.paths, reason).unwrap()
+    }
+}
+
+/// Service default/web port http to `backends` on port 8080 (`LOCAL_POD`
+/// marked local), without source ranges.
+fn web_frontend(backends: &[Ipv4Addr], policy: FrontendPolicy) -> Frontend {
+    Frontend {
+        service: ObjectKey { namespace: "default".into(), name: "web".into() },
+        port_name: "http".into(),
+        backends: backends
+            .iter()
+            .map(|a| BackendSpec {
+                addr: *a,
+                port: 8080,
+                state: BackendState::Active,
+                local: *a == LOCAL_POD,
+            })
+            .collect(),
+        affinity_timeout: None,
+        policy,
+        source_ranges: Vec::new(),
     }
 }
 
@@ -402,22 +411,7 @@ fn two_scope_frontends_serve_this_nodes_pods_from_the_cluster_endpoints() {
         return;
     }
     let mut h = Harness::new();
-    let frontend = |backends: &[Ipv4Addr], policy| Frontend {
-        service: ObjectKey { namespace: "default".into(), name: "web".into() },
-        port_name: "http".into(),
-        backends: backends
-            .iter()
-            .map(|a| BackendSpec {
-                addr: *a,
-                port: 8080,
-                state: BackendState::Active,
-                local: false,
-            })
-            .collect(),
-        affinity_timeout: None,
-        policy,
-        source_ranges: Vec::new(),
-    };
+    let frontend = web_frontend;
     let outside =
         FrontendPolicy { external: true, local: true, drop_when_empty: true, two_scopes: true };
     let inside = FrontendPolicy { external: true, drop_when_empty: true, ..Default::default() };
