@@ -2,7 +2,9 @@
 //! reference `ptp`+`host-local` and `bridge`+`host-local` (from
 //! /usr/lib/cni), interleaved in one run, plus the kernel's own deletion
 //! time of a bare veth pair and of a pod-like one (peer in a pod namespace,
-//! pod program attached as sluice-cni attaches it) as DEL's floors. Needs
+//! pod program attached as sluice-cni attaches it) as DEL's floors, and
+//! the time to start and wait for `/bin/cat` the same way (the floor of
+//! any plugin process in this harness). Needs
 //! root; everything happens in namespaces it creates.
 //!
 //! ```text
@@ -127,6 +129,9 @@ fn main() -> anyhow::Result<()> {
     let mut del: Vec<Vec<Duration>> = vec![Vec::new(); plugins.len()];
     let mut veth_del: Vec<Duration> = Vec::new();
     let mut veth_tcx_del: Vec<Duration> = Vec::new();
+    // A process that only copies stdin to stdout, started and waited for as the plugins
+    // are: the floor of any plugin's ADD or DEL in this harness.
+    let mut noop: Vec<Duration> = Vec::new();
     let mut run = |p: usize, verb: &str, i: usize| -> anyhow::Result<Duration> {
         let (name, conf) = &plugins[p];
         let bin = bin_dir.join(conf["type"].as_str().unwrap_or_default());
@@ -146,11 +151,7 @@ fn main() -> anyhow::Result<()> {
         if steps && p == 0 {
             cmd.env("SLUICE_CNI_TIMING", sluice_cni::timing::monotonic_ns().to_string());
         }
-        let start = Instant::now();
-        let mut child = cmd.spawn()?;
-        child.stdin.take().expect("piped").write_all(input.as_bytes())?;
-        let out = child.wait_with_output()?;
-        let took = start.elapsed();
+        let (took, out) = time_spawn(&mut cmd, &input)?;
         anyhow::ensure!(
             out.status.success(),
             "{name} {verb} pod {i}: {}{}",
@@ -202,9 +203,17 @@ fn main() -> anyhow::Result<()> {
         node.exec(Duration::from_secs(10), move || p2.attach(&t2))??;
         node.ip(&["link", "set", &tcx, "up"])?;
         pod_ns.ip(&["link", "set", "bq0", "up"])?;
-        for k in 0..plugins.len() + 2 {
-            let p = (i + k) % (plugins.len() + 2);
-            if p == plugins.len() {
+        for k in 0..plugins.len() + 3 {
+            let p = (i + k) % (plugins.len() + 3);
+            if p == plugins.len() + 2 {
+                let mut cmd = node.command("/bin/cat")?;
+                cmd.env_clear()
+                    .env("CNI_COMMAND", "DEL")
+                    .stdin(Stdio::piped())
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::piped());
+                noop.push(time_spawn(&mut cmd, &plugins[0].1.to_string())?.0);
+            } else if p == plugins.len() {
                 // The kernel's own veth deletion: one netlink request from
                 // inside this process (no process spawn).
                 veth_del.push(kernel_veth_del(&node, &veth)?);
@@ -241,6 +250,8 @@ fn main() -> anyhow::Result<()> {
     println!("{:<20} {:>9} {:>9} {v50:>9.2} {v99:>9.2}", "veth del (kernel)", "-", "-");
     let (t50, t99) = (pct(&mut veth_tcx_del, 0.5), pct(&mut veth_tcx_del, 0.99));
     println!("{:<20} {:>9} {:>9} {t50:>9.2} {t99:>9.2}", "pod veth+tc (kernel)", "-", "-");
+    let (n50, n99) = (pct(&mut noop, 0.5), pct(&mut noop, 0.99));
+    println!("{:<20} {:>9} {:>9} {n50:>9.2} {n99:>9.2}", "/bin/cat (process)", "-", "-");
     let ok_add = rows[0].0 <= rows[1].0 / 2.0;
     println!(
         "goal ADD p50 <= ptp/2: {} ({:.2} vs {:.2})",
@@ -256,6 +267,11 @@ fn main() -> anyhow::Result<()> {
             floor + 2.0
         );
     }
+    println!(
+        "floor of a plugin process: pod veth+tc del + /bin/cat = {:.2} (sluice-cni DEL p50 {:.2})",
+        t50 + n50,
+        rows[0].2
+    );
     if steps {
         println!("sluice-cni steps (SLUICE_CNI_TIMING), ms p50 / p99 of each step's share:");
         for (step, v) in &mut step_times {
@@ -267,6 +283,19 @@ fn main() -> anyhow::Result<()> {
     // Dropping the namespaces and the node removes everything.
     drop(netns);
     Ok(())
+}
+
+/// Spawns `cmd` (stdin, stdout and stderr piped), writes `input` to its
+/// stdin and waits for it: the time from spawn to exit, and its output.
+fn time_spawn(
+    cmd: &mut std::process::Command,
+    input: &str,
+) -> anyhow::Result<(Duration, std::process::Output)> {
+    let start = Instant::now();
+    let mut child = cmd.spawn()?;
+    child.stdin.take().expect("piped").write_all(input.as_bytes())?;
+    let out = child.wait_with_output()?;
+    Ok((start.elapsed(), out))
 }
 
 /// Deletes `name` in `node` with one netlink request; the time it took.

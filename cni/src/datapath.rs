@@ -80,6 +80,17 @@ impl Pins {
         }
     }
 
+    /// Removes the entry of `ip` if it belongs to the pod on `ifindex` (any
+    /// entry of `ip` when the interface is unknown): the address may belong
+    /// to another pod by now.
+    pub fn remove_own_endpoint(&self, ip: Ipv4Addr, ifindex: Option<u32>) -> Result<()> {
+        let ours = match self.endpoint_if_present(ip)? {
+            Some(e) => ifindex.is_none_or(|i| e.ifindex == i),
+            None => false,
+        };
+        if ours { self.remove_endpoint(ip) } else { Ok(()) }
+    }
+
     /// The pod's endpoint entry, if the map and the entry exist.
     pub fn endpoint_if_present(&self, ip: Ipv4Addr) -> Result<Option<EndpointInfo>> {
         if !self.endpoints_map().exists() {

@@ -6,7 +6,7 @@
 //! spec's error object with its codes. [`config`] parses the network
 //! configuration, [`store`] is the file-backed attachment store and built-in
 //! IPAM, [`netlink`] creates links, addresses and routes (and switches
-//! namespaces), [`datapath`] hooks pods into the agent's pinned BPF state,
+//! namespaces; [`rtnl`]: blocking requests, for DEL), [`datapath`] hooks pods into the agent's pinned BPF state,
 //! [`delegate`] runs a delegated IPAM plugin, [`result`] renders results.
 
 pub mod config;
@@ -17,6 +17,7 @@ pub mod names;
 pub mod netlink;
 pub mod plugin;
 pub mod result;
+pub mod rtnl;
 pub mod skel;
 pub mod store;
 pub mod timing;

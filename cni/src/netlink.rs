@@ -1,7 +1,8 @@
 //! Links, addresses, routes and neighbours through rtnetlink.
 //!
-//! Namespace switching: the plugin runs its work on one dedicated thread
-//! ([`run`]) with a current-thread tokio runtime. A netlink socket belongs to
+//! Namespace switching: ADD, CHECK and GC run their work on one dedicated
+//! thread ([`run`]) with a current-thread tokio runtime (DEL needs no pod
+//! namespace and uses blocking requests, [`crate::rtnl`]). A netlink socket belongs to
 //! the network namespace its creator was in, so the thread opens one socket in
 //! the caller's (node) namespace, then `setns`es into the pod's namespace just
 //! long enough to open a second socket there, and switches back at once.
@@ -237,14 +238,6 @@ pub async fn set_up(h: &Handle, index: u32, what: &str) -> Result<()> {
         .execute()
         .await
         .map_err(Error::netlink(format!("setting {what} up")))
-}
-
-/// Deletes a link by name; `Ok(false)` when it does not exist.
-pub async fn delete_link(h: &Handle, name: &str) -> Result<bool> {
-    let Some(link) = link_by_name(h, name).await? else {
-        return Ok(false);
-    };
-    delete_link_index(h, link.index, name).await
 }
 
 /// Deletes the link with index `index` (`name` for messages); `Ok(false)`

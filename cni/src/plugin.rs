@@ -22,7 +22,9 @@
 //! unless it is disarmed at the end. DEL needs only the container ID and ifname: the
 //! host veth's name is derived from them, and deleting it deletes the pair.
 
+use std::io::{Read as _, Write as _};
 use std::net::Ipv4Addr;
+use std::os::fd::AsFd as _;
 
 use proxy_common::EndpointInfo;
 use rtnetlink::Handle;
@@ -33,6 +35,7 @@ use crate::datapath::Pins;
 use crate::names::{host_veth_name, is_host_veth_name};
 use crate::netlink::{self, GATEWAY, mac_string, parse_mac};
 use crate::result::{self, Wired};
+use crate::rtnl::{LinkEvents, Rtnl};
 use crate::skel::Request;
 use crate::store::{Record, Store};
 use crate::version::{self, VersionReply};
@@ -57,13 +60,14 @@ pub fn cmd_add(request: &Request) -> Result<Value> {
     netlink::run(move || async move { add(&env, &conf).await })
 }
 
-/// DEL: undo ADD; idempotent.
+/// DEL: undo ADD; idempotent. Runs on the calling thread without an
+/// async runtime (see [`del`]).
 pub fn cmd_del(request: &Request) -> Result<Value> {
     let conf = NetConf::parse(&request.stdin)?;
-    let env = request.env.clone();
+    let env = &request.env;
     env.container_id()?;
     env.ifname()?;
-    netlink::run(move || async move { del(&env, &conf).await })
+    del(env, &conf)
 }
 
 /// CHECK: compare the live state with `prevResult`.
@@ -156,20 +160,10 @@ impl Drop for AddGuard<'_> {
         if let Some(ip) = self.endpoint {
             let _ = self.pins.remove_endpoint(ip);
         }
-        if let Some(host_if) = self.host_if.clone() {
-            // Drop cannot await: delete the link from a helper thread with
-            // its own runtime and socket (same namespace as this thread).
-            let _ = std::thread::scope(|s| {
-                s.spawn(move || {
-                    let rt = tokio::runtime::Builder::new_current_thread().enable_io().build()?;
-                    rt.block_on(async {
-                        let h = netlink::connect().map_err(std::io::Error::other)?;
-                        netlink::delete_link(&h, &host_if).await.map_err(std::io::Error::other)
-                    })
-                    .map(drop)
-                })
-                .join()
-            });
+        if let Some(host_if) = &self.host_if {
+            // Drop cannot await: a blocking socket (in this thread's
+            // namespace, the node's).
+            let _ = Rtnl::open().and_then(|mut r| r.delete_link_named(host_if));
         }
         if self.delegate_added {
             let _ = delegate::exec(self.env, self.conf, "DEL", &self.conf.raw);
@@ -366,14 +360,7 @@ async fn teardown(
     let link = netlink::link_by_name(node, host_if).await?;
     let ifindex = link.as_ref().map(|l| l.index).or(ifindex.filter(|i| *i != 0));
     if let Some(ip) = ip {
-        // Only our own entry: the address may belong to another pod by now.
-        let ours = match pins.endpoint_if_present(ip)? {
-            Some(e) => ifindex.is_none_or(|i| e.ifindex == i),
-            None => false,
-        };
-        if ours {
-            pins.remove_endpoint(ip)?;
-        }
+        pins.remove_own_endpoint(ip, ifindex)?;
     }
     // The link (and with it the pod program's filter), then a tcx link pin
     // that an older version left: releasing the tcx link of a live
@@ -389,23 +376,98 @@ async fn teardown(
     Ok(())
 }
 
-async fn del(env: &Env, conf: &NetConf) -> Result<Value> {
+/// DEL. The veth's deletion is most of it: the kernel unlists the link at
+/// once but acknowledges the deletion only after its RCU grace periods
+/// (~20 ms), all inside the `sendmsg(2)` of the request. So this thread
+/// deletes the link first thing (one request, by name), and meanwhile a
+/// second thread ([`release`]) reads the IPAM record and, as soon as the
+/// kernel announces the link unregistered, removes the endpoint entry, a
+/// tcx link pin of an older version and the address (delegate, IPAM
+/// record). DEL returns once both are done: the veth is gone, the address
+/// released.
+fn del(env: &Env, conf: &NetConf) -> Result<Value> {
+    let host_if = host_veth_name(env.container_id()?, env.ifname()?);
+    let mut rtnl = Rtnl::open()?;
+    // Subscribed before the deletion, so its announcement is not missed.
+    let events = LinkEvents::open()?;
+    let (done_rx, mut done_tx) =
+        std::io::pipe().map_err(|e| Error::Internal(format!("creating a pipe: {e}")))?;
+    std::thread::scope(|s| {
+        let helper = std::thread::Builder::new()
+            .name("sluice-cni-del".into())
+            .spawn_scoped(s, || release(env, conf, &host_if, Deletion { events, done: done_rx }))
+            .map_err(|e| Error::Internal(format!("spawning the DEL thread: {e}")))?;
+        timing::mark("deleting");
+        let deleted = rtnl.delete_link_named(&host_if);
+        timing::mark("link deleted");
+        // The outcome for the helper if it missed the announcement (`0`:
+        // the deletion failed). One byte: the pipe cannot be full.
+        let _ = done_tx.write_all(if deleted.is_ok() { b"1" } else { b"0" });
+        drop(done_tx);
+        let released =
+            helper.join().map_err(|_| Error::Internal("the DEL thread panicked".into()))?;
+        timing::mark("released");
+        // The store's errors first (it was read before the deletion).
+        released?;
+        deleted?;
+        Ok(Value::Null)
+    })
+}
+
+/// The veth's deletion, run by another thread, as [`release`] follows it:
+/// the announcement of its unregistration, and `done`, to which the
+/// deleting thread writes `1` (deleted, or there was no veth) or `0`
+/// (failed) when the kernel has answered.
+struct Deletion {
+    events: LinkEvents,
+    done: std::io::PipeReader,
+}
+
+impl Deletion {
+    /// Waits until the veth named `name` is unregistered (`Some(Some(its
+    /// index))`), gone without an announcement seen (`Some(None)`), or its
+    /// deletion failed (`None`).
+    fn wait(mut self, name: &str) -> Result<Option<Option<u32>>> {
+        if let Some(index) = self.events.wait_unregistered(name, self.done.as_fd())? {
+            return Ok(Some(Some(index)));
+        }
+        let mut outcome = [0u8; 1];
+        let deleted = self.done.read(&mut outcome).is_ok_and(|n| n == 1) && outcome == *b"1";
+        Ok(deleted.then_some(None))
+    }
+}
+
+/// DEL's bookkeeping for the attachment whose host veth is `host_if`, while
+/// another thread deletes the veth: reads the IPAM record and, once the
+/// veth is gone, removes the endpoint entry (only if it still points at
+/// this pod's veth), a tcx link pin of an older version and the address
+/// (delegate DEL, IPAM record). If the deletion failed, the endpoint entry
+/// goes (as it did before the deletion) and the address stays allocated.
+fn release(env: &Env, conf: &NetConf, host_if: &str, deletion: Deletion) -> Result<()> {
     let container_id = env.container_id()?;
     let ifname = env.ifname()?;
-    let host_if = host_veth_name(container_id, ifname);
     let pins = Pins::new(&conf.bpffs_root);
-    let node = netlink::connect()?;
-
     let mut store = Store::open_existing(&conf.data_dir, &conf.name)?;
     let record = store.as_ref().and_then(|s| s.state.find(container_id, ifname).cloned());
     let ip = record.as_ref().map(|r| r.ip).or_else(|| {
         conf.prev_result.as_ref().and_then(|p| {
-            result::expected(p, ifname, env.netns.as_deref().unwrap_or(""), &host_if).ip
+            result::expected(p, ifname, env.netns.as_deref().unwrap_or(""), host_if).ip
         })
     });
     timing::mark("store read");
-    teardown(&node, &pins, &host_if, ip, record.as_ref().map(|r| r.host_ifindex)).await?;
-    timing::mark("teardown");
+    let gone = deletion.wait(host_if)?;
+    timing::mark("link unregistered");
+    let recorded = record.as_ref().map(|r| r.host_ifindex).filter(|i| *i != 0);
+    let ifindex = gone.flatten().or(recorded);
+    if let Some(ip) = ip {
+        pins.remove_own_endpoint(ip, ifindex)?;
+    }
+    if gone.is_none() {
+        return Ok(());
+    }
+    if let Some(i) = ifindex {
+        pins.detach(i)?;
+    }
     if conf.ipam.is_some() {
         delegate::exec(env, conf, "DEL", &conf.raw)?;
     }
@@ -416,7 +478,7 @@ async fn del(env: &Env, conf: &NetConf) -> Result<Value> {
         st.save()?;
     }
     timing::mark("store saved");
-    Ok(Value::Null)
+    Ok(())
 }
 
 async fn check(env: &Env, conf: &NetConf) -> Result<Value> {
@@ -581,7 +643,7 @@ async fn gc(env: &Env, conf: &NetConf) -> Result<Value> {
     for link in netlink::all_links(&node).await? {
         if is_host_veth_name(&link.name) && !owned.contains(&link.name.as_str()) {
             pins.detach(link.index)?;
-            netlink::delete_link(&node, &link.name).await?;
+            netlink::delete_link_index(&node, link.index, &link.name).await?;
         }
     }
     for ip in pins.endpoint_addrs()? {

@@ -469,6 +469,34 @@ fn failed_add_leaves_nothing() {
     fx.assert_clean("end");
 }
 
+/// DEL releases the address only once the veth is gone: when the kernel
+/// refuses to delete the link (the node's loopback renamed to the host
+/// veth's name: loopback cannot be deleted, `EOPNOTSUPP`), DEL fails with
+/// code 100 and the IPAM record stays; with the name free, DEL releases it.
+#[test]
+fn failed_link_deletion_keeps_the_address() {
+    if !require_root() {
+        return;
+    }
+    let fx = Fixture::new("delfail", true);
+    let conf = fx.conf("1.1.0", &json!({}));
+    let pod = Netns::new("df-pod").unwrap();
+    let path = pod.path().to_str().unwrap().to_owned();
+    fx.add(&conf, "ctr-df", &pod, "eth0").expect_ok("ADD");
+    let host_if = sluice_cni::names::host_veth_name("ctr-df", "eth0");
+    fx.node.ip(&["link", "del", &host_if]).unwrap();
+    fx.node.ip(&["link", "set", "lo", "down"]).unwrap();
+    fx.node.ip(&["link", "set", "lo", "name", &host_if]).unwrap();
+    let r = fx.verb("DEL", &conf, "ctr-df", &path, "eth0");
+    fx.node.ip(&["link", "set", &host_if, "name", "lo"]).unwrap();
+    fx.node.ip(&["link", "set", "lo", "up"]).unwrap();
+    r.expect_code(100, "DEL of an undeletable link");
+    assert!(r.stdout["details"].as_str().unwrap().contains(&host_if), "{}", r.raw);
+    assert_eq!(fx.store_entries(), 1, "the address stays allocated");
+    fx.verb("DEL", &conf, "ctr-df", &path, "eth0").expect_ok("DEL");
+    fx.assert_clean("after DEL");
+}
+
 /// An attachment made by a version that attached the pod program with a
 /// pinned tcx link (`<root>/links/pod-ingress-<ifindex>`): DEL removes the
 /// pin with the veth, and an ADD over such a leftover replaces both.
