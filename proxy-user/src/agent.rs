@@ -162,7 +162,7 @@ impl Config {
 /// every sync) or the API watchers (whose store is always current).
 enum Source {
     Manifests {
-        dir: manifest::DirInputs,
+        dir: Box<manifest::DirInputs>,
         /// The next sync checks every file's content, not only the files
         /// whose metadata changed (the periodic backstop).
         verify: bool,
@@ -182,7 +182,7 @@ impl Source {
             SourceConfig::Manifests(dir) => {
                 let watcher = manifest::watch_dir(dir, changed.clone())
                     .with_context(|| format!("watching {}", dir.display()))?;
-                let dir = manifest::DirInputs::new(dir, node_name);
+                let dir = Box::new(manifest::DirInputs::new(dir, node_name));
                 Self::Manifests { dir, verify: false, _watcher: watcher }
             }
             SourceConfig::Api(api) => {
@@ -711,7 +711,7 @@ mod tests {
         dir.write_file("bad.yaml", "kind: [\n").expect("write");
         let (tx, _rx) = mpsc::channel(1);
         let watcher = manifest::watch_dir(dir.path(), tx).expect("watch");
-        let dir_inputs = manifest::DirInputs::new(dir.path(), "node-1");
+        let dir_inputs = Box::new(manifest::DirInputs::new(dir.path(), "node-1"));
         let mut source = Source::Manifests { dir: dir_inputs, verify: false, _watcher: watcher };
         let mut model = ModelCache::new();
 
