@@ -386,8 +386,8 @@ mod tests {
     use super::*;
     use crate::manifest::{LoadOutcome, load_dir};
     use crate::model::cache::{Changes, ModelCache};
-    use crate::model::{LABEL_SERVICE_NAME, LABEL_TOPOLOGY_ZONE, ModelWarning, desired_state};
-    use crate::testbed::{ManifestDir, Rng, TestDir};
+    use crate::model::{LABEL_SERVICE_NAME, LABEL_TOPOLOGY_ZONE, desired_state};
+    use crate::testbed::{ManifestDir, Rng, TestDir, sorted_lines};
 
     const NODE: &str = "node-1";
 
@@ -668,12 +668,6 @@ mod tests {
         docs.join(if json { "\n" } else { "\n---\n" })
     }
 
-    fn sorted(warnings: &[ModelWarning]) -> Vec<String> {
-        let mut out: Vec<String> = warnings.iter().map(ToString::to_string).collect();
-        out.sort();
-        out
-    }
-
     /// Random edits (writes in place and by rename, removes, renames,
     /// truncations, rewrites of the same content), a few at a time: after
     /// each batch the incremental state equals `load_dir` + `from_store`,
@@ -750,7 +744,8 @@ mod tests {
                 let (desired, warnings) = desired_state(&scratch.store, NODE);
                 programmed += usize::from(!desired.is_empty());
                 assert_eq!(cache.desired(), &desired, "{what}");
-                assert_eq!(sorted(&cache.warnings(inputs.inputs())), sorted(&warnings), "{what}");
+                let have = cache.warnings(inputs.inputs());
+                assert_eq!(sorted_lines(&have), sorted_lines(&warnings), "{what}");
             }
             assert!(edits > 150, "seed {seed}");
             assert!(partial > 50 && programmed > 50, "seed {seed}: {partial} {programmed}");

@@ -243,7 +243,7 @@ mod tests {
     use crate::manifest::Store;
     use crate::model::{LABEL_SERVICE_NAME, LABEL_TOPOLOGY_ZONE, SliceIn, desired_state};
     use crate::observe::{hcnode::local_policy_of, local_policy};
-    use crate::testbed::Rng;
+    use crate::testbed::{Rng, sorted_lines};
 
     const NODE: &str = "node-1";
 
@@ -289,12 +289,6 @@ mod tests {
                "ports": [{"name": "http", "port": 8080 + rng.below(2), "protocol": "TCP"},
                          {"name": "dns", "port": 53, "protocol": "UDP"}],
                "endpoints": endpoints})
-    }
-
-    fn sorted_warnings(warnings: &[ModelWarning]) -> Vec<String> {
-        let mut out: Vec<String> = warnings.iter().map(ToString::to_string).collect();
-        out.sort();
-        out
     }
 
     /// Random changes, one at a time: after each, the cache equals the model
@@ -350,8 +344,8 @@ mod tests {
                 let (expected, warnings) = desired_state(&store, NODE);
                 assert_eq!(cache.desired(), &expected, "seed {seed} step {step}");
                 assert_eq!(
-                    sorted_warnings(&cache.warnings(&inputs)),
-                    sorted_warnings(&warnings),
+                    sorted_lines(&cache.warnings(&inputs)),
+                    sorted_lines(&warnings),
                     "seed {seed} step {step}"
                 );
                 let Changes::Keys(changed) = changes else {

@@ -86,6 +86,13 @@ impl Rng {
     }
 }
 
+/// Each item's text, sorted: lists compared regardless of order.
+pub fn sorted_lines<T: ToString>(items: &[T]) -> Vec<String> {
+    let mut out: Vec<String> = items.iter().map(ToString::to_string).collect();
+    out.sort();
+    out
+}
+
 /// `sluice-cni` next to the `sluice` binary `sluice_bin`
 /// (`target/<profile>/`), built if missing.
 pub fn cni_bin(sluice_bin: &Path) -> Option<PathBuf> {
