@@ -39,7 +39,8 @@ use crate::{
 
 /// How often pod interfaces are rescanned (and failed syncs retried).
 const DEVICE_SCAN: Duration = Duration::from_secs(1);
-/// A full re-read of the sources, as a backstop for missed file events.
+/// A check of every manifest file's content, as a backstop for missed file
+/// events and for timestamps that did not show a change.
 const RESYNC: Duration = Duration::from_secs(30);
 /// Bursts of changes (file events, watch events) are coalesced for this long.
 const DEBOUNCE: Duration = Duration::from_millis(100);
@@ -157,10 +158,16 @@ impl Config {
     }
 }
 
-/// A running source: the manifest directory (re-read on every sync) or the
-/// API watchers (whose store is always current).
+/// A running source: the manifest directory (its changed files re-read on
+/// every sync) or the API watchers (whose store is always current).
 enum Source {
-    Manifests { dir: PathBuf, _watcher: notify::RecommendedWatcher },
+    Manifests {
+        dir: Box<manifest::DirInputs>,
+        /// The next sync checks every file's content, not only the files
+        /// whose metadata changed (the periodic backstop).
+        verify: bool,
+        _watcher: notify::RecommendedWatcher,
+    },
     Api(k8s::KubeSource),
 }
 
@@ -175,7 +182,8 @@ impl Source {
             SourceConfig::Manifests(dir) => {
                 let watcher = manifest::watch_dir(dir, changed.clone())
                     .with_context(|| format!("watching {}", dir.display()))?;
-                Self::Manifests { dir: dir.clone(), _watcher: watcher }
+                let dir = Box::new(manifest::DirInputs::new(dir, node_name));
+                Self::Manifests { dir, verify: false, _watcher: watcher }
             }
             SourceConfig::Api(api) => {
                 let client = api.client().await?;
@@ -184,16 +192,31 @@ impl Source {
         })
     }
 
+    /// The next snapshot checks the whole source (the periodic backstop for
+    /// missed events; the API's watchers need none).
+    fn verify(&mut self) {
+        if let Self::Manifests { verify, .. } = self {
+            *verify = true;
+        }
+    }
+
     /// Brings `model` up to date for `node` and says what changed, or why
     /// there is nothing to program now.
-    fn snapshot(&self, node: &str, model: &mut ModelCache) -> Result<Snapshot, NotNow> {
+    fn snapshot(&mut self, node: &str, model: &mut ModelCache) -> Result<Snapshot, NotNow> {
         match self {
-            Self::Manifests { dir, .. } => {
-                let loaded = manifest::load_dir(dir).map_err(|e| NotNow::Failed(e.to_string()))?;
-                let bad = loaded.errors.iter().map(ToString::to_string);
-                let inputs = Inputs::from_store(&loaded.store, node);
-                // A re-read directory may differ anywhere.
-                Ok(snapshot(&inputs, node, Dirty::All, model, bad, loaded.errors.len()))
+            Self::Manifests { dir, verify, .. } => {
+                let refresh = dir.refresh(*verify).map_err(|e| NotNow::Failed(e.to_string()))?;
+                *verify = false;
+                debug!(
+                    read = refresh.read,
+                    parsed = refresh.parsed.len(),
+                    removed = refresh.removed.len(),
+                    "manifest directory refreshed"
+                );
+                let errors = dir.errors();
+                let dirty = dir.take_dirty();
+                let bad = errors.iter().map(ToString::to_string);
+                Ok(snapshot(dir.inputs(), node, dirty, model, bad, errors.len()))
             }
             Self::Api(source) => source.with_store(|ks| {
                 if !ks.is_ready() {
@@ -390,6 +413,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             }
             _ = resync.tick() => {
                 agent.queued();
+                agent.source.verify();
                 agent.sync();
             }
             _ = devices.tick() => {
@@ -648,5 +672,71 @@ impl Agent {
             Ok(false) => {}
             Err(e) => warn!(error = %e, "cannot write the node addresses; will retry"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{FrontendKey, Protocol};
+    use crate::testbed::{self, Backend, ClusterIpService, ManifestDir, ServicePort, TestDir};
+
+    fn take(source: &mut Source, model: &mut ModelCache) -> Snapshot {
+        match source.snapshot("node-1", model) {
+            Ok(snapshot) => snapshot,
+            Err(NotNow::Waiting(e) | NotNow::Failed(e)) => panic!("no snapshot: {e}"),
+        }
+    }
+
+    /// The manifest source applies a change of one file of many as that
+    /// change: the model reports only the changed service's frontend, and
+    /// a bad file is still reported on every sync.
+    #[test]
+    fn manifest_source_reports_only_what_changed() {
+        let test = TestDir::new("agent-source").expect("test dir");
+        let dir = ManifestDir::new_in(&test).expect("manifest dir");
+        let service = |i: u8, backend: u8| {
+            let port = ServicePort::new("http", testbed::Protocol::Tcp, 80, 8080);
+            let backend = Backend::ready("pod", Ipv4Addr::new(10, 0, 0, backend));
+            ClusterIpService::new(
+                &format!("s{i}"),
+                Ipv4Addr::new(10, 96, 0, i),
+                vec![port],
+                vec![backend],
+            )
+        };
+        for i in 1..=10 {
+            dir.write_service(&service(i, 1)).expect("write");
+        }
+        dir.write_file("bad.yaml", "kind: [\n").expect("write");
+        let (tx, _rx) = mpsc::channel(1);
+        let watcher = manifest::watch_dir(dir.path(), tx).expect("watch");
+        let dir_inputs = Box::new(manifest::DirInputs::new(dir.path(), "node-1"));
+        let mut source = Source::Manifests { dir: dir_inputs, verify: false, _watcher: watcher };
+        let mut model = ModelCache::new();
+
+        let first = take(&mut source, &mut model);
+        assert_eq!(first.changes, Changes::All);
+        assert_eq!((first.objects, first.bad_objects), (20, 1));
+        assert_eq!(model.desired().len(), 10);
+
+        dir.write_service(&service(4, 2)).expect("write");
+        let second = take(&mut source, &mut model);
+        let changed =
+            FrontendKey { addr: Ipv4Addr::new(10, 96, 0, 4), port: 80, proto: Protocol::Tcp };
+        assert_eq!(second.changes, Changes::Keys([changed].into()));
+        assert_eq!(model.desired()[&changed].backends[0].addr, Ipv4Addr::new(10, 0, 0, 2));
+        assert_eq!(second.bad_objects, 1);
+        assert!(
+            second.complaints.iter().any(|c| c.contains("bad.yaml")),
+            "{:?}",
+            second.complaints
+        );
+
+        // The periodic check reads everything and finds nothing new.
+        source.verify();
+        let third = take(&mut source, &mut model);
+        assert_eq!(third.changes, Changes::Keys(BTreeSet::new()));
+        assert_eq!(model.desired().len(), 10);
     }
 }

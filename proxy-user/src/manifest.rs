@@ -17,8 +17,9 @@
 //! the later one in sorted file order (and document order inside a file)
 //! wins and the replacement is reported.
 //!
-//! [`watch_dir`] follows changes; the caller debounces and calls [`load_dir`]
-//! again, so a reload always sees the directory as a whole.
+//! [`watch_dir`] follows changes; the caller debounces and refreshes a
+//! [`DirInputs`], which re-reads only the files that changed and gives the
+//! model [`load_dir`]'s result as changes (see [`incremental`]).
 
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
@@ -32,6 +33,10 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::Deserialize as _;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
+
+pub mod incremental;
+
+pub use incremental::{DirInputs, Refresh};
 
 /// Namespace given to namespaced objects whose manifest names none (as
 /// `kubectl apply` would without `-n`).
@@ -138,8 +143,50 @@ pub struct LoadOutcome {
 /// Only when the directory itself cannot be listed; problems in files are in
 /// [`LoadOutcome::errors`].
 pub fn load_dir(dir: &Path) -> Result<LoadOutcome> {
+    let mut outcome = LoadOutcome::default();
+    // Where each loaded object was defined, to report duplicates.
+    let mut origins = BTreeMap::new();
+    for (path, _) in list_dir(dir)? {
+        let items = match std::fs::read(&path).and_then(manifest_text) {
+            Ok(text) => parse_text(&path, &text),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => vec![Item::Error(read_error(&path, &e))],
+        };
+        outcome.files += 1;
+        for item in items {
+            let parsed = match item {
+                Item::Error(e) => {
+                    outcome.errors.push(e);
+                    continue;
+                }
+                Item::Object(parsed) => parsed,
+            };
+            let origin = parsed.origin(&path);
+            if let Some(earlier) = origins.insert((parsed.kind, parsed.key.clone()), origin) {
+                outcome.errors.push(parsed.duplicate(&path, &earlier));
+            }
+            let Parsed { key, object, .. } = parsed;
+            match object {
+                Object::Service(s) => {
+                    outcome.store.services.insert(key, *s);
+                }
+                Object::EndpointSlice(s) => {
+                    outcome.store.endpoint_slices.insert(key, *s);
+                }
+                Object::Node(n) => {
+                    outcome.store.nodes.insert(key.name, *n);
+                }
+            }
+        }
+    }
+    Ok(outcome)
+}
+
+/// The manifest files of `dir` in sorted order, with their metadata (`None`
+/// when it cannot be read; the read will report why).
+fn list_dir(dir: &Path) -> Result<Vec<(PathBuf, Option<std::fs::Metadata>)>> {
     let read_dir_error = |source| Error::ReadDir { dir: dir.to_path_buf(), source };
-    let mut paths = Vec::new();
+    let mut files = Vec::new();
     for entry in std::fs::read_dir(dir).map_err(read_dir_error)? {
         let entry = entry.map_err(read_dir_error)?;
         if !is_manifest_name(&entry.file_name()) {
@@ -148,31 +195,42 @@ pub fn load_dir(dir: &Path) -> Result<LoadOutcome> {
         let path = entry.path();
         // Follows symlinks (a mounted ConfigMap's files are symlinks).
         match std::fs::metadata(&path) {
-            Ok(meta) if meta.is_file() => paths.push(path),
+            Ok(meta) if meta.is_file() => files.push((path, Some(meta))),
             Ok(_) => tracing::debug!(path = %path.display(), "not a regular file, ignored"),
             // Removed since the listing, or a dangling symlink: not there.
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            // Let the read below report it.
-            Err(_) => paths.push(path),
+            // Let the read report it.
+            Err(_) => files.push((path, None)),
         }
     }
-    paths.sort();
+    files.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(files)
+}
 
+/// A manifest file's bytes as text.
+fn manifest_text(bytes: Vec<u8>) -> std::io::Result<String> {
+    String::from_utf8(bytes).map_err(|_| {
+        std::io::Error::new(std::io::ErrorKind::InvalidData, "stream did not contain valid UTF-8")
+    })
+}
+
+/// The problem of a file that cannot be read.
+fn read_error(file: &Path, e: &std::io::Error) -> ManifestError {
+    problem(file, 0, None, format!("cannot read file: {e}"))
+}
+
+/// The objects and problems of one manifest file's text, in file order.
+fn parse_text(file: &Path, text: &str) -> Vec<Item<Object>> {
     let mut loader = Loader::default();
-    for path in &paths {
-        match std::fs::read_to_string(path) {
-            Ok(text) => {
-                loader.files += 1;
-                loader.load_text(path, &text);
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => {
-                loader.files += 1;
-                loader.error(path, 0, None, format!("cannot read file: {e}"));
-            }
-        }
-    }
-    Ok(LoadOutcome { store: loader.store, errors: loader.errors, files: loader.files })
+    loader.load_text(file, text);
+    loader.items
+}
+
+/// A problem, on one line.
+fn problem(file: &Path, document: usize, field: Option<String>, message: String) -> ManifestError {
+    let message = one_line(message);
+    tracing::debug!(file = %file.display(), document, ?field, %message, "manifest problem");
+    ManifestError { file: file.to_path_buf(), document, field, message }
 }
 
 /// Watches `dir` and sends `()` on `tx` whenever something relevant changes
@@ -241,7 +299,7 @@ pub fn is_manifest_name(name: &OsStr) -> bool {
 }
 
 /// The kinds we load, with the one `apiVersion` each we accept.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 enum Kind {
     Service,
     EndpointSlice,
@@ -277,20 +335,54 @@ impl Kind {
 /// A field path and what is wrong with it.
 pub(crate) type FieldError = (Option<String>, String);
 
+/// One entry of a manifest file, in file order: a problem, or an object
+/// (as read, or as the model keeps it).
+enum Item<T> {
+    Error(ManifestError),
+    Object(Parsed<T>),
+}
+
+/// An object of a document.
+struct Parsed<T> {
+    kind: Kind,
+    /// A Node's has an empty namespace.
+    key: ObjectKey,
+    doc: usize,
+    /// The object's field path inside its document (empty, or `items[3]`).
+    prefix: String,
+    object: T,
+}
+
+impl<T> Parsed<T> {
+    /// Where the object is defined, as a duplicate's message names it.
+    fn origin(&self, file: &Path) -> String {
+        let mut origin = format!("{} document {}", file.display(), self.doc);
+        if !self.prefix.is_empty() {
+            origin.push_str(&format!(" {}", self.prefix));
+        }
+        origin
+    }
+
+    /// The problem of this object replacing the one defined at `earlier`.
+    fn duplicate(&self, file: &Path, earlier: &str) -> ManifestError {
+        let key = &self.key;
+        let shown = if self.kind == Kind::Node { key.name.clone() } else { key.to_string() };
+        let field = (!self.prefix.is_empty()).then(|| self.prefix.clone());
+        let message =
+            format!("duplicate {} {shown}: replaces the one in {earlier}", self.kind.name());
+        problem(file, self.doc, field, message)
+    }
+}
+
+/// Parses one file into its [`Item`]s.
 #[derive(Default)]
 struct Loader {
-    store: Store,
-    errors: Vec<ManifestError>,
-    files: usize,
-    /// Where each loaded object was defined, to report duplicates.
-    origins: BTreeMap<(Kind, ObjectKey), String>,
+    items: Vec<Item<Object>>,
 }
 
 impl Loader {
     fn error(&mut self, file: &Path, document: usize, field: Option<String>, message: String) {
-        let message = one_line(message);
-        tracing::debug!(file = %file.display(), document, ?field, %message, "manifest problem");
-        self.errors.push(ManifestError { file: file.to_path_buf(), document, field, message });
+        self.items.push(Item::Error(problem(file, document, field, message)));
     }
 
     fn load_text(&mut self, file: &Path, text: &str) {
@@ -406,7 +498,7 @@ impl Loader {
             }),
         };
         match result {
-            Ok(object) => self.insert(file, doc, prefix, object),
+            Ok(object) => self.insert(doc, prefix, object),
             Err(errors) => {
                 for (path, message) in errors {
                     let field = path.map(|p| join_path(prefix, &p));
@@ -432,7 +524,7 @@ impl Loader {
         }
     }
 
-    fn insert(&mut self, file: &Path, doc: usize, prefix: &str, object: Object) {
+    fn insert(&mut self, doc: usize, prefix: &str, object: Object) {
         let (kind, key) = match &object {
             Object::Service(s) => (Kind::Service, ObjectKey::of(&s.metadata)),
             Object::EndpointSlice(s) => (Kind::EndpointSlice, ObjectKey::of(&s.metadata)),
@@ -440,28 +532,7 @@ impl Loader {
                 (Kind::Node, ObjectKey::new("", n.metadata.name.as_deref().unwrap_or_default()))
             }
         };
-        let mut origin = format!("{} document {doc}", file.display());
-        if !prefix.is_empty() {
-            origin.push_str(&format!(" {prefix}"));
-        }
-        if let Some(earlier) = self.origins.insert((kind, key.clone()), origin) {
-            let shown = if kind == Kind::Node { key.name.clone() } else { key.to_string() };
-            let field = (!prefix.is_empty()).then(|| prefix.to_owned());
-            let message =
-                format!("duplicate {} {shown}: replaces the one in {earlier}", kind.name());
-            self.error(file, doc, field, message);
-        }
-        match object {
-            Object::Service(s) => {
-                self.store.services.insert(key, *s);
-            }
-            Object::EndpointSlice(s) => {
-                self.store.endpoint_slices.insert(key, *s);
-            }
-            Object::Node(n) => {
-                self.store.nodes.insert(key.name, *n);
-            }
-        }
+        self.items.push(Item::Object(Parsed { kind, key, doc, prefix: prefix.to_owned(), object }));
     }
 }
 

@@ -789,7 +789,7 @@ pub struct EndpointInfo {
 }
 
 /// A usable IPv4 EndpointSlice, parsed once.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SliceEndpoints {
     pub slice: ObjectKey,
     /// (name, protocol, port) of each usable slice port.

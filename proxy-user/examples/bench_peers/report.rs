@@ -578,10 +578,10 @@ fn changes_table(md: &mut String, changes: &[ChangeSeries]) {
          ClusterIP, resolution about 0.2 ms; with several endpoints the probes reach the new \
          one by chance; *reachable* can be below *command*: the kernel applies the change \
          before the tool has exited). **sluice**: from writing the changed EndpointSlice \
-         manifest (a file of its own) until the new endpoint answered: the agent notices the write, re-reads the \
-         whole manifest directory (N services) and writes the maps; fed by the API server it \
-         reads only the changed object (`cargo xtask bench control` measures that path, event \
-         to map write). The sluice-socklb probes run outside the agent's cgroup (the \
+         manifest (a file of its own) until the new endpoint answered: the agent notices the write, re-reads \
+         that file only (the others' metadata did not change), recomputes the services whose \
+         objects changed and writes the maps, as it does for a changed object from the API \
+         server (`cargo xtask bench control` measures that path, event to map write). The sluice-socklb probes run outside the agent's cgroup (the \
          per-packet path; both paths read the same maps).\n",
         crate::CHANGES
     );

@@ -244,24 +244,9 @@ mod tests {
     use crate::manifest::Store;
     use crate::model::{LABEL_SERVICE_NAME, LABEL_TOPOLOGY_ZONE, SliceIn, desired_state};
     use crate::observe::{hcnode::local_policy_of, local_policy};
+    use crate::testbed::{Rng, sorted_lines};
 
     const NODE: &str = "node-1";
-
-    /// A small deterministic generator (no dependency needed for this).
-    struct Rng(u64);
-
-    impl Rng {
-        fn below(&mut self, n: u64) -> u64 {
-            self.0 = self
-                .0
-                .wrapping_mul(6_364_136_223_846_793_005)
-                .wrapping_add(1_442_695_040_888_963_407);
-            (self.0 >> 33) % n
-        }
-        fn pick<'a>(&mut self, list: &[&'a str]) -> &'a str {
-            list[self.below(list.len() as u64) as usize]
-        }
-    }
 
     /// A random Service from a small space, so keys collide between services.
     fn random_service(rng: &mut Rng, name: &str) -> Value {
@@ -305,12 +290,6 @@ mod tests {
                "ports": [{"name": "http", "port": 8080 + rng.below(2), "protocol": "TCP"},
                          {"name": "dns", "port": 53, "protocol": "UDP"}],
                "endpoints": endpoints})
-    }
-
-    fn sorted_warnings(warnings: &[ModelWarning]) -> Vec<String> {
-        let mut out: Vec<String> = warnings.iter().map(ToString::to_string).collect();
-        out.sort();
-        out
     }
 
     /// Random changes, one at a time: after each, the cache equals the model
@@ -366,8 +345,8 @@ mod tests {
                 let (expected, warnings) = desired_state(&store, NODE);
                 assert_eq!(cache.desired(), &expected, "seed {seed} step {step}");
                 assert_eq!(
-                    sorted_warnings(&cache.warnings(&inputs)),
-                    sorted_warnings(&warnings),
+                    sorted_lines(&cache.warnings(&inputs)),
+                    sorted_lines(&warnings),
                     "seed {seed} step {step}"
                 );
                 let Changes::Keys(changed) = changes else {

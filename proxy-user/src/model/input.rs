@@ -66,7 +66,7 @@ impl ServiceIn {
 }
 
 /// An EndpointSlice as the model reads it.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SliceIn {
     /// Its Service and endpoints; `None` when the model ignores the slice
     /// (another proxy's, no service label, not IPv4).

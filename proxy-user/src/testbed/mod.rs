@@ -68,6 +68,31 @@ pub fn unique_name(label: &str) -> String {
     format!("{PREFIX}{}-{n}-{label}", std::process::id())
 }
 
+/// A small deterministic generator for randomized tests (no dependency
+/// needed for this): the same seed gives the same sequence.
+pub struct Rng(pub u64);
+
+impl Rng {
+    /// A number in `0..n` (`n` > 0).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.0 =
+            self.0.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+        (self.0 >> 33) % n
+    }
+
+    /// One element of `list` (not empty).
+    pub fn pick<'a>(&mut self, list: &[&'a str]) -> &'a str {
+        list[self.below(list.len() as u64) as usize]
+    }
+}
+
+/// Each item's text, sorted: lists compared regardless of order.
+pub fn sorted_lines<T: ToString>(items: &[T]) -> Vec<String> {
+    let mut out: Vec<String> = items.iter().map(ToString::to_string).collect();
+    out.sort();
+    out
+}
+
 /// `sluice-cni` next to the `sluice` binary `sluice_bin`
 /// (`target/<profile>/`), built if missing.
 pub fn cni_bin(sluice_bin: &Path) -> Option<PathBuf> {
