@@ -722,8 +722,7 @@ mod tests {
 
         dir.write_service(&service(4, 2)).expect("write");
         let second = take(&mut source, &mut model);
-        let changed =
-            FrontendKey { addr: Ipv4Addr::new(10, 96, 0, 4), port: 80, proto: Protocol::Tcp };
+        let changed = FrontendKey::new(Ipv4Addr::new(10, 96, 0, 4), 80, Protocol::Tcp);
         assert_eq!(second.changes, Changes::Keys([changed].into()));
         assert_eq!(model.desired()[&changed].backends[0].addr, Ipv4Addr::new(10, 0, 0, 2));
         assert_eq!(second.bad_objects, 1);
