@@ -381,7 +381,7 @@ pub enum Op {
 /// In-memory maps with a log of writes and optional capacities, for tests.
 #[derive(Default, Debug)]
 pub struct FakeMaps {
-    pub services: BTreeMap<(u32, u16, u8, u8, u16), (ServiceKey, ServiceValue)>,
+    pub services: BTreeMap<FakeServiceKey, (ServiceKey, ServiceValue)>,
     pub backends: BTreeMap<u32, Backend>,
     pub rev_nats: BTreeMap<u32, RevNat>,
     pub vips: BTreeMap<u32, u32>,
@@ -398,7 +398,10 @@ pub struct FakeMaps {
     pub backend_capacity: Option<usize>,
 }
 
-fn skey(k: &ServiceKey) -> (u32, u16, u8, u8, u16) {
+/// `FakeMaps::services`' key: address, port, protocol, scope, slot.
+pub type FakeServiceKey = (u32, u16, u8, u8, u16);
+
+fn skey(k: &ServiceKey) -> FakeServiceKey {
     (k.addr, k.dport, k.proto, k.scope, k.backend_slot)
 }
 
