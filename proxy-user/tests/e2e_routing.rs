@@ -12,7 +12,6 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use sluice::routing::RTPROT_SLUICE;
 use sluice::testbed::{
     Agent, AgentConfig, BpffsMount, EXTERNAL_ADDR, EchoServer, ManifestDir, Netns, Node, Pod,
     Reply, RouteEntry, TestDir, Underlay, require_root, run_checked, sluice_has_agent, sweep_stale,
@@ -42,16 +41,10 @@ fn ready() -> bool {
     true
 }
 
-/// The routes of protocol [`RTPROT_SLUICE`] on `node`: (destination, gateway).
+/// The routes of protocol `RTPROT_SLUICE` on `node`: (destination, gateway).
 fn sluice_routes(node: &Node) -> anyhow::Result<Vec<(String, String)>> {
-    let proto = RTPROT_SLUICE.to_string();
-    Ok(node
-        .netns()
-        .routes()?
-        .into_iter()
-        .filter(|r| r.protocol.as_deref() == Some(proto.as_str()))
-        .map(|r| (r.dst, r.gateway.unwrap_or_default()))
-        .collect())
+    let routes = node.netns().sluice_routes()?;
+    Ok(routes.into_iter().map(|r| (r.dst, r.gateway.unwrap_or_default())).collect())
 }
 
 fn route_to<'a>(routes: &'a [RouteEntry], dst: &str) -> Option<&'a RouteEntry> {
@@ -153,18 +146,9 @@ impl Cluster {
     /// Waits until every node has exactly the sluice routes `want[i]`.
     fn wait_routes(&mut self, want: &[Vec<(&str, String)>]) {
         for (i, want) in want.iter().enumerate() {
-            let mut want: Vec<(String, String)> =
+            let want: Vec<(String, String)> =
                 want.iter().map(|(d, g)| ((*d).to_owned(), g.clone())).collect();
-            want.sort();
-            let node = &self.nodes[i];
-            wait_for(WAIT, &format!("sluice routes on {} = {want:?}", node.name()), || {
-                let mut got = sluice_routes(node)?;
-                got.sort();
-                if got != want {
-                    anyhow::bail!("have {got:?}");
-                }
-                Ok(true)
-            });
+            self.nodes[i].wait_sluice_routes(&want, WAIT);
         }
         for a in &mut self.agents {
             assert!(a.try_wait().unwrap().is_none(), "agent exited; log:\n{}", a.log());

@@ -31,6 +31,13 @@
 //! ```
 
 pub mod apiserver;
+mod bulk;
+mod cni;
+mod routes;
+
+pub use bulk::{BulkServer, bulk_send, udp_len};
+pub use cni::{CniPod, cni_add, cni_wait_ready, conf_from_conflist};
+pub use routes::Overlay;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -1107,11 +1114,19 @@ pub struct ServicePort {
     pub protocol: Protocol,
     pub port: u16,
     pub target_port: u16,
+    /// `nodePort`; a Service with one is `type: NodePort`.
+    pub node_port: Option<u16>,
 }
 
 impl ServicePort {
     pub fn new(name: &str, protocol: Protocol, port: u16, target_port: u16) -> ServicePort {
-        ServicePort { name: name.to_owned(), protocol, port, target_port }
+        ServicePort { name: name.to_owned(), protocol, port, target_port, node_port: None }
+    }
+
+    /// The same port, also served on `node_port` of every node.
+    #[must_use]
+    pub fn with_node_port(self, node_port: u16) -> ServicePort {
+        ServicePort { node_port: Some(node_port), ..self }
     }
 }
 
@@ -1140,7 +1155,8 @@ impl Backend {
     }
 }
 
-/// A ClusterIP Service and its (single) EndpointSlice.
+/// A ClusterIP Service (`type: NodePort` when a port has a `nodePort`) and
+/// its (single) EndpointSlice.
 #[derive(Debug, Clone)]
 pub struct ClusterIpService {
     pub name: String,
@@ -1170,11 +1186,13 @@ impl ClusterIpService {
     /// The Service and EndpointSlice as a two-document YAML stream.
     pub fn to_yaml(&self) -> String {
         let (name, ns, ip) = (&self.name, &self.namespace, self.cluster_ip);
+        let kind =
+            if self.ports.iter().any(|p| p.node_port.is_some()) { "NodePort" } else { "ClusterIP" };
         let mut y = String::new();
         let _ = write!(
             y,
             "apiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\n  namespace: {ns}\n\
-             spec:\n  type: ClusterIP\n  clusterIP: {ip}\n  clusterIPs:\n  - {ip}\n  \
+             spec:\n  type: {kind}\n  clusterIP: {ip}\n  clusterIPs:\n  - {ip}\n  \
              ipFamilies:\n  - IPv4\n  ipFamilyPolicy: SingleStack\n  ports:\n"
         );
         for p in &self.ports {
@@ -1186,6 +1204,9 @@ impl ClusterIpService {
                 p.port,
                 p.target_port
             );
+            if let Some(np) = p.node_port {
+                let _ = writeln!(y, "    nodePort: {np}");
+            }
         }
         let _ = write!(
             y,
