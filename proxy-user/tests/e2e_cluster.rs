@@ -253,7 +253,8 @@ fn cluster_scenario(mode: Mode) {
     let all: Vec<usize> = (0..c.pods.len()).collect();
 
     // Same node, every ordered pair: the pods are in SL_ENDPOINTS, so with the
-    // default `--fast-path` each packet is delivered by `bpf_redirect_peer`.
+    // default `--fast-path` each packet is delivered by `bpf_redirect_peer`
+    // (in both modes: the tunnel is not on this path).
     let before = c.fast_path_stats();
     let same = c.check_pairs(&all, |a, b| Cluster::node_of(a) == Cluster::node_of(b));
     assert_eq!(same, 6);
@@ -267,8 +268,19 @@ fn cluster_scenario(mode: Mode) {
     }
 
     // Across nodes, every ordered pair, TCP and UDP, no masquerade.
+    let before = c.fast_path_stats();
     let cross = c.check_pairs(&all, |a, b| Cluster::node_of(a) != Cluster::node_of(b));
     assert_eq!(cross, 24);
+    let grew: Vec<FastPathStats> =
+        c.fast_path_stats().iter().zip(&before).map(|(a, b)| a.since(b)).collect();
+    eprintln!("{mode:?}: fast-path counters over the cross-node pairs: {grew:?}");
+    for (i, s) in grew.iter().enumerate() {
+        // Each node's pods are in 16 TCP and 16 UDP exchanges with pods of
+        // other nodes: at least one packet of each left by FIB redirect (into
+        // the tunnel device with VXLAN) and one arrived by peer redirect from
+        // the external program (on `eth0`, or on `vxlan_sluice` after decap).
+        assert!(s.fib + s.neigh >= 32 && s.peer >= 32 && s.stack == 0, "node-{}: {s:?}", i + 1);
+    }
     eprintln!("{mode:?}: 30 ordered pod pairs answered after {:?}", started.elapsed());
 
     // A ClusterIP from a pod on node 1 whose backends are on nodes 2 and 3
