@@ -19,8 +19,8 @@ use sluice::datapath::{PinPaths, node::FastPathStats};
 use sluice::testbed::{
     Agent, AgentConfig, Backend, BpffsMount, BulkServer, ClusterIpService, CniPod, EXTERNAL_ADDR,
     EchoServer, ManifestDir, Netns, Node, Overlay, Protocol, Reply, ServicePort, TestDir, Underlay,
-    bulk_send, cni_bin, cni_wait_ready, conf_from_conflist, require_root, sluice_has_agent,
-    sweep_stale, tcp_request, udp_len, udp_request, wait_for,
+    bulk_send, cni_bin, cni_wait_ready, conf_from_conflist, tcp_request, udp_len, udp_request,
+    wait_for,
 };
 use sluice::tunnel::vtep_addr;
 
@@ -43,15 +43,7 @@ fn sluice_bin() -> &'static Path {
 }
 
 fn ready() -> bool {
-    if !require_root() {
-        return false;
-    }
-    if !sluice_has_agent(sluice_bin()) {
-        eprintln!("skipping: {} has no agent subcommand", sluice_bin().display());
-        return false;
-    }
-    sweep_stale();
-    true
+    sluice::testbed::ready_for_agent(sluice_bin())
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,14 +85,7 @@ impl Cluster {
         let manifests = ManifestDir::new_in(&dir).unwrap();
         let underlay = Underlay::new().unwrap();
         let external = underlay.add_external("cl-ext").unwrap();
-        let mut nodes = Vec::new();
-        for i in 1..=3u8 {
-            let node = Node::with_index(&format!("node-{i}"), i).unwrap();
-            underlay.attach_node(&node).unwrap();
-            Underlay::route_to_external(&node).unwrap();
-            manifests.write_node(&node).unwrap();
-            nodes.push(node);
-        }
+        let nodes = underlay.add_nodes(3, &manifests).unwrap();
         let mut c = Cluster {
             agents: Vec::new(),
             servers: Vec::new(),
@@ -137,9 +122,7 @@ impl Cluster {
     fn start_agent(&self, i: usize, extra: &[&str]) -> Agent {
         let n = &self.nodes[i];
         let mut cfg =
-            AgentConfig::new(sluice_bin(), n, &self.manifests, &self.bpffs, None, &self.dir);
-        cfg.bpffs_root = self.pin_paths(i).root;
-        cfg.cni_conf_dir = Some(self.cni_conf_dir(i));
+            AgentConfig::for_cluster_node(sluice_bin(), n, &self.manifests, &self.bpffs, &self.dir);
         cfg.extra_args = ["--socket-lb=false", "--devices", "eth0"]
             .iter()
             .chain(extra)

@@ -215,9 +215,7 @@ fn cross_node(fast: bool) -> (Vec<String>, Vec<FastPathStats>) {
         .collect();
     let mut agents = Vec::new();
     for n in &nodes {
-        let mut cfg = AgentConfig::new(sluice_bin(), n, &manifests, &bpffs, None, &dir);
-        cfg.bpffs_root = bpffs.path().join(n.name());
-        cfg.cni_conf_dir = Some(dir.join(format!("cni-{}", n.name())));
+        let mut cfg = AgentConfig::for_cluster_node(sluice_bin(), n, &manifests, &bpffs, &dir);
         cfg.extra_args = vec![
             "--socket-lb=false".into(),
             "--devices=eth0".into(),

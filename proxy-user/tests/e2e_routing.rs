@@ -14,8 +14,7 @@ use std::time::{Duration, Instant};
 
 use sluice::testbed::{
     Agent, AgentConfig, BpffsMount, EXTERNAL_ADDR, EchoServer, ManifestDir, Netns, Node, Pod,
-    Reply, RouteEntry, TestDir, Underlay, require_root, run_checked, sluice_has_agent, sweep_stale,
-    tcp_request, udp_request, wait_for,
+    Reply, RouteEntry, TestDir, Underlay, run_checked, tcp_request, udp_request, wait_for,
 };
 
 const TCP: u16 = 8080;
@@ -30,15 +29,7 @@ fn sluice_bin() -> &'static Path {
 }
 
 fn ready() -> bool {
-    if !require_root() {
-        return false;
-    }
-    if !sluice_has_agent(sluice_bin()) {
-        eprintln!("skipping: {} has no agent subcommand", sluice_bin().display());
-        return false;
-    }
-    sweep_stale();
-    true
+    sluice::testbed::ready_for_agent(sluice_bin())
 }
 
 /// The routes of protocol `RTPROT_SLUICE` on `node`: (destination, gateway).
@@ -76,20 +67,8 @@ impl Cluster {
         let bpffs = BpffsMount::new_in(&dir).unwrap();
         let manifests = ManifestDir::new_in(&dir).unwrap();
         let underlay = Underlay::new().unwrap();
-        let mut nodes = Vec::new();
-        for i in 1..=3u8 {
-            let node = Node::with_index(&format!("node-{i}"), i).unwrap();
-            underlay.attach_node(&node).unwrap();
-            manifests.write_node(&node).unwrap();
-            nodes.push(node);
-        }
-        let external = external.then(|| {
-            let ext = underlay.add_external("external").unwrap();
-            for n in &nodes {
-                Underlay::route_to_external(n).unwrap();
-            }
-            ext
-        });
+        let nodes = underlay.add_nodes(3, &manifests).unwrap();
+        let external = external.then(|| underlay.add_external("external").unwrap());
         let mut pods = Vec::new();
         let mut servers = Vec::new();
         for (i, n) in nodes.iter().enumerate() {
@@ -127,9 +106,7 @@ impl Cluster {
     fn start_agent(&self, i: usize, extra: &[&str]) -> Agent {
         let n = &self.nodes[i];
         let mut cfg =
-            AgentConfig::new(sluice_bin(), n, &self.manifests, &self.bpffs, None, &self.dir);
-        cfg.bpffs_root = self.bpffs.path().join(n.name());
-        cfg.cni_conf_dir = Some(self.dir.join(format!("cni-{}", n.name())));
+            AgentConfig::for_cluster_node(sluice_bin(), n, &self.manifests, &self.bpffs, &self.dir);
         cfg.extra_args = vec!["--socket-lb=false".into()];
         cfg.extra_args.extend(extra.iter().map(|a| (*a).to_owned()));
         Agent::start(n, cfg).unwrap()

@@ -16,8 +16,8 @@ use serde_json::Value;
 use sluice::testbed::{
     Agent, AgentConfig, Backend, BpffsMount, BulkServer, ClusterIpService, CniPod, EchoServer,
     ManifestDir, Netns, Node, Overlay, Pod, Protocol, Reply, ServicePort, TestDir, Underlay,
-    bulk_send, cni_bin, conf_from_conflist, require_root, run_checked, sluice_has_agent,
-    sweep_stale, tcp_request, udp_len, udp_request, wait_for,
+    bulk_send, cni_bin, conf_from_conflist, run_checked, tcp_request, udp_len, udp_request,
+    wait_for,
 };
 use sluice::tunnel::{DEFAULT_PORT, DEVICE, fmt_mac, vtep_mac};
 
@@ -36,15 +36,7 @@ fn sluice_bin() -> &'static Path {
 }
 
 fn ready() -> bool {
-    if !require_root() {
-        return false;
-    }
-    if !sluice_has_agent(sluice_bin()) {
-        eprintln!("skipping: {} has no agent subcommand", sluice_bin().display());
-        return false;
-    }
-    sweep_stale();
-    true
+    sluice::testbed::ready_for_agent(sluice_bin())
 }
 
 /// `node`'s routes of protocol `RTPROT_SLUICE`: (destination, gateway, device).
@@ -101,14 +93,7 @@ impl Cluster {
         let manifests = ManifestDir::new_in(&dir).unwrap();
         let underlay = Underlay::new().unwrap();
         let client = underlay.add_external("vx-client").unwrap();
-        let mut nodes = Vec::new();
-        for i in 1..=3u8 {
-            let node = Node::with_index(&format!("node-{i}"), i).unwrap();
-            underlay.attach_node(&node).unwrap();
-            Underlay::route_to_external(&node).unwrap();
-            manifests.write_node(&node).unwrap();
-            nodes.push(node);
-        }
+        let nodes = underlay.add_nodes(3, &manifests).unwrap();
         let mut pods = Vec::new();
         let mut servers = Vec::new();
         for (i, n) in nodes.iter().enumerate() {
@@ -141,9 +126,7 @@ impl Cluster {
     fn start_agent(&self, i: usize, extra: &[&str]) -> Agent {
         let n = &self.nodes[i];
         let mut cfg =
-            AgentConfig::new(sluice_bin(), n, &self.manifests, &self.bpffs, None, &self.dir);
-        cfg.bpffs_root = self.bpffs.path().join(n.name());
-        cfg.cni_conf_dir = Some(self.cni_conf_dir(i));
+            AgentConfig::for_cluster_node(sluice_bin(), n, &self.manifests, &self.bpffs, &self.dir);
         cfg.extra_args = ["--socket-lb=false", "--devices", "eth0"]
             .iter()
             .chain(extra)

@@ -3,15 +3,11 @@
 
 use std::io::{self, Read as _, Write as _};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use anyhow::Context as _;
-
-use super::{CMD_TIMEOUT, Netns, NsJoinHandle, POLL, recv_started};
+use super::{CMD_TIMEOUT, Netns, POLL, ServerThreads};
 
 /// How long a bulk connection may stay silent before the server gives up on it.
 const IDLE: Duration = Duration::from_secs(10);
@@ -30,66 +26,52 @@ const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
 /// and answered with `<bytes> <FNV-1a hash, hex>\n`; each UDP datagram (up to
 /// 64 KiB) with its length in decimal. Stopped (threads joined) on drop.
 pub struct BulkServer {
-    stop: Arc<AtomicBool>,
-    threads: Vec<NsJoinHandle<()>>,
+    _threads: ServerThreads,
 }
 
 impl BulkServer {
     pub fn start(ns: &impl AsRef<Netns>, port: u16) -> anyhow::Result<BulkServer> {
         let ns = ns.as_ref();
-        let mut srv = BulkServer { stop: Arc::new(AtomicBool::new(false)), threads: Vec::new() };
-        let (tx, rx) = mpsc::sync_channel::<io::Result<()>>(1);
-        let stop = srv.stop.clone();
-        let t = ns.spawn("bulk-tcp", move || {
-            let listener = match TcpListener::bind((Ipv4Addr::UNSPECIFIED, port))
-                .and_then(|l| l.set_nonblocking(true).map(|()| l))
-            {
-                Ok(l) => {
-                    let _ = tx.send(Ok(()));
-                    l
-                }
-                Err(e) => {
-                    let _ = tx.send(Err(e));
-                    return;
-                }
-            };
-            while !stop.load(Ordering::Relaxed) {
-                match listener.accept() {
-                    Ok((s, _)) => {
-                        let _ = count_and_answer(s, &stop);
+        let mut threads = ServerThreads::default();
+        threads.spawn(
+            ns,
+            "bulk-tcp",
+            &format!("bulk server: TCP port {port}"),
+            move || {
+                let l = TcpListener::bind((Ipv4Addr::UNSPECIFIED, port))?;
+                l.set_nonblocking(true)?;
+                Ok(l)
+            },
+            |listener, stop| {
+                while !stop.load(Ordering::Relaxed) {
+                    match listener.accept() {
+                        Ok((s, _)) => {
+                            let _ = count_and_answer(s, stop);
+                        }
+                        Err(_) => thread::sleep(POLL),
                     }
-                    Err(_) => thread::sleep(POLL),
                 }
-            }
-        })?;
-        srv.threads.push(t);
-        recv_started(&rx).with_context(|| format!("bulk server: TCP port {port}"))?;
-
-        let (tx, rx) = mpsc::sync_channel::<io::Result<()>>(1);
-        let stop = srv.stop.clone();
-        let t = ns.spawn("bulk-udp", move || {
-            let sock = match UdpSocket::bind((Ipv4Addr::UNSPECIFIED, port))
-                .and_then(|s| s.set_read_timeout(Some(POLL)).map(|()| s))
-            {
-                Ok(s) => {
-                    let _ = tx.send(Ok(()));
-                    s
+            },
+        )?;
+        threads.spawn(
+            ns,
+            "bulk-udp",
+            &format!("bulk server: UDP port {port}"),
+            move || {
+                let s = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, port))?;
+                s.set_read_timeout(Some(POLL))?;
+                Ok(s)
+            },
+            |sock, stop| {
+                let mut buf = vec![0u8; 1 << 16];
+                while !stop.load(Ordering::Relaxed) {
+                    if let Ok((k, peer)) = sock.recv_from(&mut buf) {
+                        let _ = sock.send_to(k.to_string().as_bytes(), peer);
+                    }
                 }
-                Err(e) => {
-                    let _ = tx.send(Err(e));
-                    return;
-                }
-            };
-            let mut buf = vec![0u8; 1 << 16];
-            while !stop.load(Ordering::Relaxed) {
-                if let Ok((k, peer)) = sock.recv_from(&mut buf) {
-                    let _ = sock.send_to(k.to_string().as_bytes(), peer);
-                }
-            }
-        })?;
-        srv.threads.push(t);
-        recv_started(&rx).with_context(|| format!("bulk server: UDP port {port}"))?;
-        Ok(srv)
+            },
+        )?;
+        Ok(BulkServer { _threads: threads })
     }
 }
 
@@ -119,15 +101,6 @@ fn count_and_answer(mut s: TcpStream, stop: &AtomicBool) -> io::Result<()> {
         }
     }
     s.write_all(format!("{n} {h:x}\n").as_bytes())
-}
-
-impl Drop for BulkServer {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        for t in self.threads.drain(..) {
-            let _ = t.join();
-        }
-    }
 }
 
 /// Sends `total` bytes in 64 KiB writes over one TCP connection from inside
