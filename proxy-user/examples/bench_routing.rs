@@ -525,12 +525,7 @@ fn trial(
             let g = stream(c, s, SocketAddrV4::new(ip, STREAM_PORT), seconds)?;
             let after = FastPathStats::read(&paths)?;
             let server_peer = FastPathStats::read(&server_paths)?.peer - server_before.peer;
-            let d = FastPathStats {
-                peer: after.peer - before.peer,
-                fib: after.fib - before.fib,
-                neigh: after.neigh - before.neigh,
-                stack: after.stack - before.stack,
-            };
+            let d = after.since(&before);
             // The trial took the path it is named after.
             let redirected = if path == PathKind::SameNode {
                 d.peer

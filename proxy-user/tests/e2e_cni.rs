@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use sluice::testbed::{
     Agent, AgentConfig, Backend, BpffsMount, ClusterIpService, EchoServer, ManifestDir, Netns,
-    Node, Protocol, ServicePort, TestCgroup, TestDir, require_root, sluice_has_agent, sweep_stale,
-    tcp_request, udp_request,
+    Node, Protocol, ServicePort, TestCgroup, TestDir, cni_add, cni_wait_ready, require_root,
+    sluice_has_agent, sweep_stale, tcp_request, udp_request,
 };
 
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 20);
@@ -71,33 +71,12 @@ fn cni_pods_reach_each_other_and_a_cluster_ip() {
     let (ok, v) = cni(&cni_bin, node.netns(), &[("CNI_COMMAND", "STATUS")], &conf);
     assert!(!ok && v["code"] == 50, "{v}");
     let mut agent = Agent::start(&node, cfg).unwrap();
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let (ok, v) = cni(&cni_bin, node.netns(), &[("CNI_COMMAND", "STATUS")], &conf);
-        if ok {
-            break;
-        }
-        assert!(Instant::now() < deadline, "agent never became ready for the CNI: {v}");
-        assert!(agent.try_wait().unwrap().is_none(), "agent exited: {}", agent.log());
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    cni_wait_ready(&cni_bin, node.netns(), &conf, &mut agent, WAIT).unwrap();
 
     let pods: Vec<Netns> = ["pod-a", "pod-b"].iter().map(|n| Netns::new(n).unwrap()).collect();
     let mut ips = Vec::new();
     for (i, p) in pods.iter().enumerate() {
-        let id = format!("sandbox{i}");
-        let path = p.path();
-        let env = [
-            ("CNI_COMMAND", "ADD"),
-            ("CNI_CONTAINERID", id.as_str()),
-            ("CNI_NETNS", path.to_str().unwrap()),
-            ("CNI_IFNAME", "eth0"),
-        ];
-        let (ok, v) = cni(&cni_bin, node.netns(), &env, &conf);
-        assert!(ok, "ADD: {v}");
-        let ip: Ipv4Addr =
-            v["ips"][0]["address"].as_str().unwrap().split('/').next().unwrap().parse().unwrap();
-        ips.push(ip);
+        ips.push(cni_add(&cni_bin, node.netns(), &conf, &format!("sandbox{i}"), p).unwrap());
     }
     let _srv = EchoServer::start(&pods[1], "pod-b", 8080, 5353).unwrap();
     let got = tcp_request(&pods[0], SocketAddrV4::new(ips[1], 8080), IO_TIMEOUT).unwrap();

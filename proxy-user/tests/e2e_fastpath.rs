@@ -12,17 +12,16 @@
 //!
 //! Run: `unshare --mount --propagation private cargo test --release -p sluice --test e2e_fastpath`
 
-use std::io::{Read as _, Write as _};
-use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-use serde_json::{Value, json};
+use serde_json::json;
 use sluice::datapath::{PinPaths, node::FastPathStats};
 use sluice::testbed::{
-    Agent, AgentConfig, Backend, BpffsMount, ClusterIpService, EchoServer, ManifestDir, Netns,
-    Node, Protocol, Reply, ServicePort, TestDir, require_root, sluice_has_agent, sweep_stale,
-    tcp_request, udp_request,
+    Agent, AgentConfig, Backend, BpffsMount, BulkServer, ClusterIpService, EchoServer, ManifestDir,
+    Netns, Node, Protocol, Reply, ServicePort, TestDir, bulk_send, cni_add, cni_bin,
+    cni_wait_ready, require_root, run_cni, sluice_has_agent, sweep_stale, tcp_request, udp_request,
 };
 
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 30);
@@ -35,16 +34,6 @@ const ROUNDS: usize = 5;
 
 fn sluice_bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_sluice"))
-}
-
-/// `target/<profile>/sluice-cni`, built if missing.
-fn cni_bin() -> Option<PathBuf> {
-    sluice::testbed::cni_bin(sluice_bin())
-}
-
-/// Runs the plugin inside `node` as a runtime would: (success, stdout JSON).
-fn cni(bin: &Path, node: &Netns, env: &[(&str, &str)], conf: &Value) -> (bool, Value) {
-    sluice::testbed::run_cni(bin, node, env, conf)
 }
 
 /// `Ip: ForwDatagrams` of the namespace: packets the IPv4 stack forwarded.
@@ -87,29 +76,12 @@ fn run(fast: bool, cni_bin: &Path) -> Outcome {
         "podCIDR": node.pod_cidr(), "bpffsRoot": root, "dataDir": dir.join("cni-data"),
     });
     let mut agent = Agent::start(&node, cfg).unwrap();
-    let deadline = Instant::now() + WAIT;
-    while !cni(cni_bin, node.netns(), &[("CNI_COMMAND", "STATUS")], &conf).0 {
-        assert!(Instant::now() < deadline, "agent never became ready for the CNI");
-        assert!(agent.try_wait().unwrap().is_none(), "agent exited: {}", agent.log());
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    cni_wait_ready(cni_bin, node.netns(), &conf, &mut agent, WAIT).unwrap();
     let pods: Vec<Netns> =
         ["pod-a", "pod-b", "pod-c"].iter().map(|n| Netns::new(n).unwrap()).collect();
     let mut ips = Vec::new();
     for (i, p) in pods.iter().enumerate() {
-        let id = format!("sandbox{i}");
-        let path = p.path();
-        let env = [
-            ("CNI_COMMAND", "ADD"),
-            ("CNI_CONTAINERID", id.as_str()),
-            ("CNI_NETNS", path.to_str().unwrap()),
-            ("CNI_IFNAME", "eth0"),
-        ];
-        let (ok, v) = cni(cni_bin, node.netns(), &env, &conf);
-        assert!(ok, "ADD: {v}");
-        let ip: Ipv4Addr =
-            v["ips"][0]["address"].as_str().unwrap().split('/').next().unwrap().parse().unwrap();
-        ips.push(ip);
+        ips.push(cni_add(cni_bin, node.netns(), &conf, &format!("sandbox{i}"), p).unwrap());
     }
     let _srv =
         EchoServer::start_replying(&pods[1], "pod-b", 8080, 5353, Reply::NameAndPeer).unwrap();
@@ -148,13 +120,7 @@ fn run(fast: bool, cni_bin: &Path) -> Outcome {
     }
     let bulk = bulk_transfer(&pods[2], &pods[0], ips[2]);
 
-    let after = FastPathStats::read(&paths).unwrap();
-    let fwd = FastPathStats {
-        peer: after.peer - before.peer,
-        fib: after.fib - before.fib,
-        neigh: after.neigh - before.neigh,
-        stack: after.stack - before.stack,
-    };
+    let fwd = FastPathStats::read(&paths).unwrap().since(&before);
     let stack_forwarded = forwarded(node.netns()) - fwd_before;
     assert!(agent.try_wait().unwrap().is_none(), "agent exited: {}", agent.log());
     drop(_srv);
@@ -167,7 +133,7 @@ fn run(fast: bool, cni_bin: &Path) -> Outcome {
             ("CNI_NETNS", path.to_str().unwrap()),
             ("CNI_IFNAME", "eth0"),
         ];
-        assert!(cni(cni_bin, node.netns(), &env, &conf).0, "DEL");
+        assert!(run_cni(cni_bin, node.netns(), &env, &conf).0, "DEL");
     }
     Outcome { answers, bulk, fwd, stack_forwarded }
 }
@@ -175,45 +141,11 @@ fn run(fast: bool, cni_bin: &Path) -> Outcome {
 /// Sends `BULK_BYTES` from `client` to a receiver in `server` (`addr`) and
 /// returns how many bytes the receiver counted.
 fn bulk_transfer(server: &Netns, client: &Netns, addr: Ipv4Addr) -> usize {
-    let (tx, rx) = std::sync::mpsc::channel();
-    let receiver = server
-        .spawn("bulk-rx", move || -> std::io::Result<usize> {
-            let l = TcpListener::bind((Ipv4Addr::UNSPECIFIED, BULK_PORT))?;
-            let _ = tx.send(());
-            let (mut s, _) = l.accept()?;
-            s.set_read_timeout(Some(Duration::from_secs(10)))?;
-            let mut buf = vec![0u8; 1 << 16];
-            let mut n = 0;
-            loop {
-                match s.read(&mut buf)? {
-                    0 => break,
-                    k => n += k,
-                }
-            }
-            s.write_all(n.to_string().as_bytes())?;
-            Ok(n)
-        })
-        .unwrap();
-    rx.recv_timeout(Duration::from_secs(5)).unwrap();
-    let sent = client
-        .exec(Duration::from_secs(20), move || -> std::io::Result<String> {
-            let target = SocketAddrV4::new(addr, BULK_PORT).into();
-            let mut s = TcpStream::connect_timeout(&target, IO_TIMEOUT)?;
-            s.set_read_timeout(Some(Duration::from_secs(10)))?;
-            let chunk = vec![0x5au8; 1 << 16];
-            for _ in 0..BULK_BYTES / chunk.len() {
-                s.write_all(&chunk)?;
-            }
-            s.shutdown(std::net::Shutdown::Write)?;
-            let mut answer = String::new();
-            s.read_to_string(&mut answer)?;
-            Ok(answer)
-        })
-        .unwrap()
-        .unwrap();
-    let counted = receiver.join().unwrap().unwrap();
-    assert_eq!(sent, counted.to_string(), "the sender's view of the count");
-    counted
+    let _receiver = BulkServer::start(server, BULK_PORT).unwrap();
+    let to = SocketAddrV4::new(addr, BULK_PORT);
+    let (counted, sent) = bulk_send(client, to, BULK_BYTES, Duration::from_secs(20)).unwrap();
+    assert_eq!(sent, counted, "the sender's view of the count");
+    counted.split(' ').next().unwrap().parse().unwrap()
 }
 
 #[test]
@@ -225,7 +157,7 @@ fn same_node_fast_path_gives_the_plain_path_results_without_the_stack() {
         eprintln!("skipping: {} has no `agent` command", sluice_bin().display());
         return;
     }
-    let Some(cni_bin) = cni_bin() else {
+    let Some(cni_bin) = cni_bin(sluice_bin()) else {
         eprintln!("skipping: no sluice-cni binary next to {}", sluice_bin().display());
         return;
     };
@@ -283,9 +215,7 @@ fn cross_node(fast: bool) -> (Vec<String>, Vec<FastPathStats>) {
         .collect();
     let mut agents = Vec::new();
     for n in &nodes {
-        let mut cfg = AgentConfig::new(sluice_bin(), n, &manifests, &bpffs, None, &dir);
-        cfg.bpffs_root = bpffs.path().join(n.name());
-        cfg.cni_conf_dir = Some(dir.join(format!("cni-{}", n.name())));
+        let mut cfg = AgentConfig::for_cluster_node(sluice_bin(), n, &manifests, &bpffs, &dir);
         cfg.extra_args = vec![
             "--socket-lb=false".into(),
             "--devices=eth0".into(),
@@ -317,19 +247,8 @@ fn cross_node(fast: bool) -> (Vec<String>, Vec<FastPathStats>) {
                 .push(udp_request(&pods[from], SocketAddrV4::new(ip, 5353), IO_TIMEOUT).unwrap());
         }
     }
-    let stats = roots
-        .iter()
-        .zip(&before)
-        .map(|(r, b)| {
-            let a = FastPathStats::read(r).unwrap();
-            FastPathStats {
-                peer: a.peer - b.peer,
-                fib: a.fib - b.fib,
-                neigh: a.neigh - b.neigh,
-                stack: a.stack - b.stack,
-            }
-        })
-        .collect();
+    let stats =
+        roots.iter().zip(&before).map(|(r, b)| FastPathStats::read(r).unwrap().since(b)).collect();
     (answers, stats)
 }
 

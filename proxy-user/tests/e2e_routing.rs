@@ -12,11 +12,9 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use sluice::routing::RTPROT_SLUICE;
 use sluice::testbed::{
     Agent, AgentConfig, BpffsMount, EXTERNAL_ADDR, EchoServer, ManifestDir, Netns, Node, Pod,
-    Reply, RouteEntry, TestDir, Underlay, require_root, run_checked, sluice_has_agent, sweep_stale,
-    tcp_request, udp_request, wait_for,
+    Reply, RouteEntry, TestDir, Underlay, run_checked, tcp_request, udp_request, wait_for,
 };
 
 const TCP: u16 = 8080;
@@ -31,27 +29,13 @@ fn sluice_bin() -> &'static Path {
 }
 
 fn ready() -> bool {
-    if !require_root() {
-        return false;
-    }
-    if !sluice_has_agent(sluice_bin()) {
-        eprintln!("skipping: {} has no agent subcommand", sluice_bin().display());
-        return false;
-    }
-    sweep_stale();
-    true
+    sluice::testbed::ready_for_agent(sluice_bin())
 }
 
-/// The routes of protocol [`RTPROT_SLUICE`] on `node`: (destination, gateway).
+/// The routes of protocol `RTPROT_SLUICE` on `node`: (destination, gateway).
 fn sluice_routes(node: &Node) -> anyhow::Result<Vec<(String, String)>> {
-    let proto = RTPROT_SLUICE.to_string();
-    Ok(node
-        .netns()
-        .routes()?
-        .into_iter()
-        .filter(|r| r.protocol.as_deref() == Some(proto.as_str()))
-        .map(|r| (r.dst, r.gateway.unwrap_or_default()))
-        .collect())
+    let routes = node.netns().sluice_routes()?;
+    Ok(routes.into_iter().map(|r| (r.dst, r.gateway.unwrap_or_default())).collect())
 }
 
 fn route_to<'a>(routes: &'a [RouteEntry], dst: &str) -> Option<&'a RouteEntry> {
@@ -83,20 +67,8 @@ impl Cluster {
         let bpffs = BpffsMount::new_in(&dir).unwrap();
         let manifests = ManifestDir::new_in(&dir).unwrap();
         let underlay = Underlay::new().unwrap();
-        let mut nodes = Vec::new();
-        for i in 1..=3u8 {
-            let node = Node::with_index(&format!("node-{i}"), i).unwrap();
-            underlay.attach_node(&node).unwrap();
-            manifests.write_node(&node).unwrap();
-            nodes.push(node);
-        }
-        let external = external.then(|| {
-            let ext = underlay.add_external("external").unwrap();
-            for n in &nodes {
-                Underlay::route_to_external(n).unwrap();
-            }
-            ext
-        });
+        let nodes = underlay.add_nodes(3, &manifests).unwrap();
+        let external = external.then(|| underlay.add_external("external").unwrap());
         let mut pods = Vec::new();
         let mut servers = Vec::new();
         for (i, n) in nodes.iter().enumerate() {
@@ -134,9 +106,7 @@ impl Cluster {
     fn start_agent(&self, i: usize, extra: &[&str]) -> Agent {
         let n = &self.nodes[i];
         let mut cfg =
-            AgentConfig::new(sluice_bin(), n, &self.manifests, &self.bpffs, None, &self.dir);
-        cfg.bpffs_root = self.bpffs.path().join(n.name());
-        cfg.cni_conf_dir = Some(self.dir.join(format!("cni-{}", n.name())));
+            AgentConfig::for_cluster_node(sluice_bin(), n, &self.manifests, &self.bpffs, &self.dir);
         cfg.extra_args = vec!["--socket-lb=false".into()];
         cfg.extra_args.extend(extra.iter().map(|a| (*a).to_owned()));
         Agent::start(n, cfg).unwrap()
@@ -153,18 +123,9 @@ impl Cluster {
     /// Waits until every node has exactly the sluice routes `want[i]`.
     fn wait_routes(&mut self, want: &[Vec<(&str, String)>]) {
         for (i, want) in want.iter().enumerate() {
-            let mut want: Vec<(String, String)> =
+            let want: Vec<(String, String)> =
                 want.iter().map(|(d, g)| ((*d).to_owned(), g.clone())).collect();
-            want.sort();
-            let node = &self.nodes[i];
-            wait_for(WAIT, &format!("sluice routes on {} = {want:?}", node.name()), || {
-                let mut got = sluice_routes(node)?;
-                got.sort();
-                if got != want {
-                    anyhow::bail!("have {got:?}");
-                }
-                Ok(true)
-            });
+            self.nodes[i].wait_sluice_routes(&want, WAIT);
         }
         for a in &mut self.agents {
             assert!(a.try_wait().unwrap().is_none(), "agent exited; log:\n{}", a.log());

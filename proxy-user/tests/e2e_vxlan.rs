@@ -8,18 +8,16 @@
 //!
 //! Run: `unshare --mount --propagation private cargo test --release -p sluice --test e2e_vxlan`
 
-use std::io::{Read as _, Write as _};
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
+use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::{Path, PathBuf};
-use std::thread;
 use std::time::{Duration, Instant};
 
-use serde_json::{Value, json};
-use sluice::routing::RTPROT_SLUICE;
+use serde_json::Value;
 use sluice::testbed::{
-    Agent, AgentConfig, Backend, BpffsMount, ClusterIpService, EchoServer, ManifestDir, Netns,
-    Node, Pod, Protocol, Reply, ServicePort, TestDir, Underlay, require_root, run_checked,
-    sluice_has_agent, sweep_stale, tcp_request, udp_request, wait_for,
+    Agent, AgentConfig, Backend, BpffsMount, BulkServer, ClusterIpService, CniPod, EchoServer,
+    ManifestDir, Netns, Node, Overlay, Pod, Protocol, Reply, ServicePort, TestDir, Underlay,
+    bulk_send, cni_bin, conf_from_conflist, run_checked, tcp_request, udp_len, udp_request,
+    wait_for,
 };
 use sluice::tunnel::{DEFAULT_PORT, DEVICE, fmt_mac, vtep_mac};
 
@@ -38,29 +36,16 @@ fn sluice_bin() -> &'static Path {
 }
 
 fn ready() -> bool {
-    if !require_root() {
-        return false;
-    }
-    if !sluice_has_agent(sluice_bin()) {
-        eprintln!("skipping: {} has no agent subcommand", sluice_bin().display());
-        return false;
-    }
-    sweep_stale();
-    true
+    sluice::testbed::ready_for_agent(sluice_bin())
 }
 
-/// `node`'s routes of protocol [`RTPROT_SLUICE`]: (destination, gateway, device).
+/// `node`'s routes of protocol `RTPROT_SLUICE`: (destination, gateway, device).
 fn sluice_routes(node: &Node) -> anyhow::Result<Vec<(String, String, String)>> {
-    let proto = RTPROT_SLUICE.to_string();
-    let mut r: Vec<_> = node
-        .netns()
-        .routes()?
+    let routes = node.netns().sluice_routes()?;
+    Ok(routes
         .into_iter()
-        .filter(|r| r.protocol.as_deref() == Some(proto.as_str()))
         .map(|r| (r.dst, r.gateway.unwrap_or_default(), r.dev.unwrap_or_default()))
-        .collect();
-    r.sort();
-    Ok(r)
+        .collect())
 }
 
 /// `ip -d -j link show dev vxlan_sluice` on `node`, `None` when absent.
@@ -76,66 +61,9 @@ fn vxlan_link(node: &Node) -> anyhow::Result<Option<Value>> {
     Ok(v.get(0).cloned())
 }
 
-/// The FDB of the overlay device on `node`: (MAC, dst), sorted.
-fn fdb(node: &Node) -> anyhow::Result<Vec<(String, String)>> {
-    let out = run_checked(
-        node.netns().command("bridge")?.args(["-j", "fdb", "show", "dev", DEVICE]),
-        CMD,
-    )?;
-    let v: Value = serde_json::from_str(&out)?;
-    let mut r: Vec<(String, String)> = v
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|e| {
-            let s = |k: &str| e[k].as_str().unwrap_or_default().to_owned();
-            (s("mac"), s("dst"))
-        })
-        .collect();
-    r.sort();
-    Ok(r)
-}
-
-/// The permanent neighbour entries of the overlay device on `node`: (address, MAC).
-fn neighbours(node: &Node) -> anyhow::Result<Vec<(String, String)>> {
-    let out = node.netns().ip(&["-j", "neigh", "show", "dev", DEVICE, "nud", "permanent"])?;
-    let v: Value = serde_json::from_str(&out)?;
-    let mut r: Vec<(String, String)> = v
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|e| {
-            let s = |k: &str| e[k].as_str().unwrap_or_default().to_owned();
-            (s("dst"), s("lladdr"))
-        })
-        .collect();
-    r.sort();
-    Ok(r)
-}
-
 /// Node `i`'s (0-based) vtep address, `10.244.<i+1>.0`.
 fn vtep(i: usize) -> String {
     format!("10.244.{}.0", i + 1)
-}
-
-/// What node `i` must hold for the peers `peers` (0-based indexes):
-/// routes, neighbour entries and FDB entries.
-type Overlay = (Vec<(String, String, String)>, Vec<(String, String)>, Vec<(String, String)>);
-
-fn expected_overlay(nodes: &[Node], ips: &[Ipv4Addr], peers: &[usize]) -> Overlay {
-    let mut routes = Vec::new();
-    let mut neigh = Vec::new();
-    let mut fdb = Vec::new();
-    for &p in peers {
-        let mac = fmt_mac(&vtep_mac(ips[p]));
-        routes.push((nodes[p].pod_cidr(), vtep(p), DEVICE.to_owned()));
-        neigh.push((vtep(p), mac.clone()));
-        fdb.push((mac, ips[p].to_string()));
-    }
-    routes.sort();
-    neigh.sort();
-    fdb.sort();
-    (routes, neigh, fdb)
 }
 
 /// Three nodes on an underlay, a pod with echo servers on each, an external
@@ -165,14 +93,7 @@ impl Cluster {
         let manifests = ManifestDir::new_in(&dir).unwrap();
         let underlay = Underlay::new().unwrap();
         let client = underlay.add_external("vx-client").unwrap();
-        let mut nodes = Vec::new();
-        for i in 1..=3u8 {
-            let node = Node::with_index(&format!("node-{i}"), i).unwrap();
-            underlay.attach_node(&node).unwrap();
-            Underlay::route_to_external(&node).unwrap();
-            manifests.write_node(&node).unwrap();
-            nodes.push(node);
-        }
+        let nodes = underlay.add_nodes(3, &manifests).unwrap();
         let mut pods = Vec::new();
         let mut servers = Vec::new();
         for (i, n) in nodes.iter().enumerate() {
@@ -205,9 +126,7 @@ impl Cluster {
     fn start_agent(&self, i: usize, extra: &[&str]) -> Agent {
         let n = &self.nodes[i];
         let mut cfg =
-            AgentConfig::new(sluice_bin(), n, &self.manifests, &self.bpffs, None, &self.dir);
-        cfg.bpffs_root = self.bpffs.path().join(n.name());
-        cfg.cni_conf_dir = Some(self.cni_conf_dir(i));
+            AgentConfig::for_cluster_node(sluice_bin(), n, &self.manifests, &self.bpffs, &self.dir);
         cfg.extra_args = ["--socket-lb=false", "--devices", "eth0"]
             .iter()
             .chain(extra)
@@ -244,15 +163,9 @@ impl Cluster {
 
     /// Waits until node `i` holds exactly the overlay entries for `peers`.
     fn wait_overlay(&mut self, i: usize, peers: &[usize]) {
-        let want = expected_overlay(&self.nodes, &self.ips, peers);
-        let node = &self.nodes[i];
-        wait_for(WAIT, &format!("{}'s overlay = {want:?}", node.name()), || {
-            let got = (sluice_routes(node)?, neighbours(node)?, fdb(node)?);
-            if got != want {
-                anyhow::bail!("have {got:?}");
-            }
-            Ok(true)
-        });
+        let peers: Vec<(String, Ipv4Addr)> =
+            peers.iter().map(|&p| (self.nodes[p].pod_cidr(), self.ips[p])).collect();
+        Overlay::expected(&peers).unwrap().wait(&self.nodes[i], WAIT);
         self.check_agents();
     }
 
@@ -307,37 +220,12 @@ impl Cluster {
     }
 }
 
-/// `target/<profile>/sluice-cni`, built if missing.
-fn cni_bin() -> Option<PathBuf> {
-    sluice::testbed::cni_bin(sluice_bin())
-}
-
-/// Runs the plugin inside `node` as a runtime would: (success, stdout JSON).
-fn cni(bin: &Path, node: &Netns, env: &[(&str, &str)], conf: &Value) -> (bool, Value) {
-    sluice::testbed::run_cni(bin, node, env, conf)
-}
-
 /// A pod on node `i` wired by `sluice-cni` from the conflist that node's
-/// agent wrote (with the test's data directory): (namespace, address).
-fn cni_pod(c: &Cluster, bin: &Path, i: usize, name: &str) -> (Netns, Ipv4Addr) {
-    let text = std::fs::read_to_string(c.cni_conf_dir(i).join("10-sluice.conflist")).unwrap();
-    let list: Value = serde_json::from_str(&text).unwrap();
-    let mut conf = list["plugins"][0].clone();
-    conf["cniVersion"] = list["cniVersion"].clone();
-    conf["name"] = list["name"].clone();
-    conf["dataDir"] = json!(c.dir.join(format!("cni-data-{i}")));
-    let ns = Netns::new(name).unwrap();
-    let path = ns.path();
-    let env = [
-        ("CNI_COMMAND", "ADD"),
-        ("CNI_CONTAINERID", name),
-        ("CNI_NETNS", path.to_str().unwrap()),
-        ("CNI_IFNAME", "eth0"),
-    ];
-    let (ok, v) = cni(bin, c.nodes[i].netns(), &env, &conf);
-    assert!(ok, "CNI ADD on node {i}: {v}");
-    let ip = v["ips"][0]["address"].as_str().unwrap().split('/').next().unwrap().parse().unwrap();
-    (ns, ip)
+/// agent wrote (with the test's data directory).
+fn cni_pod(c: &Cluster, bin: &Path, i: usize, name: &str) -> CniPod {
+    let data = c.dir.join(format!("cni-data-{i}"));
+    let conf = conf_from_conflist(&c.cni_conf_dir(i), &data, WAIT).unwrap();
+    CniPod::add(bin, c.nodes[i].netns(), &conf, name).unwrap()
 }
 
 /// The MTU of `dev` in `ns`.
@@ -345,106 +233,6 @@ fn mtu(ns: &Netns, dev: &str) -> u64 {
     let v: Value =
         serde_json::from_str(&ns.ip(&["-j", "link", "show", "dev", dev]).unwrap()).unwrap();
     v[0]["mtu"].as_u64().unwrap()
-}
-
-/// A server in `ns` for one TCP connection (answers with the byte count
-/// and an FNV-1a hash of what it read, after EOF) and UDP datagrams
-/// (answers each with its length).
-fn bulk_server(
-    ns: &Netns,
-) -> (sluice::testbed::NsJoinHandle<()>, sluice::testbed::NsJoinHandle<()>) {
-    let (tx, rx) = std::sync::mpsc::sync_channel(2);
-    let tx2 = tx.clone();
-    let t = ns
-        .spawn("bulk-tcp", move || {
-            let l = TcpListener::bind((Ipv4Addr::UNSPECIFIED, BULK)).unwrap();
-            l.set_nonblocking(true).unwrap();
-            tx.send(()).unwrap();
-            let deadline = Instant::now() + Duration::from_secs(60);
-            let mut s = loop {
-                match l.accept() {
-                    Ok((s, _)) => break s,
-                    Err(_) if Instant::now() < deadline => thread::sleep(Duration::from_millis(10)),
-                    Err(e) => panic!("no bulk connection: {e}"),
-                }
-            };
-            s.set_nonblocking(false).unwrap();
-            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-            let mut buf = vec![0u8; 1 << 16];
-            let (mut n, mut h) = (0u64, 0xcbf2_9ce4_8422_2325u64);
-            loop {
-                let k = s.read(&mut buf).unwrap();
-                if k == 0 {
-                    break;
-                }
-                n += k as u64;
-                for b in &buf[..k] {
-                    h = (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3);
-                }
-            }
-            s.write_all(format!("{n} {h:x}\n").as_bytes()).unwrap();
-        })
-        .unwrap();
-    let u = ns
-        .spawn("bulk-udp", move || {
-            let s = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, BULK)).unwrap();
-            tx2.send(()).unwrap();
-            s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-            let mut buf = vec![0u8; 1 << 16];
-            while let Ok((k, peer)) = s.recv_from(&mut buf) {
-                let _ = s.send_to(format!("{k}").as_bytes(), peer);
-                if k == 1 {
-                    break;
-                }
-            }
-        })
-        .unwrap();
-    for _ in 0..2 {
-        rx.recv_timeout(CMD).expect("bulk servers bound");
-    }
-    (t, u)
-}
-
-/// Sends `total` bytes in 64 KiB writes to `to` from `ns`: (count, hash)
-/// the server reports, and those of what was sent.
-fn bulk_send(ns: &Netns, to: Ipv4Addr, total: usize) -> (String, String) {
-    ns.exec(Duration::from_secs(60), move || {
-        let mut s =
-            TcpStream::connect_timeout(&SocketAddr::V4(SocketAddrV4::new(to, BULK)), IO_TIMEOUT)
-                .unwrap();
-        s.set_write_timeout(Some(Duration::from_secs(10))).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        let mut h = 0xcbf2_9ce4_8422_2325u64;
-        let chunk: Vec<u8> = (0..1usize << 16).map(|i| (i * 7 % 251) as u8).collect();
-        let mut sent = 0;
-        while sent < total {
-            let k = chunk.len().min(total - sent);
-            s.write_all(&chunk[..k]).unwrap();
-            for b in &chunk[..k] {
-                h = (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3);
-            }
-            sent += k;
-        }
-        s.shutdown(std::net::Shutdown::Write).unwrap();
-        let mut answer = String::new();
-        s.read_to_string(&mut answer).unwrap();
-        (answer.trim().to_owned(), format!("{sent} {h:x}"))
-    })
-    .unwrap()
-}
-
-/// Sends one datagram of `len` bytes to `to` from `ns`; the length the
-/// server reports.
-fn udp_len(ns: &Netns, to: Ipv4Addr, len: usize) -> std::io::Result<String> {
-    ns.exec(Duration::from_secs(5), move || {
-        let s = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))?;
-        s.set_read_timeout(Some(IO_TIMEOUT))?;
-        s.connect(SocketAddrV4::new(to, BULK))?;
-        s.send(&vec![0x5a; len])?;
-        let mut buf = [0u8; 64];
-        let n = s.recv(&mut buf)?;
-        Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
-    })?
 }
 
 /// The overlay carries everything between nodes: pod to pod (TCP and UDP,
@@ -603,30 +391,30 @@ fn vxlan_overlay_carries_pods_services_and_nodeports() {
 
     // Large transfers between pods that sluice-cni wired from the agents'
     // conflists: their MTU leaves room for the encapsulation.
-    if let Some(bin) = cni_bin() {
+    if let Some(bin) = cni_bin(sluice_bin()) {
         let mtu_conf: Value = serde_json::from_str(
             &std::fs::read_to_string(c.cni_conf_dir(0).join("10-sluice.conflist")).unwrap(),
         )
         .unwrap();
         assert_eq!(mtu_conf["plugins"][0]["mtu"], 1450, "{mtu_conf}");
-        let (a, _a_ip) = cni_pod(&c, &bin, 0, "bulk-a");
-        let (b, b_ip) = cni_pod(&c, &bin, 2, "bulk-b");
-        assert_eq!(mtu(&a, "eth0"), 1450);
-        assert_eq!(mtu(&b, "eth0"), 1450);
-        let (t, u) = bulk_server(&b);
+        let a = cni_pod(&c, &bin, 0, "bulk-a");
+        let b = cni_pod(&c, &bin, 2, "bulk-b");
+        assert_eq!(mtu(a.netns(), "eth0"), 1450);
+        assert_eq!(mtu(b.netns(), "eth0"), 1450);
+        let server = BulkServer::start(&b, BULK).unwrap();
+        let to = SocketAddrV4::new(b.ip(), BULK);
         let total = 4 << 20;
         let started = Instant::now();
-        let (got, want) = bulk_send(&a, b_ip, total);
+        let (got, want) = bulk_send(&a, to, total, Duration::from_secs(60)).unwrap();
         eprintln!("{total} bytes in 64 KiB writes across VXLAN in {:?}", started.elapsed());
         assert_eq!(got, want, "the server read exactly what was sent");
         // Datagrams up to the MTU go in one packet, larger ones fragmented
         // before encapsulation, up to the UDP maximum.
         for len in [1422, 1423, 8000, 65507] {
-            assert_eq!(udp_len(&a, b_ip, len).unwrap(), len.to_string(), "UDP datagram of {len}");
+            let answer = udp_len(&a, to, len, IO_TIMEOUT).unwrap();
+            assert_eq!(answer, len.to_string(), "UDP datagram of {len}");
         }
-        let _ = udp_len(&a, b_ip, 1);
-        t.join().unwrap();
-        u.join().unwrap();
+        drop(server);
     } else {
         panic!("no sluice-cni binary next to {} (cargo build)", sluice_bin().display());
     }

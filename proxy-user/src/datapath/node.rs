@@ -105,6 +105,18 @@ impl FastPathStats {
             stack: sum(FWD_STACK)?,
         })
     }
+
+    /// What the counters grew by since `before` (read earlier from the same
+    /// pins).
+    #[must_use]
+    pub fn since(&self, before: &Self) -> Self {
+        Self {
+            peer: self.peer.saturating_sub(before.peer),
+            fib: self.fib.saturating_sub(before.fib),
+            neigh: self.neigh.saturating_sub(before.neigh),
+            stack: self.stack.saturating_sub(before.stack),
+        }
+    }
 }
 
 /// The pinned node maps.

@@ -31,6 +31,13 @@
 //! ```
 
 pub mod apiserver;
+mod bulk;
+mod cni;
+mod routes;
+
+pub use bulk::{BulkServer, bulk_send, udp_len};
+pub use cni::{CniPod, cni_add, cni_wait_ready, conf_from_conflist};
+pub use routes::Overlay;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -863,6 +870,21 @@ impl Underlay {
         Ok(ns)
     }
 
+    /// Nodes `node-1..=n` (index i: 198.18.0.<i+1>, pods 10.244.<i>.0/24)
+    /// plugged in, each routing the external hosts
+    /// ([`Underlay::route_to_external`]), their Node objects in `manifests`.
+    pub fn add_nodes(&self, n: u8, manifests: &ManifestDir) -> anyhow::Result<Vec<Node>> {
+        let mut nodes = Vec::new();
+        for i in 1..=n {
+            let node = Node::with_index(&format!("node-{i}"), i)?;
+            self.attach_node(&node)?;
+            Self::route_to_external(&node)?;
+            manifests.write_node(&node)?;
+            nodes.push(node);
+        }
+        Ok(nodes)
+    }
+
     /// Routes `198.18.1.0/24` (the external host) from `node` directly out
     /// of its underlay interface.
     pub fn route_to_external(node: &Node) -> anyhow::Result<()> {
@@ -909,10 +931,58 @@ const POLL: Duration = Duration::from_millis(20);
 /// `name`. Port 0 disables that protocol. Stopped (threads joined) on drop.
 pub struct EchoServer {
     name: String,
-    stop: Arc<AtomicBool>,
-    threads: Vec<NsJoinHandle<()>>,
+    threads: ServerThreads,
     tcp_hits: Arc<AtomicU64>,
     udp_hits: Arc<AtomicU64>,
+}
+
+/// The threads of a server in a namespace and their stop flag: on drop the
+/// flag is set and the threads joined (each looks at it every [`POLL`]).
+#[derive(Default)]
+struct ServerThreads {
+    stop: Arc<AtomicBool>,
+    threads: Vec<NsJoinHandle<()>>,
+}
+
+impl ServerThreads {
+    /// Spawns a thread in `ns` that runs `bind` (opening the server's socket)
+    /// and then `serve` with the socket and the stop flag; returns once
+    /// `bind` has succeeded, or its error (with `what`).
+    fn spawn<S, B, F>(
+        &mut self,
+        ns: &Netns,
+        thread_name: &str,
+        what: &str,
+        bind: B,
+        serve: F,
+    ) -> anyhow::Result<()>
+    where
+        B: FnOnce() -> io::Result<S> + Send + 'static,
+        F: FnOnce(S, &AtomicBool) + Send + 'static,
+    {
+        let (tx, rx) = mpsc::sync_channel::<io::Result<()>>(1);
+        let stop = self.stop.clone();
+        let t = ns.spawn(thread_name, move || match bind() {
+            Ok(s) => {
+                let _ = tx.send(Ok(()));
+                serve(s, &stop);
+            }
+            Err(e) => {
+                let _ = tx.send(Err(e));
+            }
+        })?;
+        self.threads.push(t);
+        recv_started(&rx).with_context(|| what.to_owned())
+    }
+}
+
+impl Drop for ServerThreads {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
 }
 
 /// What an [`EchoServer`] answers.
@@ -958,60 +1028,49 @@ impl EchoServer {
         let ns = ns.as_ref();
         let mut srv = EchoServer {
             name: name.to_owned(),
-            stop: Arc::new(AtomicBool::new(false)),
-            threads: Vec::new(),
+            threads: ServerThreads::default(),
             tcp_hits: Arc::new(AtomicU64::new(0)),
             udp_hits: Arc::new(AtomicU64::new(0)),
         };
         if tcp_port != 0 {
-            let (tx, rx) = mpsc::sync_channel::<io::Result<()>>(1);
-            let (stop, hits, own) = (srv.stop.clone(), srv.tcp_hits.clone(), name.to_owned());
-            let t = ns.spawn(&format!("echo-tcp-{name}"), move || {
-                let listener = match TcpListener::bind((Ipv4Addr::UNSPECIFIED, tcp_port))
-                    .and_then(|l| l.set_nonblocking(true).map(|()| l))
-                {
-                    Ok(l) => {
-                        let _ = tx.send(Ok(()));
-                        l
-                    }
-                    Err(e) => {
-                        let _ = tx.send(Err(e));
-                        return;
-                    }
-                };
-                tcp_serve(&listener, &stop, &hits, |peer| format!("{}\n", reply.text(&own, peer)));
-            })?;
-            srv.threads.push(t);
-            recv_started(&rx)
-                .with_context(|| format!("echo server {name}: TCP port {tcp_port}"))?;
+            let (hits, own) = (srv.tcp_hits.clone(), name.to_owned());
+            srv.threads.spawn(
+                ns,
+                &format!("echo-tcp-{name}"),
+                &format!("echo server {name}: TCP port {tcp_port}"),
+                move || {
+                    let l = TcpListener::bind((Ipv4Addr::UNSPECIFIED, tcp_port))?;
+                    l.set_nonblocking(true)?;
+                    Ok(l)
+                },
+                move |listener, stop| {
+                    tcp_serve(&listener, stop, &hits, |peer| {
+                        format!("{}\n", reply.text(&own, peer))
+                    });
+                },
+            )?;
         }
         if udp_port != 0 {
-            let (tx, rx) = mpsc::sync_channel::<io::Result<()>>(1);
-            let (stop, hits, own) = (srv.stop.clone(), srv.udp_hits.clone(), name.to_owned());
-            let t = ns.spawn(&format!("echo-udp-{name}"), move || {
-                let sock = match UdpSocket::bind((Ipv4Addr::UNSPECIFIED, udp_port))
-                    .and_then(|s| s.set_read_timeout(Some(POLL)).map(|()| s))
-                {
-                    Ok(s) => {
-                        let _ = tx.send(Ok(()));
-                        s
+            let (hits, own) = (srv.udp_hits.clone(), name.to_owned());
+            srv.threads.spawn(
+                ns,
+                &format!("echo-udp-{name}"),
+                &format!("echo server {name}: UDP port {udp_port}"),
+                move || {
+                    let s = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, udp_port))?;
+                    s.set_read_timeout(Some(POLL))?;
+                    Ok(s)
+                },
+                move |sock, stop| {
+                    let mut buf = [0u8; 2048];
+                    while !stop.load(Ordering::Relaxed) {
+                        if let Ok((_, peer)) = sock.recv_from(&mut buf) {
+                            hits.fetch_add(1, Ordering::Relaxed);
+                            let _ = sock.send_to(reply.text(&own, peer).as_bytes(), peer);
+                        }
                     }
-                    Err(e) => {
-                        let _ = tx.send(Err(e));
-                        return;
-                    }
-                };
-                let mut buf = [0u8; 2048];
-                while !stop.load(Ordering::Relaxed) {
-                    if let Ok((_, peer)) = sock.recv_from(&mut buf) {
-                        hits.fetch_add(1, Ordering::Relaxed);
-                        let _ = sock.send_to(reply.text(&own, peer).as_bytes(), peer);
-                    }
-                }
-            })?;
-            srv.threads.push(t);
-            recv_started(&rx)
-                .with_context(|| format!("echo server {name}: UDP port {udp_port}"))?;
+                },
+            )?;
         }
         Ok(srv)
     }
@@ -1055,15 +1114,6 @@ fn tcp_serve(
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => thread::sleep(POLL),
             Err(_) => thread::sleep(POLL),
-        }
-    }
-}
-
-impl Drop for EchoServer {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        for t in self.threads.drain(..) {
-            let _ = t.join();
         }
     }
 }
@@ -1132,11 +1182,19 @@ pub struct ServicePort {
     pub protocol: Protocol,
     pub port: u16,
     pub target_port: u16,
+    /// `nodePort`; a Service with one is `type: NodePort`.
+    pub node_port: Option<u16>,
 }
 
 impl ServicePort {
     pub fn new(name: &str, protocol: Protocol, port: u16, target_port: u16) -> ServicePort {
-        ServicePort { name: name.to_owned(), protocol, port, target_port }
+        ServicePort { name: name.to_owned(), protocol, port, target_port, node_port: None }
+    }
+
+    /// The same port, also served on `node_port` of every node.
+    #[must_use]
+    pub fn with_node_port(self, node_port: u16) -> ServicePort {
+        ServicePort { node_port: Some(node_port), ..self }
     }
 }
 
@@ -1165,7 +1223,8 @@ impl Backend {
     }
 }
 
-/// A ClusterIP Service and its (single) EndpointSlice.
+/// A ClusterIP Service (`type: NodePort` when a port has a `nodePort`) and
+/// its (single) EndpointSlice.
 #[derive(Debug, Clone)]
 pub struct ClusterIpService {
     pub name: String,
@@ -1195,11 +1254,13 @@ impl ClusterIpService {
     /// The Service and EndpointSlice as a two-document YAML stream.
     pub fn to_yaml(&self) -> String {
         let (name, ns, ip) = (&self.name, &self.namespace, self.cluster_ip);
+        let kind =
+            if self.ports.iter().any(|p| p.node_port.is_some()) { "NodePort" } else { "ClusterIP" };
         let mut y = String::new();
         let _ = write!(
             y,
             "apiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\n  namespace: {ns}\n\
-             spec:\n  type: ClusterIP\n  clusterIP: {ip}\n  clusterIPs:\n  - {ip}\n  \
+             spec:\n  type: {kind}\n  clusterIP: {ip}\n  clusterIPs:\n  - {ip}\n  \
              ipFamilies:\n  - IPv4\n  ipFamilyPolicy: SingleStack\n  ports:\n"
         );
         for p in &self.ports {
@@ -1211,6 +1272,9 @@ impl ClusterIpService {
                 p.port,
                 p.target_port
             );
+            if let Some(np) = p.node_port {
+                let _ = writeln!(y, "    nodePort: {np}");
+            }
         }
         let _ = write!(
             y,
@@ -1404,6 +1468,21 @@ pub fn sluice_has_agent(bin: &Path) -> bool {
         .unwrap_or(false)
 }
 
+/// For a test that starts agents: `true` when it runs as root and `bin`
+/// has an `agent` subcommand (otherwise it prints why it skips and returns
+/// `false`), after [`sweep_stale`].
+pub fn ready_for_agent(bin: &Path) -> bool {
+    if !require_root() {
+        return false;
+    }
+    if !sluice_has_agent(bin) {
+        eprintln!("skipping: {} has no agent subcommand", bin.display());
+        return false;
+    }
+    sweep_stale();
+    true
+}
+
 /// How to start an agent; see [`Agent::start`].
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
@@ -1448,6 +1527,23 @@ impl AgentConfig {
             log: dir.join(format!("agent-{}.log", node.name())),
             extra_args: Vec::new(),
             rust_log: "info".to_owned(),
+        }
+    }
+
+    /// [`AgentConfig::new`] for one of several nodes sharing `bpffs` and
+    /// `dir`: pins under `<bpffs>/<node name>`, CNI config in
+    /// `<dir>/cni-<node name>`.
+    pub fn for_cluster_node(
+        bin: impl Into<PathBuf>,
+        node: &Node,
+        manifests: &ManifestDir,
+        bpffs: &BpffsMount,
+        dir: &TestDir,
+    ) -> AgentConfig {
+        AgentConfig {
+            bpffs_root: bpffs.path().join(node.name()),
+            cni_conf_dir: Some(dir.join(format!("cni-{}", node.name()))),
+            ..Self::new(bin, node, manifests, bpffs, None, dir)
         }
     }
 
