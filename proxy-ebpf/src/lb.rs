@@ -90,14 +90,13 @@ pub fn handle_pod_egress(ctx: &TcContext) -> Result<Action, DropReason> {
         return fwd::forward(ctx, &ip, ip.saddr, ip.daddr);
     };
     let (backend_id, backend, new) = match established(ctx, &ip, sport, dport, &svc) {
-        Some((entry, backend)) => {
-            // A SYN on a tracked tuple: a retransmission, or a new connection
-            // on a reused client port (nothing here tracks TCP's end). The
+        Some((entry, backend, syn)) => {
+            // A retransmitted SYN (`established` took it for one): the
             // backend stays; the reply entry is written again, since a flow
             // of another frontend with the same backend and client port may
             // have taken it over (the replies would carry that frontend's
             // address, and the client never sees its SYN-ACK).
-            if is_tcp_syn(ctx, &ip) {
+            if syn {
                 ct::create(&NewFlow::new(&ip, (sport, dport), entry.backend_id, &backend, &svc))?;
             }
             (entry.backend_id, backend, false)
@@ -243,7 +242,8 @@ pub fn reject(ctx: &TcContext, ip: &Ipv4, reason: DropReason) -> Result<Action, 
 /// a new flow: a TCP SYN on a tracked tuple whose flow closed (the client's
 /// FIN or RST was seen), is older than `CT_SYN_RETRY_NS`, or went to a
 /// backend that is terminating now. The client's FIN or RST marks the flow
-/// closing.
+/// closing. The flag: this packet is a SYN (a retransmission of the flow's
+/// first), so that callers need not read the TCP flags again.
 #[inline(always)]
 pub fn established(
     ctx: &TcContext,
@@ -251,7 +251,7 @@ pub fn established(
     sport: u16,
     dport: u16,
     svc: &ServiceValue,
-) -> Option<(CtEntry, Backend)> {
+) -> Option<(CtEntry, Backend, bool)> {
     let fkey = ct::key(ip.saddr, ip.daddr, sport, dport, ip.proto, CT_DIR_SERVICE);
     let entry = ct::lookup(&fkey)?;
     if entry.rev_nat_index != svc.rev_nat_index {
@@ -260,7 +260,8 @@ pub fn established(
     // SAFETY: Backend is plain data, copied out at once.
     let b = unsafe { SL_BACKENDS.get(entry.backend_id) }.copied()?;
     let flags = tcp_flags(ctx, ip);
-    if flags & (TCP_SYN | TCP_ACK) == TCP_SYN {
+    let syn = flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
+    if syn {
         // A reused client port (nothing else tracks TCP's end), unless this
         // is a retransmission of the flow's own first SYN.
         if !is_active(&b)
@@ -272,7 +273,7 @@ pub fn established(
     } else if flags & (TCP_FIN | TCP_RST) != 0 && entry.flags & CT_FLAG_CLOSING == 0 {
         ct::mark_closing(&fkey);
     }
-    Some((entry, b))
+    Some((entry, b, syn))
 }
 
 const TCP_FIN: u8 = 0x01;

@@ -79,7 +79,7 @@ pub fn handle_external(ctx: &TcContext) -> Result<Action, DropReason> {
         return fwd::deliver_local(ctx, &ip);
     };
     let (backend_id, backend, snat, new) = match lb::established(ctx, &ip, sport, dport, &svc) {
-        Some((entry, backend)) => {
+        Some((entry, backend, _)) => {
             let snat =
                 (entry.flags & CT_FLAG_SNAT != 0).then_some((entry.nat_addr, entry.nat_port));
             (entry.backend_id, backend, snat, false)
